@@ -1,0 +1,328 @@
+//! The CPU reference backend: f32 everywhere, rayon across rows, `gemm` for matmuls. Simple
+//! enough to trust; every device kernel is tested against it.
+
+mod attention;
+pub mod gemm;
+mod ops;
+
+use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
+use gemm::{rm, sgemm, tr};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+        buf.fill(value)
+    }
+    fn download_range(&self, buf: &Vec<f32>, off: usize, n: usize) -> Vec<f32> {
+        buf[off..off + n].to_vec()
+    }
+    fn add_host(&self, buf: &mut Vec<f32>, off: usize, vals: &[f32]) {
+        buf[off..off + vals.len()].iter_mut().zip(vals).for_each(|(a, b)| *a += b);
+    }
+
+    fn copy_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        dst_row: usize,
+        src: &Vec<f32>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        let d = &mut dst[dst_row * width..(dst_row + rows) * width];
+        let s = &src[src_row * width..(src_row + rows) * width];
+        if accumulate {
+            d.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+
+    fn gather_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &[usize], width: usize) {
+        for (i, &r) in idx.iter().enumerate() {
+            out[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+    }
+
+    fn scatter_add_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &[usize], width: usize) {
+        for (i, &r) in idx.iter().enumerate() {
+            let s = &src[i * width..(i + 1) * width];
+            out[r * width..(r + 1) * width]
+                .iter_mut()
+                .zip(s)
+                .for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
+        y.par_iter_mut().zip(x.par_iter()).for_each(|(a, b)| *a += b);
+    }
+
+    fn embedding_fwd(&self, out: &mut Vec<f32>, ids: &[u32], table: &Vec<f32>, dim: usize, scale: f32) {
+        for (i, &t) in ids.iter().enumerate() {
+            let src = &table[t as usize * dim..(t as usize + 1) * dim];
+            out[i * dim..(i + 1) * dim]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(o, s)| *o = s * scale);
+        }
+    }
+
+    fn matmul_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        if m == 1 {
+            ops::gemv(&mut y[..n], &x[..k], w, k, accumulate);
+        } else {
+            sgemm(m, n, k, rm(x, k), tr(w, k), y, n, accumulate);
+        }
+        if let Some(b) = bias {
+            y[..m * n].par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
+        }
+    }
+
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        w: &Vec<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        sgemm(m, k, n, rm(dy, n), rm(w, k), dx, k, accumulate);
+    }
+
+    fn lora_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, params: &Vec<f32>, segs: &[LoraSeg], k: usize, n: usize) {
+        for s in segs {
+            let rows = s.rows.len();
+            if rows == 0 {
+                continue;
+            }
+            let (r, sc) = (s.rank, s.scale());
+            let a = &params[s.a_off..s.a_off + r * k];
+            let b = &params[s.b_off..s.b_off + n * r];
+            let xs = &x[s.rows.start * k..s.rows.end * k];
+            let mut xa = vec![0f32; rows * r];
+            sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
+            xa.iter_mut().for_each(|v| *v *= sc);
+            let ys = &mut y[s.rows.start * n..s.rows.end * n];
+            sgemm(rows, n, r, rm(&xa, r), tr(b, r), ys, n, true);
+        }
+    }
+
+    fn lora_bwd(
+        &self,
+        dx: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        params: &Vec<f32>,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    ) {
+        for s in segs {
+            let rows = s.rows.len();
+            if rows == 0 {
+                continue;
+            }
+            let (r, sc) = (s.rank, s.scale());
+            let a = &params[s.a_off..s.a_off + r * k];
+            let b = &params[s.b_off..s.b_off + n * r];
+            let xs = &x[s.rows.start * k..s.rows.end * k];
+            let dys = &dy[s.rows.start * n..s.rows.end * n];
+            // u = s·(dy B)  [rows, r]; xa = x Aᵀ [rows, r]
+            let mut u = vec![0f32; rows * r];
+            sgemm(rows, r, n, rm(dys, n), rm(b, r), &mut u, r, false);
+            u.iter_mut().for_each(|v| *v *= sc);
+            let mut xa = vec![0f32; rows * r];
+            sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
+            xa.iter_mut().for_each(|v| *v *= sc);
+            // dA += uᵀ x   [r, k]
+            sgemm(r, k, rows, tr(&u, r), rm(xs, k), &mut grads[s.a_off..s.a_off + r * k], k, true);
+            // dB += dyᵀ (s·xA) [n, r]
+            sgemm(n, r, rows, tr(dys, n), rm(&xa, r), &mut grads[s.b_off..s.b_off + n * r], r, true);
+            // dx += u A   [rows, k]
+            let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
+            sgemm(rows, k, r, rm(&u, r), rm(a, k), dxs, k, true);
+        }
+    }
+
+    fn norm_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        eps: f32,
+    ) {
+        ops::norm_fwd(&mut out[..rows * d], &mut stats[..rows * 2], &x[..rows * d], w, b.map(|v| &v[..]), d, kind, eps)
+    }
+
+    fn norm_bwd(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        stats: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        accumulate: bool,
+    ) {
+        ops::norm_bwd(&mut dx[..rows * d], &dy[..rows * d], &x[..rows * d], &stats[..rows * 2], w, d, kind, accumulate)
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        pos: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        inv_freq: &[f32],
+        inverse: bool,
+    ) {
+        ops::rope(x, pos, heads, head_dim, rot_dim, inv_freq, inverse)
+    }
+
+    fn attention_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    ) {
+        attention::forward(out, lse, q, k, v, plan, dims)
+    }
+
+    fn attention_bwd(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    ) {
+        attention::backward(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+    }
+
+    fn kv_mix_fwd(&self, buf: &mut Vec<f32>, mix: usize, c: usize, b: usize, n: usize, width: usize, alpha: f32) {
+        for i in 0..n * width {
+            let kc = buf[c * width + i];
+            let kb = buf[b * width + i];
+            buf[mix * width + i] = (1.0 - alpha) * kc + alpha * kb;
+        }
+    }
+
+    fn kv_mix_bwd(
+        &self,
+        dbuf: &mut Vec<f32>,
+        buf: &Vec<f32>,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    ) -> f64 {
+        let mut dalpha = 0f64;
+        for i in 0..n * width {
+            let g = dbuf[mix * width + i];
+            dalpha += ((buf[b * width + i] - buf[c * width + i]) * g) as f64;
+            dbuf[c * width + i] += (1.0 - alpha) * g;
+            dbuf[b * width + i] += alpha * g;
+        }
+        dalpha
+    }
+
+    fn act_fwd(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: Option<&Vec<f32>>, act: Activation) {
+        ops::act_fwd(out, gate, up.map(|u| &u[..]), act)
+    }
+
+    fn act_bwd(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: Option<&mut Vec<f32>>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: Option<&Vec<f32>>,
+        act: Activation,
+    ) {
+        ops::act_bwd(dgate, dup.map(|u| &mut u[..]), dout, gate, up.map(|u| &u[..]), act)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut Vec<f32>,
+        targets: &[u32],
+        weights: &[f32],
+        vocab: usize,
+        grad: bool,
+        logprobs: &mut [f64],
+        greedy: &mut [bool],
+    ) -> f64 {
+        ops::cross_entropy(logits, targets, weights, vocab, grad, logprobs, greedy)
+    }
+
+    fn sum_sq(&self, x: &Vec<f32>) -> f64 {
+        x.par_iter().map(|&v| (v as f64) * (v as f64)).sum()
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, s: f32) {
+        x.par_iter_mut().for_each(|v| *v *= s)
+    }
+
+    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamStep) {
+        ops::adamw(p, g, m, v, h)
+    }
+
+    fn sgd(&self, p: &mut Vec<f32>, g: &Vec<f32>, lr: f32) {
+        p.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a -= lr * b)
+    }
+}

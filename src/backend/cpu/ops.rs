@@ -1,0 +1,232 @@
+//! Row-wise CPU kernels: GEMV, norms, RoPE, activations, cross-entropy, AdamW.
+
+use crate::backend::{Activation, AdamStep, Norm};
+use rayon::prelude::*;
+
+/// `y[n] (+)= w[n,k] · x[k]`: the decode path, where the weight read dominates. Rows are split
+/// across threads; each dot product runs over 8 independent lanes so it vectorises.
+pub fn gemv(y: &mut [f32], x: &[f32], w: &[f32], k: usize, accumulate: bool) {
+    y.par_chunks_mut(64).enumerate().for_each(|(ci, ys)| {
+        for (r, yo) in ys.iter_mut().enumerate() {
+            let row = &w[(ci * 64 + r) * k..(ci * 64 + r + 1) * k];
+            let mut acc = [0f32; 8];
+            let chunks = k / 8;
+            for c in 0..chunks {
+                for l in 0..8 {
+                    acc[l] += row[c * 8 + l] * x[c * 8 + l];
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for c in chunks * 8..k {
+                s += row[c] * x[c];
+            }
+            *yo = if accumulate { *yo + s } else { s };
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn norm_fwd(out: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, d: usize, kind: Norm, eps: f32) {
+    out.par_chunks_mut(d)
+        .zip(stats.par_chunks_mut(2))
+        .zip(x.par_chunks(d))
+        .for_each(|((o, st), xr)| {
+            let mean = if kind == Norm::Layer {
+                xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64
+            } else {
+                0.0
+            };
+            let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            st[0] = mean as f32;
+            st[1] = rstd as f32;
+            for i in 0..d {
+                let xh = ((xr[i] as f64 - mean) * rstd) as f32;
+                o[i] = match kind {
+                    Norm::Rms => xh * w[i],
+                    Norm::RmsPlusOne => xh * (1.0 + w[i]),
+                    Norm::Layer => xh * w[i] + b.map_or(0.0, |b| b[i]),
+                };
+            }
+        });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn norm_bwd(dx: &mut [f32], dy: &[f32], x: &[f32], stats: &[f32], w: &[f32], d: usize, kind: Norm, accumulate: bool) {
+    dx.par_chunks_mut(d)
+        .zip(dy.par_chunks(d))
+        .zip(x.par_chunks(d).zip(stats.par_chunks(2)))
+        .for_each(|((dxr, dyr), (xr, st))| {
+            let (mean, rstd) = (st[0] as f64, st[1] as f64);
+            let g = |i: usize| match kind {
+                Norm::RmsPlusOne => 1.0 + w[i] as f64,
+                _ => w[i] as f64,
+            };
+            // dxh = dy ⊙ g; for RMS: dx = r·dxh − x̂·r·mean(dxh ⊙ x̂); LayerNorm also subtracts mean(dxh).
+            let mut m1 = 0f64;
+            let mut m2 = 0f64;
+            for i in 0..d {
+                let xh = (xr[i] as f64 - mean) * rstd;
+                let dxh = dyr[i] as f64 * g(i);
+                m1 += dxh;
+                m2 += dxh * xh;
+            }
+            m1 /= d as f64;
+            m2 /= d as f64;
+            if kind != Norm::Layer {
+                m1 = 0.0;
+            }
+            for i in 0..d {
+                let xh = (xr[i] as f64 - mean) * rstd;
+                let dxh = dyr[i] as f64 * g(i);
+                let v = (rstd * (dxh - m1 - xh * m2)) as f32;
+                dxr[i] = if accumulate { dxr[i] + v } else { v };
+            }
+        });
+}
+
+pub fn rope(x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, rot_dim: usize, inv_freq: &[f32], inverse: bool) {
+    let half = rot_dim / 2;
+    let width = heads * head_dim;
+    x.par_chunks_mut(width).zip(pos.par_iter()).for_each(|(row, &p)| {
+        for (i, &f) in inv_freq.iter().enumerate().take(half) {
+            let ang = p as f32 * f;
+            let (s, c) = (ang.sin(), ang.cos());
+            let s = if inverse { -s } else { s };
+            for h in 0..heads {
+                let base = h * head_dim;
+                let x1 = row[base + i];
+                let x2 = row[base + i + half];
+                row[base + i] = x1 * c - x2 * s;
+                row[base + i + half] = x2 * c + x1 * s;
+            }
+        }
+    });
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit), in f64.
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * (-z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+        .exp();
+    if x >= 0.0 {
+        1.0 - r
+    } else {
+        r - 1.0
+    }
+}
+
+fn act(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+        Activation::Gelu => (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32,
+    }
+}
+
+fn act_grad(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
+        }
+        Activation::GeluTanh => {
+            let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        Activation::Gelu => {
+            let xd = x as f64;
+            let cdf = 0.5 * (1.0 + erf(xd / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (cdf + xd * pdf) as f32
+        }
+    }
+}
+
+pub fn act_fwd(out: &mut [f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
+    match up {
+        Some(u) => out.par_iter_mut().zip(gate.par_iter().zip(u.par_iter())).for_each(|(o, (&g, &u))| *o = act(a, g) * u),
+        None => out.par_iter_mut().zip(gate.par_iter()).for_each(|(o, &g)| *o = act(a, g)),
+    }
+}
+
+pub fn act_bwd(dgate: &mut [f32], dup: Option<&mut [f32]>, dout: &[f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
+    match (dup, up) {
+        (Some(du), Some(u)) => {
+            dgate
+                .par_iter_mut()
+                .zip(du.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, (dg, dup))| {
+                    *dg = dout[i] * u[i] * act_grad(a, gate[i]);
+                    *dup = dout[i] * act(a, gate[i]);
+                });
+        }
+        _ => dgate.par_iter_mut().enumerate().for_each(|(i, dg)| *dg = dout[i] * act_grad(a, gate[i])),
+    }
+}
+
+pub fn cross_entropy(
+    logits: &mut [f32],
+    targets: &[u32],
+    weights: &[f32],
+    vocab: usize,
+    grad: bool,
+    logprobs: &mut [f64],
+    greedy: &mut [bool],
+) -> f64 {
+    let per_row: Vec<(f64, f64, bool)> = logits
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter().zip(weights.par_iter()))
+        .map(|(row, (&t, &w))| {
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+            let lse = mx as f64 + sum.ln();
+            let lp = row[t as usize] as f64 - lse;
+            let is_greedy = row[t as usize] >= mx;
+            if grad {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let p = (*v as f64 - lse).exp();
+                    let onehot = if j == t as usize { 1.0 } else { 0.0 };
+                    *v = (w as f64 * (p - onehot)) as f32;
+                }
+            }
+            (-lp * w as f64, lp, is_greedy)
+        })
+        .collect();
+    let mut loss = 0f64;
+    for (i, (l, lp, g)) in per_row.into_iter().enumerate() {
+        loss += l;
+        logprobs[i] = lp;
+        greedy[i] = g;
+    }
+    loss
+}
+
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) {
+    let bc1 = 1.0 - (h.beta1 as f64).powi(h.t as i32);
+    let bc2 = 1.0 - (h.beta2 as f64).powi(h.t as i32);
+    let step = (h.lr as f64 * bc2.sqrt() / bc1) as f32;
+    let decay = h.lr * h.weight_decay;
+    p.par_iter_mut()
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .zip(g.par_iter())
+        .for_each(|((p, (m, v)), &g)| {
+            *m = h.beta1 * *m + (1.0 - h.beta1) * g;
+            *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
+            *p -= step * *m / (v.sqrt() + h.eps);
+            if decay > 0.0 {
+                *p -= decay * *p;
+            }
+        });
+}

@@ -1,0 +1,299 @@
+//! The narrow device interface the model is written against, and the plan types its ops take.
+//!
+//! Conventions, for every op:
+//! - argument order: outputs, inputs, weights, sizes;
+//! - buffers are row-major `[rows, width]` f32 (a device may store weights narrower);
+//! - **gradient convention**: parameter gradients accumulate (`+=`, into the flat gradient
+//!   buffer); activation gradients overwrite (`=`) unless the op takes `accumulate: bool` because
+//!   the tensor has two consumers (the residual stream, the K/V rows read by several segments).
+
+pub mod cpu;
+
+use std::ops::Range;
+
+/// Which keys a query may see, decided by token positions (so one rule serves packed segments,
+/// prefix caches and decoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskKind {
+    /// key position <= query position
+    Causal,
+    /// every key
+    Full,
+    /// key position >= query position (the anti-causal ablation)
+    AntiCausal,
+}
+
+/// One attention group: a contiguous range of query rows that reads the union of some key rows
+/// under one mask. A packed batch is a list of groups (cu_seqlens-style, no padding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttnGroup {
+    pub q: Range<usize>,
+    pub kv: Vec<Range<usize>>,
+    pub mask: MaskKind,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AttnPlan {
+    pub groups: Vec<AttnGroup>,
+    /// Position of each query row.
+    pub q_pos: Vec<u32>,
+    /// Position of each key row.
+    pub k_pos: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+/// A LoRA update applied to a contiguous row range: `y[rows] += scale · (x[rows] Aᵀ) Bᵀ`, with A
+/// `[rank, in]` and B `[out, rank]` stored at offsets of the flat parameter buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraSeg {
+    pub rows: Range<usize>,
+    pub a_off: usize,
+    pub b_off: usize,
+    pub rank: usize,
+    pub scale_bits: u32,
+}
+
+impl LoraSeg {
+    pub fn scale(&self) -> f32 {
+        f32::from_bits(self.scale_bits)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    GeluTanh,
+    Gelu,
+}
+
+/// Normalisation flavours: RMSNorm with `w`, RMSNorm with `1 + w` (Gemma), LayerNorm with bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    Rms,
+    RmsPlusOne,
+    Layer,
+}
+
+/// AdamW hyperparameters for one step (HF variant: eps added to the uncorrected √v, bias
+/// correction folded into the step size).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count
+    pub t: u64,
+}
+
+pub trait Backend: Send + Sync {
+    type Buf: Send + Sync;
+
+    fn name(&self) -> String;
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn upload(&self, data: &[f32]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn fill(&self, buf: &mut Self::Buf, value: f32);
+    /// Copies `buf[off..off+n]` to the host (small reads: θ, a row of logits).
+    fn download_range(&self, buf: &Self::Buf, off: usize, n: usize) -> Vec<f32>;
+    /// `buf[off..off+len] += vals` from the host.
+    fn add_host(&self, buf: &mut Self::Buf, off: usize, vals: &[f32]);
+
+    /// `dst[dst_row..dst_row+rows] (+)= src[src_row..src_row+rows]`, rows of `width`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Buf,
+        dst_row: usize,
+        src: &Self::Buf,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+    );
+    /// `out[i] = src[idx[i]]`, rows of `width`.
+    fn gather_rows(&self, out: &mut Self::Buf, src: &Self::Buf, idx: &[usize], width: usize);
+    /// `out[idx[i]] += src[i]`, rows of `width`.
+    fn scatter_add_rows(&self, out: &mut Self::Buf, src: &Self::Buf, idx: &[usize], width: usize);
+    /// `y += x`
+    fn add(&self, y: &mut Self::Buf, x: &Self::Buf);
+
+    fn embedding_fwd(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Buf, dim: usize, scale: f32);
+
+    /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fwd(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    );
+    /// `dx[m,k] (+)= dy[m,n] · w[n,k]`
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    );
+    /// Segment-aware LoRA: for each segment, `y[rows] += s·(x[rows] Aᵀ) Bᵀ` (x is `[*, k]`, y `[*, n]`).
+    fn lora_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, params: &Self::Buf, segs: &[LoraSeg], k: usize, n: usize);
+    /// LoRA backward: `dx[rows] += s·(dy Bᵀᵀ…)`: dx += s·(dy B) A, dA += s·(dy B)ᵀ x, dB += s·dyᵀ (x Aᵀ).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        grads: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        params: &Self::Buf,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    );
+
+    /// Normalises each row of `x` (`[rows, d]`); `stats` receives 2 floats per row (mean, rstd)
+    /// for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        stats: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: Option<&Self::Buf>,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        eps: f32,
+    );
+    /// `dx (+)= ∂norm/∂x · dy` (weights are frozen: no weight gradient).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        stats: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        accumulate: bool,
+    );
+
+    /// In-place rotary embedding of the first `rot_dim` channels of every head (HF rotate_half
+    /// layout); `inverse` rotates back, which is the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        pos: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        inv_freq: &[f32],
+        inverse: bool,
+    );
+
+    /// Segment attention forward; `lse` receives the log-sum-exp of each (query row, head).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    );
+    /// Segment attention backward: dq overwritten, dk/dv accumulated (key rows are shared).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    );
+
+    /// `buf[mix..mix+n] = (1-α)·buf[c..c+n] + α·buf[b..b+n]` (rows of `width`), in fp32.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_mix_fwd(&self, buf: &mut Self::Buf, mix: usize, c: usize, b: usize, n: usize, width: usize, alpha: f32);
+    /// Folds `dbuf[mix..]` into `dbuf[c..] += (1-α)·dmix`, `dbuf[b..] += α·dmix` and returns
+    /// `Σ (K_B − K_C) ⊙ dmix` (the caller multiplies by dα/dθ).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_mix_bwd(
+        &self,
+        dbuf: &mut Self::Buf,
+        buf: &Self::Buf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    ) -> f64;
+
+    /// `out = act(gate) ⊙ up` (gated) or `out = act(gate)` (`up` = None).
+    fn act_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: Option<&Self::Buf>, act: Activation);
+    /// Backward of `act_fwd`: overwrites `dgate` (and `dup`).
+    fn act_bwd(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: Option<&mut Self::Buf>,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: Option<&Self::Buf>,
+        act: Activation,
+    );
+
+    /// Weighted cross-entropy over rows of logits `[rows, vocab]`: returns Σ wᵢ·(−log pᵢ[tᵢ]) and
+    /// overwrites `logits` with its gradient `wᵢ·(softmax − onehot)` when `grad` is set.
+    /// `logprobs[i]` receives log pᵢ[tᵢ] and `greedy[i]` whether tᵢ is the argmax.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &mut Self::Buf,
+        targets: &[u32],
+        weights: &[f32],
+        vocab: usize,
+        grad: bool,
+        logprobs: &mut [f64],
+        greedy: &mut [bool],
+    ) -> f64;
+
+    /// Sum of squares of a buffer (global gradient-norm clipping).
+    fn sum_sq(&self, x: &Self::Buf) -> f64;
+    fn scale(&self, x: &mut Self::Buf, s: f32);
+    /// AdamW on a flat buffer.
+    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: AdamStep);
+    /// `p -= lr·g`
+    fn sgd(&self, p: &mut Self::Buf, g: &Self::Buf, lr: f32);
+}

@@ -1,0 +1,158 @@
+//! Adapter folders in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors` (set C),
+//! `bidirectional/` (set B, same layout), `bitune.safetensors` (θ_K, θ_V) and
+//! `bitune_config.json` (method, θ_init, base model).
+
+use super::params::{LoraSpec, ParamTable, SET_B, SET_C};
+use super::plan::Method;
+use crate::model::config::ModelConfig;
+use crate::model::safetensors_io::{read_file_into, write_f32};
+use crate::model::tensors::TensorMap;
+use crate::model::weights::Target;
+use crate::train::atomic::write_atomic_str;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub const BIDIR_DIR: &str = "bidirectional";
+
+/// What an adapter folder describes.
+pub struct AdapterMeta {
+    pub method: Method,
+    pub lora: LoraSpec,
+    pub theta_init: f32,
+}
+
+fn peft_config(cfg: &ModelConfig, lora: &LoraSpec, base: &str) -> Value {
+    let targets: Vec<&str> = lora.targets.iter().map(|t| t.short(cfg.arch)).collect();
+    json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
+        "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "use_dora": false,
+        "use_rslora": false, "fan_in_fan_out": false, "inference_mode": true,
+        "init_lora_weights": true, "modules_to_save": null, "layers_to_transform": null,
+        "base_model_name_or_path": base,
+    })
+}
+
+fn set_tensors(table: &ParamTable, host: &[f32], set: usize) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    table
+        .set_entries(set)
+        .map(|e| (e.name.clone(), e.shape.clone(), host[e.offset..e.offset + e.len()].to_vec()))
+        .collect()
+}
+
+/// Writes the adapter folder (each file atomically).
+pub fn save(dir: &Path, cfg: &ModelConfig, meta: &AdapterMeta, table: &ParamTable, host: &[f32], base: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let conf = serde_json::to_string_pretty(&peft_config(cfg, &meta.lora, base))?;
+    write_atomic_str(&dir.join("adapter_config.json"), &conf)?;
+    write_f32(&dir.join("adapter_model.safetensors"), &set_tensors(table, host, SET_C))?;
+    if table.num_sets > 1 {
+        let bd = dir.join(BIDIR_DIR);
+        std::fs::create_dir_all(&bd)?;
+        write_atomic_str(&bd.join("adapter_config.json"), &conf)?;
+        write_f32(&bd.join("adapter_model.safetensors"), &set_tensors(table, host, SET_B))?;
+    }
+    if meta.method != Method::Lora {
+        if let Some((tk, tv)) = table.theta() {
+            let n = table.num_layers;
+            write_f32(
+                &dir.join("bitune.safetensors"),
+                &[
+                    ("theta_k".into(), vec![n], host[tk..tk + n].to_vec()),
+                    ("theta_v".into(), vec![n], host[tv..tv + n].to_vec()),
+                ],
+            )?;
+        }
+        let bc = json!({"method": meta.method.name(), "theta_init": meta.theta_init, "base_model": base});
+        write_atomic_str(&dir.join("bitune_config.json"), &serde_json::to_string_pretty(&bc)?)?;
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// Reads the metadata of an adapter folder (PEFT configs carry many more keys: ignored).
+pub fn read_meta(dir: &Path, cfg: &ModelConfig) -> Result<AdapterMeta> {
+    let path = dir.join("adapter_config.json");
+    let v = read_json(&path)?;
+    let bad = |what: &str| anyhow!("{}: {what}", path.display());
+    match v.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") | None => {}
+        Some(other) => bail!("{}: peft_type {other:?} is not supported (LORA only)", path.display()),
+    }
+    if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
+        bail!("{}: DoRA adapters are not supported yet", path.display());
+    }
+    let rank = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("no integer `r`"))? as usize;
+    let alpha = v.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("no `lora_alpha`"))? as f32;
+    let names: Vec<String> = match v.get("target_modules") {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => return Err(bad("no `target_modules` list")),
+    };
+    let mut targets = Vec::new();
+    for n in &names {
+        let t = Target::from_short(n, cfg.arch)
+            .ok_or_else(|| bad(&format!("target module {n:?} does not exist in a {:?} model", cfg.arch)))?;
+        targets.push(t);
+    }
+    targets.sort();
+    targets.dedup();
+    if rank == 0 || targets.is_empty() {
+        return Err(bad("rank must be positive and at least one target module given"));
+    }
+    let bc = dir.join("bitune_config.json");
+    let (method, theta_init) = if bc.exists() {
+        let b = read_json(&bc)?;
+        let m = b.get("method").and_then(Value::as_str).unwrap_or("bitune");
+        let m = Method::parse(m).with_context(|| format!("{}", bc.display()))?;
+        (m, b.get("theta_init").and_then(Value::as_f64).unwrap_or(0.01) as f32)
+    } else {
+        (Method::Lora, 0.01)
+    };
+    Ok(AdapterMeta { method, lora: LoraSpec { rank, alpha, targets }, theta_init })
+}
+
+fn fill_set(map: &mut TensorMap, table: &ParamTable, host: &mut [f32], set: usize) -> Result<()> {
+    for e in table.set_entries(set) {
+        let data = map
+            .take(&e.name, &e.shape)
+            .context("the adapter does not fit the model")?;
+        host[e.offset..e.offset + e.len()].copy_from_slice(&data);
+    }
+    Ok(())
+}
+
+/// Loads the tensors of an adapter folder into a flat host buffer laid out by `table`.
+pub fn load_params(dir: &Path, table: &ParamTable, meta: &AdapterMeta) -> Result<Vec<f32>> {
+    let mut host = vec![0f32; table.total];
+    let path = dir.join("adapter_model.safetensors");
+    let mut m = TensorMap::new(path.display().to_string());
+    read_file_into(&path, &mut m)?;
+    fill_set(&mut m, table, &mut host, SET_C)?;
+    if table.num_sets > 1 {
+        let path = dir.join(BIDIR_DIR).join("adapter_model.safetensors");
+        if path.exists() {
+            let mut m = TensorMap::new(path.display().to_string());
+            read_file_into(&path, &mut m)?;
+            fill_set(&mut m, table, &mut host, SET_B)?;
+        } else if meta.method != Method::NaiveBidir && meta.method != Method::SharedWeights {
+            bail!("{}: missing; method {} needs the bidirectional set", path.display(), meta.method.name());
+        }
+    }
+    if let Some((tk, tv)) = table.theta() {
+        let path = dir.join("bitune.safetensors");
+        let mut m = TensorMap::new(path.display().to_string());
+        read_file_into(&path, &mut m)?;
+        let n = table.num_layers;
+        host[tk..tk + n].copy_from_slice(&m.take("theta_k", &[n])?);
+        host[tv..tv + n].copy_from_slice(&m.take("theta_v", &[n])?);
+    }
+    if let Some(bad) = host.iter().position(|v| !v.is_finite()) {
+        bail!("{}: non-finite adapter value at flat index {bad}", dir.display());
+    }
+    Ok(host)
+}

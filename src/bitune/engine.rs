@@ -1,0 +1,73 @@
+//! A model with its adapter state, ready for prefill, decoding and scoring.
+
+use super::adapter_io::{load_params, read_meta, AdapterMeta};
+use super::infer::{decode_step, prefill, score_continuations};
+use super::params::{LoraSpec, ParamTable};
+use super::plan::Method;
+use super::step::Trainable;
+use crate::backend::Backend;
+use crate::model::load::Model;
+use crate::model::transformer::KvCache;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// How the base model (no adapter) reads the prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PromptMask {
+    Causal,
+    Bidirectional,
+}
+
+pub struct Engine<B: Backend> {
+    pub be: B,
+    pub model: Model<B>,
+    pub tr: Trainable<B>,
+}
+
+/// A trainable state with no adapters at all: the base model, read with `method`'s masks.
+pub fn empty_trainable<B: Backend>(be: &B, model: &Model<B>, method: Method) -> Trainable<B> {
+    let lora = LoraSpec { rank: 1, alpha: 1.0, targets: vec![] };
+    let table = ParamTable::new(&model.weights.cfg, lora, method.num_sets(), false);
+    Trainable { method, params: be.upload(&[]), table, theta_init: 0.01 }
+}
+
+/// Loads an adapter folder onto a model.
+pub fn load_adapter<B: Backend>(be: &B, model: &Model<B>, dir: &Path) -> Result<(Trainable<B>, AdapterMeta)> {
+    let cfg = &model.weights.cfg;
+    let meta = read_meta(dir, cfg).with_context(|| format!("loading adapter {}", dir.display()))?;
+    let table = ParamTable::new(cfg, meta.lora.clone(), meta.method.num_sets(), meta.method.mixes());
+    let host = load_params(dir, &table, &meta).with_context(|| format!("loading adapter {}", dir.display()))?;
+    let tr = Trainable { method: meta.method, params: be.upload(&host), table, theta_init: meta.theta_init };
+    Ok((tr, meta))
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn load(be: B, model_path: &Path, adapter: Option<&Path>, mask: PromptMask) -> Result<Self> {
+        let model = Model::load(&be, model_path)?;
+        let tr = match adapter {
+            Some(dir) => {
+                if mask == PromptMask::Bidirectional {
+                    bail!("--prompt-mask applies to the base model; an adapter brings its own method");
+                }
+                load_adapter(&be, &model, dir)?.0
+            }
+            None => {
+                let m = if mask == PromptMask::Causal { Method::Lora } else { Method::NaiveBidir };
+                empty_trainable(&be, &model, m)
+            }
+        };
+        Ok(Engine { be, model, tr })
+    }
+
+    pub fn prefill(&self, ctx: &[u32]) -> Result<(KvCache<B>, Vec<f32>)> {
+        prefill(&self.be, &self.model.weights, &self.tr, ctx)
+    }
+
+    pub fn decode(&self, cache: &mut KvCache<B>, token: u32) -> Result<Vec<f32>> {
+        decode_step(&self.be, &self.model.weights, &self.tr, cache, token)
+    }
+
+    pub fn score(&self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<(Vec<f64>, bool)>> {
+        score_continuations(&self.be, &self.model.weights, &self.tr, ctx, conts)
+    }
+}

@@ -1,0 +1,173 @@
+//! `bench`: prefill (dual vs causal-only), decode and end-to-end latency, and train-step time
+//! (Bitune vs the LoRA baseline), as JSON with device, commit and date.
+
+use crate::backend::cpu::Cpu;
+use crate::bitune::engine::{empty_trainable, Engine};
+use crate::bitune::params::LoraSpec;
+use crate::bitune::plan::{Example, Method};
+use crate::bitune::step::{loss_and_grad, Trainable};
+use crate::model::load::{resolve_model, Model};
+use crate::model::weights::ALL_TARGETS;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 50)]
+    pub prompt: usize,
+    #[arg(long, default_value_t = 200)]
+    pub answer: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Also time one train step of Bitune and of the LoRA baseline
+    #[arg(long)]
+    pub train: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the JSON here (default: stdout only)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    f()?; // warm-up
+    let mut ts = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into())
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A Bitune adapter as training would leave it: random A, small random B, θ at θ_init.
+fn bitune_state(be: &Cpu, model: &Model<Cpu>, method: Method, seed: u64) -> Trainable<Cpu> {
+    let lora = LoraSpec { rank: 8, alpha: 1.0, targets: ALL_TARGETS.into_iter().filter(|t| model.weights.cfg.gated_mlp || *t != crate::model::weights::Target::Gate).collect() };
+    let mut tr = Trainable::init(be, &model.weights, method, lora, 0.01, seed);
+    let mut rng = Rng::new(seed + 1);
+    for e in tr.table.entries.clone() {
+        if e.kind == crate::bitune::params::Kind::LoraB {
+            tr.params[e.offset..e.offset + e.len()].iter_mut().for_each(|v| *v = rng.uniform(-0.01, 0.01));
+        }
+    }
+    tr
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.device != "cpu" {
+        bail!("--device {}: this build benchmarks the CPU backend only", a.device);
+    }
+    if a.prompt < 2 || a.answer == 0 || a.repeat == 0 {
+        bail!("--prompt >= 2, --answer >= 1 and --repeat >= 1");
+    }
+    super::set_threads(a.threads)?;
+    let path = resolve_model(a.model.as_deref())?;
+    let be = Cpu;
+    let t_load = Instant::now();
+    let model = Model::load(&be, &path)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let vocab = model.weights.cfg.vocab_size as u32;
+    let mut rng = Rng::new(7);
+    let ids: Vec<u32> = (0..a.prompt).map(|_| 100 + rng.below((vocab - 200) as usize) as u32).collect();
+
+    let causal = empty_trainable(&be, &model, Method::Lora);
+    let lora = bitune_state(&be, &model, Method::Lora, 1);
+    let bitune = bitune_state(&be, &model, Method::Bitune, 1);
+    let mut e = Engine { be, model, tr: causal };
+    let mut results = serde_json::Map::new();
+    for (name, tr) in [("base", None), ("lora", Some(lora)), ("bitune", Some(bitune))] {
+        let saved = tr.map(|t| std::mem::replace(&mut e.tr, t));
+        let prefill_s = time(a.repeat, || e.prefill(&ids))?;
+        let (cache0, logits0) = e.prefill(&ids)?;
+        let mut decode_tokens = 0usize;
+        let decode_s = time(a.repeat.min(2), || {
+            let (mut cache, mut logits) = (clone_cache(&cache0), logits0.clone());
+            for _ in 0..a.answer {
+                let next = crate::bitune::sample::argmax(&logits);
+                logits = e.decode(&mut cache, next)?;
+            }
+            decode_tokens = a.answer;
+            Ok(())
+        })?;
+        let ms_tok = decode_s * 1e3 / decode_tokens.max(1) as f64;
+        results.insert(
+            name.into(),
+            json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
+                   "decode_ms_per_tok": ms_tok, "decode_tok_s": 1e3 / ms_tok,
+                   "end_to_end_s": prefill_s + decode_s}),
+        );
+        if let Some(s) = saved {
+            e.tr = s;
+        }
+    }
+    if a.train {
+        let ex: Vec<u32> = (0..a.prompt + a.answer).map(|_| 100 + rng.below((vocab - 200) as usize) as u32).collect();
+        let example = Example { ids: ex, prompt_len: a.prompt };
+        let mut train = serde_json::Map::new();
+        for method in [Method::Lora, Method::Bitune] {
+            let tr = bitune_state(&e.be, &e.model, method, 3);
+            let s = time(a.repeat.min(2), || {
+                let mut g = vec![0f32; tr.table.total];
+                loss_and_grad(&e.be, &e.model.weights, &tr, std::slice::from_ref(&example), 1, Some(&mut g))
+            })?;
+            train.insert(format!("{}_step_s", method.name()), json!(s));
+        }
+        let (n, m) = ((a.prompt - 1) as f64, (a.answer + 1) as f64);
+        let ratio = train["bitune_step_s"].as_f64().unwrap_or(0.0) / train["lora_step_s"].as_f64().unwrap_or(1.0);
+        train.insert("ratio".into(), json!(ratio));
+        train.insert("ideal_ratio".into(), json!((2.0 * n + m) / (n + m)));
+        results.insert("train".into(), serde_json::Value::Object(train));
+    }
+    let report = json!({
+        "bench": "bitune-rt", "device": format!("cpu: {} ({} threads)", cpu_name(), rayon::current_num_threads()),
+        "commit": git_commit(), "date": now_utc(), "model": path.display().to_string(), "load_s": load_s,
+        "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(out) = &a.out {
+        crate::train::atomic::write_atomic_str(out, &text)?;
+    }
+    Ok(())
+}
+
+fn clone_cache(c: &crate::model::transformer::KvCache<Cpu>) -> crate::model::transformer::KvCache<Cpu> {
+    crate::model::transformer::KvCache { k: c.k.clone(), v: c.v.clone(), pos: c.pos.clone() }
+}

@@ -1,0 +1,223 @@
+//! `train`: arguments, data loading, adapter init or resume, the loop, before/after samples.
+
+use crate::backend::cpu::Cpu;
+use crate::bitune::adapter_io::{read_meta, AdapterMeta};
+use crate::bitune::engine::{load_adapter, Engine};
+use crate::bitune::generate::{generate, GenOptions};
+use crate::bitune::params::LoraSpec;
+use crate::bitune::plan::Method;
+use crate::bitune::step::Trainable;
+use crate::data::examples::{prompt_text, read_jsonl, tokenize, Pair};
+use crate::model::load::{resolve_model, Model};
+use crate::model::weights::{Target, ALL_TARGETS};
+use crate::train::optim::{OptConfig, OptKind, Schedule};
+use crate::train::run::{train, TrainConfig};
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchedArg {
+    Linear,
+    Constant,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// JSONL with instruction/response fields (default: the bundled synthetic suite)
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "instruction")]
+    pub instruction_field: String,
+    #[arg(long, default_value = "response")]
+    pub response_field: String,
+    /// Output folder: receives the final adapter; checkpoints go to OUT/checkpoints/step-N/
+    #[arg(long, default_value = "runs/bitune")]
+    pub out: PathBuf,
+    /// bitune | lora | naive-bidir | no-mixing | only-causal | shared-weights | anti-causal
+    #[arg(long, default_value = "bitune")]
+    pub method: String,
+    #[arg(long, default_value_t = 30)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// Comma-separated module names (default: all attention and MLP linears)
+    #[arg(long)]
+    pub targets: Option<String>,
+    #[arg(long, default_value_t = 0.01)]
+    pub theta_init: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = OptArg::Adamw)]
+    pub optimizer: OptArg,
+    #[arg(long, value_enum, default_value_t = SchedArg::Linear)]
+    pub lr_schedule: SchedArg,
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clip (0 turns it off)
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f32,
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 10)]
+    pub save_every: u64,
+    /// Start from an adapter folder (its config sets rank, alpha and targets)
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+    /// Continue a run from its latest checkpoint (the run's --out folder or a step folder)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No before/after samples
+    #[arg(long)]
+    pub no_samples: bool,
+}
+
+fn check(a: &TrainArgs) -> Result<()> {
+    let bad = |m: &str| bail!("out-of-range hyperparameter: {m}");
+    if a.steps == 0 || a.batch == 0 || a.accum == 0 {
+        return bad("--steps, --batch and --accum must be at least 1");
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0 && a.lr < 10.0) {
+        return bad("--lr must be in (0, 10)");
+    }
+    if a.rank == 0 || a.rank > 1024 || !(a.alpha.is_finite() && a.alpha > 0.0) {
+        return bad("--rank must be in 1..=1024 and --alpha positive");
+    }
+    if !(a.theta_init.is_finite() && a.theta_init > 0.0) {
+        return bad("--theta-init must be positive");
+    }
+    if !(0.0..1.0).contains(&a.warmup_ratio) || a.clip < 0.0 || a.weight_decay < 0.0 {
+        return bad("--warmup-ratio in [0, 1), --clip >= 0, --weight-decay >= 0");
+    }
+    if a.max_len < 4 {
+        return bad("--max-len must be at least 4");
+    }
+    Ok(())
+}
+
+fn targets(spec: Option<&str>, arch: crate::model::config::Arch, gated: bool) -> Result<Vec<Target>> {
+    match spec {
+        None => Ok(ALL_TARGETS.into_iter().filter(|t| gated || *t != Target::Gate).collect()),
+        Some(s) => s
+            .split(',')
+            .map(|n| {
+                Target::from_short(n.trim(), arch)
+                    .ok_or_else(|| anyhow::anyhow!("--targets: no module {n:?} in a {arch:?} model"))
+            })
+            .collect(),
+    }
+}
+
+fn load_pairs(a: &TrainArgs) -> Result<Vec<Pair>> {
+    match &a.data {
+        Some(p) => read_jsonl(p, &a.instruction_field, &a.response_field),
+        None => Ok(crate::data::synth::bundled_train_set()
+            .into_iter()
+            .map(|e| Pair { instruction: e.instruction, response: e.response })
+            .collect()),
+    }
+}
+
+fn sample(model: Model<Cpu>, tr: Trainable<Cpu>, instruction: &str, label: &str) -> Result<(Model<Cpu>, Trainable<Cpu>)> {
+    let e = Engine { be: Cpu, model, tr };
+    let ids = e.model.encode(&prompt_text(instruction), true)?;
+    let o = GenOptions { max_new: 40, temperature: 0.0, top_p: 1.0, seed: 0, stops: vec!["Question:".into()] };
+    let g = generate(&e, &ids, &o, |_| {})?;
+    eprintln!("{label}: {:?}", g.text.trim());
+    Ok((e.model, e.tr))
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    check(&a)?;
+    crate::cli::set_threads(a.threads)?;
+    let be = Cpu;
+    let path = resolve_model(a.model.as_deref())?;
+    let model = Model::load(&be, &path)?;
+    let cfg = &model.weights.cfg;
+    let method = Method::parse(&a.method)?;
+    let (mut tr, meta) = match &a.init_adapter {
+        Some(dir) => {
+            let m = read_meta(dir, cfg)?;
+            if m.method.num_sets() != method.num_sets() || m.method.mixes() != method.mixes() {
+                bail!("{}: a {} adapter cannot start a {} run", dir.display(), m.method.name(), method.name());
+            }
+            let (mut t, m) = load_adapter(&be, &model, dir)?;
+            t.method = method;
+            (t, AdapterMeta { method, ..m })
+        }
+        None => {
+            let lora = LoraSpec { rank: a.rank, alpha: a.alpha, targets: targets(a.targets.as_deref(), cfg.arch, cfg.gated_mlp)? };
+            let meta = AdapterMeta { method, lora: lora.clone(), theta_init: a.theta_init };
+            (Trainable::init(&be, &model.weights, method, lora, a.theta_init, a.seed), meta)
+        }
+    };
+    let pairs = load_pairs(&a)?;
+    let eos = *cfg.eos_token_ids.first().context("the model config names no EOS token")?;
+    let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
+    eprintln!(
+        "{}: {} examples ({} skipped as longer than {} tokens); method {}; {} trainable parameters",
+        a.data.as_ref().map_or("bundled synthetic suite".into(), |p| p.display().to_string()),
+        tok.examples.len(),
+        tok.too_long,
+        a.max_len,
+        method.name(),
+        tr.table.total
+    );
+    let warmup = (a.steps as f32 * a.warmup_ratio).floor() as u64;
+    let opt = OptConfig {
+        kind: if a.optimizer == OptArg::Adamw { OptKind::AdamW } else { OptKind::Sgd },
+        lr: a.lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        schedule: if a.lr_schedule == SchedArg::Linear { Schedule::Linear } else { Schedule::Constant },
+        warmup_steps: warmup,
+        total_steps: a.steps,
+    };
+    let tc = TrainConfig {
+        out: a.out.clone(),
+        steps: a.steps,
+        batch: a.batch,
+        accum: a.accum,
+        seed: a.seed,
+        save_every: a.save_every,
+        opt,
+        progress: true,
+        base_model: path.display().to_string(),
+    };
+    let probe = pairs.first().map(|p| p.instruction.clone()).unwrap_or_default();
+    let mut model = model;
+    if !a.no_samples && a.resume.is_none() {
+        (model, tr) = sample(model, tr, &probe, "before")?;
+    }
+    let res = train(&be, &model, &mut tr, &meta, &tok.examples, &tc, a.resume.as_deref())?;
+    if !a.no_samples {
+        sample(model, tr, &probe, "after")?;
+    }
+    let last = res.losses.last().map_or(f64::NAN, |l| l.1);
+    eprintln!("final loss {last:.4}; adapter written to {}", res.final_dir.display());
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Training data: instruction/response JSONL, templates and tokenization.
+
+pub mod examples;
+pub mod synth;

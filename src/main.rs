@@ -1,0 +1,158 @@
+//! The `bitune-rt` command line: one thin function per subcommand; the work lives in the library.
+
+use anyhow::{bail, Result};
+use bitune_rt::backend::cpu::Cpu;
+use bitune_rt::bitune::engine::{Engine, PromptMask};
+use bitune_rt::bitune::generate::{generate, GenOptions};
+use bitune_rt::cli;
+use bitune_rt::model::load::resolve_model;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "bitune-rt", version, about = "Bitune: bidirectional instruction-tuning runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Hugging Face checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Adapter folder written by `train` (or PEFT)
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// How the base model reads the prompt (no adapter)
+    #[arg(long, value_enum, default_value_t = PromptMask::Causal)]
+    prompt_mask: PromptMask,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// CPU threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text after a prompt (streams to stdout, timing to stderr)
+    Generate {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_new: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Wrap the prompt in the model's chat template
+        #[arg(long)]
+        chat: bool,
+    },
+    /// Log-likelihood of continuations (lm-evaluation-harness's loglikelihood request)
+    Score {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, requires = "continuation", conflicts_with = "requests")]
+        context: Option<String>,
+        #[arg(long, requires = "context")]
+        continuation: Option<String>,
+        /// JSONL file with one {"context":…, "continuation":…} per line
+        #[arg(long)]
+        requests: Option<PathBuf>,
+    },
+    /// Train Bitune (or the LoRA baseline / an ablation) adapters
+    Train(Box<cli::train::TrainArgs>),
+    /// Zero-shot evaluation (PIQA, ARC, CSQA, SIQA, MMLU, GSM8K, synthetic:*)
+    Eval(cli::eval::EvalArgs),
+    /// Data utilities
+    Data {
+        #[command(subcommand)]
+        cmd: cli::data::DataCmd,
+    },
+    /// Benchmarks: prefill/decode speed, train step time
+    Bench(cli::bench::BenchArgs),
+}
+
+fn cpu_engine(m: &ModelArgs) -> Result<Engine<Cpu>> {
+    if m.device == Device::Cuda {
+        bail!("--device cuda: this build has no CUDA backend yet (CPU only); use --device cpu");
+    }
+    cli::set_threads(m.threads)?;
+    let path = resolve_model(m.model.as_deref())?;
+    Engine::load(Cpu, &path, m.adapter.as_deref(), m.prompt_mask)
+}
+
+fn cmd_generate(m: &ModelArgs, prompt: &str, o: GenOptions, chat: bool) -> Result<()> {
+    let e = cpu_engine(m)?;
+    let text = if chat {
+        bitune_rt::model::chat::apply_chat_template(e.model.chat_template.as_deref(), prompt)?
+    } else {
+        prompt.to_string()
+    };
+    let ids = e.model.encode(&text, !chat)?;
+    if ids.is_empty() {
+        bail!("the prompt is empty after tokenization: nothing to generate from");
+    }
+    let mut out = std::io::stdout();
+    let g = generate(&e, &ids, &o, |piece| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    println!();
+    let s = &g.stats;
+    eprintln!(
+        "[{} prompt tokens: prefill {:.1} ms ({:.1} tok/s); {} new tokens: {:.1} ms/token ({:.1} tok/s)]",
+        s.prompt_tokens,
+        s.prefill_s * 1e3,
+        s.prompt_tokens as f64 / s.prefill_s,
+        s.new_tokens,
+        s.decode_s * 1e3 / s.new_tokens.max(1) as f64,
+        s.new_tokens as f64 / s.decode_s.max(1e-9)
+    );
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Generate { m, prompt, max_new, temperature, top_p, seed, chat } => {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
+                bail!("--top-p must be in (0, 1] and --temperature >= 0");
+            }
+            let o = GenOptions { max_new, temperature, top_p, seed, stops: vec![] };
+            cmd_generate(&m, &prompt, o, chat)
+        }
+        Cmd::Score { m, context, continuation, requests } => {
+            let e = cpu_engine(&m)?;
+            let reqs = match (context, continuation, requests) {
+                (Some(c), Some(x), None) => vec![(c, x)],
+                (None, None, Some(path)) => cli::score::read_requests(&path)?,
+                _ => bail!("give --context and --continuation, or --requests FILE.jsonl"),
+            };
+            cli::score::run(&e, &reqs)
+        }
+        Cmd::Train(a) => cli::train::run(*a),
+        Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Data { cmd } => cli::data::run(cmd),
+        Cmd::Bench(a) => cli::bench::run(a),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

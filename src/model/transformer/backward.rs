@@ -1,0 +1,124 @@
+//! The hand-written backward pass. Base weights are frozen: only activation gradients flow, and
+//! LoRA matrices and θ receive parameter gradients (accumulated into the flat gradient buffer).
+
+use super::forward::attn_dims;
+use super::{AdapterState, Packed, Saved};
+use crate::backend::Backend;
+use crate::bitune::params::dalpha_dtheta;
+use crate::model::weights::{Linear, Target, Weights};
+
+/// `dx (+)= dy W` plus the LoRA backward of that linear (dA, dB into `grads`).
+#[allow(clippy::too_many_arguments)]
+fn linear_bwd<B: Backend>(
+    be: &B,
+    dx: &mut B::Buf,
+    grads: &mut B::Buf,
+    dy: &B::Buf,
+    x: &B::Buf,
+    l: &Linear<B>,
+    rows: usize,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    layer: usize,
+    t: Target,
+    accumulate: bool,
+) {
+    be.matmul_bwd_x(dx, dy, &l.w, rows, l.in_dim, l.out_dim, accumulate);
+    let segs = ad.segs(p, layer, t);
+    if !segs.is_empty() {
+        be.lora_bwd(dx, grads, dy, x, ad.params, &segs, l.in_dim, l.out_dim);
+    }
+}
+
+/// Backpropagates `dlogits` (`[logit_rows, vocab]`, already the loss gradient) through the whole
+/// model into `grads` (LoRA matrices and θ; `theta_init` for dα/dθ).
+pub fn backward<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    fwd: &Saved<B>,
+    dlogits: &B::Buf,
+    grads: &mut B::Buf,
+    theta_init: f32,
+) {
+    let c = &w.cfg;
+    let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
+    let (qd, kvd) = (c.q_dim(), c.kv_dim());
+    let kv_rows = p.kv_rows();
+    let norm = w.norm_kind();
+    let act = w.activation();
+    let dims = attn_dims(w);
+    assert_eq!(fwd.acts.len(), c.num_layers, "backward needs the forward's saved activations");
+
+    // LM head and final norm at the logit rows, scattered back into the full stream.
+    let r = p.logit_rows.len();
+    let mut dhn = be.zeros(r * d);
+    be.matmul_bwd_x(&mut dhn, dlogits, w.lm_head_w(), r, d, c.vocab_size, false);
+    let mut dxr = be.zeros(r * d);
+    be.norm_bwd(&mut dxr, &dhn, &fwd.final_x, &fwd.final_stats, &w.final_norm.w, r, d, norm, false);
+    let mut dx = be.zeros(t * d);
+    be.scatter_add_rows(&mut dx, &dxr, &p.logit_rows, d);
+
+    let mut dtheta = vec![(0f64, 0f64); c.num_layers];
+    for (l, blk) in w.blocks.iter().enumerate().rev() {
+        let a = &fwd.acts[l];
+        // MLP branch.
+        let mut da = be.zeros(t * inter);
+        linear_bwd(be, &mut da, grads, &dx, &a.act, &blk.down, t, ad, p, l, Target::Down, false);
+        let mut dup = be.zeros(t * inter);
+        let mut dh2 = be.zeros(t * d);
+        match &blk.gate {
+            Some(g) => {
+                let mut dgate = be.zeros(t * inter);
+                be.act_bwd(&mut dgate, Some(&mut dup), &da, &a.gate, Some(&a.up), act);
+                linear_bwd(be, &mut dh2, grads, &dgate, &a.h2, g, t, ad, p, l, Target::Gate, false);
+                linear_bwd(be, &mut dh2, grads, &dup, &a.h2, &blk.up, t, ad, p, l, Target::Up, true);
+            }
+            None => {
+                be.act_bwd(&mut dup, None, &da, &a.up, None, act);
+                linear_bwd(be, &mut dh2, grads, &dup, &a.h2, &blk.up, t, ad, p, l, Target::Up, false);
+            }
+        }
+        // Gradient at the attention block's output residual (x_mid), or at h for Phi.
+        let mut dx_mid = dx;
+        if let Some(mn) = &blk.mlp_norm {
+            be.norm_bwd(&mut dx_mid, &dh2, &a.x_mid, &a.stats2, &mn.w, t, d, norm, true);
+        }
+
+        // Attention branch.
+        let mut dattn = be.zeros(t * qd);
+        linear_bwd(be, &mut dattn, grads, &dx_mid, &a.attn, &blk.o, t, ad, p, l, Target::O, false);
+        let mut dq = be.zeros(t * qd);
+        let mut dk = be.zeros(kv_rows * kvd);
+        let mut dv = be.zeros(kv_rows * kvd);
+        be.attention_bwd(&mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims);
+        if let Some(m) = &p.mix {
+            let (ak, av) = ad.alphas[l];
+            let sk = be.kv_mix_bwd(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, ak);
+            let sv = be.kv_mix_bwd(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, av);
+            dtheta[l] = (sk, sv);
+        }
+        be.rope(&mut dq, &p.pos, c.num_heads, c.head_dim, c.rotary_dim, &w.inv_freq, true);
+        be.rope(&mut dk, &p.pos, c.num_kv_heads, c.head_dim, c.rotary_dim, &w.inv_freq, true);
+        let mut dh = be.zeros(t * d);
+        linear_bwd(be, &mut dh, grads, &dq, &a.h, &blk.q, t, ad, p, l, Target::Q, false);
+        linear_bwd(be, &mut dh, grads, &dk, &a.h, &blk.k, t, ad, p, l, Target::K, true);
+        linear_bwd(be, &mut dh, grads, &dv, &a.h, &blk.v, t, ad, p, l, Target::V, true);
+        if blk.mlp_norm.is_none() {
+            be.add(&mut dh, &dh2);
+        }
+        be.norm_bwd(&mut dx_mid, &dh, &a.x, &a.stats1, &blk.attn_norm.w, t, d, norm, true);
+        dx = dx_mid;
+    }
+
+    if let (Some((tk, tv)), true) = (ad.table.theta(), p.mix.is_some()) {
+        let n = c.num_layers;
+        let th_k = be.download_range(ad.params, tk, n);
+        let th_v = be.download_range(ad.params, tv, n);
+        let gk: Vec<f32> = (0..n).map(|l| (dalpha_dtheta(th_k[l], theta_init) as f64 * dtheta[l].0) as f32).collect();
+        let gv: Vec<f32> = (0..n).map(|l| (dalpha_dtheta(th_v[l], theta_init) as f64 * dtheta[l].1) as f32).collect();
+        be.add_host(grads, tk, &gk);
+        be.add_host(grads, tv, &gv);
+    }
+}

@@ -1,0 +1,156 @@
+//! The forward pass: embeddings, blocks (attention over segments with the kv-mix, MLP), final
+//! norm and LM head at the requested rows.
+
+use super::{AdapterState, ForwardOut, KvCache, LayerActs, Mode, Packed, Saved};
+use crate::backend::{AttnDims, Backend};
+use crate::model::weights::{Linear, Target, Weights};
+
+/// `y = x Wᵀ + b + LoRA(x)` over all `rows`.
+pub(super) fn linear<B: Backend>(
+    be: &B,
+    y: &mut B::Buf,
+    x: &B::Buf,
+    l: &Linear<B>,
+    rows: usize,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    layer: usize,
+    t: Target,
+) {
+    be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
+    let segs = ad.segs(p, layer, t);
+    if !segs.is_empty() {
+        be.lora_fwd(y, x, ad.params, &segs, l.in_dim, l.out_dim);
+    }
+}
+
+pub(super) fn attn_dims<B: Backend>(w: &Weights<B>) -> AttnDims {
+    let c = &w.cfg;
+    AttnDims {
+        q_heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    }
+}
+
+pub fn forward<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    cache: Option<&KvCache<B>>,
+    mode: Mode,
+) -> ForwardOut<B> {
+    let c = &w.cfg;
+    let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
+    let (qd, kvd) = (c.q_dim(), c.kv_dim());
+    let kv_rows = p.kv_rows();
+    let norm = w.norm_kind();
+    let act = w.activation();
+    let dims = attn_dims(w);
+
+    let mut x = be.zeros(t * d);
+    be.embedding_fwd(&mut x, &p.tokens, &w.embed, d, c.embed_scale.unwrap_or(1.0));
+
+    let mut acts = Vec::new();
+    let mut kv = Vec::new();
+    for (l, blk) in w.blocks.iter().enumerate() {
+        // Attention: norm, projections (+LoRA per segment), RoPE, kv-mix, segment attention.
+        let mut h = be.zeros(t * d);
+        let mut stats1 = be.zeros(t * 2);
+        let an = &blk.attn_norm;
+        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), t, d, norm, c.norm_eps);
+        let mut q = be.zeros(t * qd);
+        let mut k = be.zeros(kv_rows * kvd);
+        let mut v = be.zeros(kv_rows * kvd);
+        linear(be, &mut q, &h, &blk.q, t, ad, p, l, Target::Q);
+        linear(be, &mut k, &h, &blk.k, t, ad, p, l, Target::K);
+        linear(be, &mut v, &h, &blk.v, t, ad, p, l, Target::V);
+        be.rope(&mut q, &p.pos, c.num_heads, c.head_dim, c.rotary_dim, &w.inv_freq, false);
+        be.rope(&mut k, &p.pos, c.num_kv_heads, c.head_dim, c.rotary_dim, &w.inv_freq, false);
+        if let Some(m) = &p.mix {
+            let (ak, av) = ad.alphas[l];
+            be.kv_mix_fwd(&mut k, t, m.c, m.b, m.n, kvd, ak);
+            be.kv_mix_fwd(&mut v, t, m.c, m.b, m.n, kvd, av);
+        }
+        if let Some(cache) = cache {
+            let at = t + p.mix_rows();
+            be.copy_rows(&mut k, at, &cache.k[l], 0, p.past, kvd, false);
+            be.copy_rows(&mut v, at, &cache.v[l], 0, p.past, kvd, false);
+        }
+        let mut attn = be.zeros(t * qd);
+        let mut lse = be.zeros(t * c.num_heads);
+        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, &p.attn, dims);
+        let mut o = be.zeros(t * d);
+        linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
+
+        // MLP: on the attention output (sequential) or on the same normed input (Phi, parallel).
+        let x_mid = if c.parallel_block {
+            x_copy(be, &x)
+        } else {
+            let mut xm = x_copy(be, &x);
+            be.add(&mut xm, &o);
+            xm
+        };
+        let mut stats2 = be.zeros(if c.parallel_block { 0 } else { t * 2 });
+        let h2 = match &blk.mlp_norm {
+            Some(mn) => {
+                let mut h2 = be.zeros(t * d);
+                be.norm_fwd(&mut h2, &mut stats2, &x_mid, &mn.w, mn.b.as_ref(), t, d, norm, c.norm_eps);
+                h2
+            }
+            None => x_copy(be, &h),
+        };
+        let mut up = be.zeros(t * inter);
+        linear(be, &mut up, &h2, &blk.up, t, ad, p, l, Target::Up);
+        let mut a = be.zeros(t * inter);
+        let gate = match &blk.gate {
+            Some(g) => {
+                let mut gate = be.zeros(t * inter);
+                linear(be, &mut gate, &h2, g, t, ad, p, l, Target::Gate);
+                be.act_fwd(&mut a, &gate, Some(&up), act);
+                gate
+            }
+            None => {
+                be.act_fwd(&mut a, &up, None, act);
+                be.zeros(0)
+            }
+        };
+        let mut mlp = be.zeros(t * d);
+        linear(be, &mut mlp, &a, &blk.down, t, ad, p, l, Target::Down);
+        let mut x_out = x_copy(be, &x_mid);
+        if c.parallel_block {
+            be.add(&mut x_out, &o);
+        }
+        be.add(&mut x_out, &mlp);
+
+        if mode.keep_kv {
+            kv.push((x_copy(be, &k), x_copy(be, &v)));
+        }
+        if mode.save_acts {
+            acts.push(LayerActs { x, h, stats1, q, k, v, attn, lse, x_mid, h2, stats2, gate, up, act: a });
+        }
+        x = x_out;
+    }
+
+    // Final norm and LM head, only at the rows whose logits are wanted.
+    let r = p.logit_rows.len();
+    let mut final_x = be.zeros(r * d);
+    be.gather_rows(&mut final_x, &x, &p.logit_rows, d);
+    let mut hn = be.zeros(r * d);
+    let mut final_stats = be.zeros(r * 2);
+    let fnorm = &w.final_norm;
+    be.norm_fwd(&mut hn, &mut final_stats, &final_x, &fnorm.w, fnorm.b.as_ref(), r, d, norm, c.norm_eps);
+    let mut logits = be.zeros(r * c.vocab_size);
+    let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
+    be.matmul_fwd(&mut logits, &hn, w.lm_head_w(), bias, r, d, c.vocab_size, false);
+    ForwardOut { logits, saved: Saved { acts, final_x, final_stats }, kv }
+}
+
+fn x_copy<B: Backend>(be: &B, x: &B::Buf) -> B::Buf {
+    let n = be.len(x);
+    let mut y = be.zeros(n);
+    be.copy_rows(&mut y, 0, x, 0, 1, n, false);
+    y
+}
