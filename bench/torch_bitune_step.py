@@ -11,7 +11,9 @@ x[P-1..L-1] at positions P-1..L-1 on the mixed cache, mean CE over the answer to
 sets and θ, global-norm clip 1.0, AdamW (eps 1e-6, wd 0).
 LoRA step: one causal forward over x with set C, same loss, backward, clip, AdamW.
 
-Prints one JSON line: {"bitune_step_s", "lora_step_s", "ratio", "torch", "threads", ...}.
+Prints one JSON line: {"bitune_step_s", "lora_step_s", "ratio", "torch", "threads", ...}; the step
+times are medians over --repeat interleaved runs after one warm-up each (the minima are given too,
+a steadier figure on a loaded machine).
 """
 import argparse
 import json
@@ -141,10 +143,16 @@ def main():
     opt_bitune = torch.optim.AdamW(lora_params(model) + [theta_k, theta_v], **adam)
     opt_lora = torch.optim.AdamW(lora_params(model, "default"), **adam)
 
+    prefill0 = [p.detach().clone() for p in lora_params(model, "prefill")]
     tb, tl = timed([lambda: bitune_step(model, theta_k, theta_v, opt_bitune, ids, P),
                     lambda: lora_step(model, opt_lora, ids, P)], args.repeat)
+    # the Bitune steps trained both sets and θ (sanity check, not timed)
+    assert (theta_k.detach() != 0.01).all() and (theta_v.detach() != 0.01).all()
+    assert any((p.detach() != q).any() for p, q in zip(lora_params(model, "prefill"), prefill0))
     b, l = statistics.median(tb), statistics.median(tl)
     print(json.dumps({"bitune_step_s": round(b, 4), "lora_step_s": round(l, 4), "ratio": round(b / l, 3),
+                      "bitune_min_s": round(min(tb), 4), "lora_min_s": round(min(tl), 4),
+                      "ratio_min": round(min(tb) / min(tl), 3),
                       "torch": torch.__version__, "threads": args.threads, "prompt": P, "answer": A,
                       "repeat": args.repeat, "bitune_all_s": [round(x, 4) for x in tb],
                       "lora_all_s": [round(x, 4) for x in tl], "load_s": round(load_s, 1),

@@ -116,7 +116,10 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 fn tmp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("bitune-gguf-test-{}-{name}.gguf", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "bitune-gguf-test-{}-{name}.gguf",
+        std::process::id()
+    ))
 }
 
 fn write_bytes(name: &str, bytes: &[u8]) -> PathBuf {
@@ -216,7 +219,10 @@ fn metadata_of_every_type_round_trips() {
         ("t.str", s("héllo")),
         ("t.empty", s("")),
         ("t.arr_str", strs(&["a", "", "ccc"])),
-        ("t.arr_u8", MetaValue::Array(vec![MetaValue::U8(1), MetaValue::U8(2)])),
+        (
+            "t.arr_u8",
+            MetaValue::Array(vec![MetaValue::U8(1), MetaValue::U8(2)]),
+        ),
         (
             "t.nested",
             MetaValue::Array(vec![i32s(&[1, -2]), i32s(&[3])]),
@@ -252,9 +258,17 @@ fn dequantizes_every_supported_type() {
     w.f32s("f32", &[2, 3], &f32_vals);
     // F16 and BF16: exactly representable values.
     let f16_vals = [0.5f32, -1.25, 1024.0, 6.103_515_6e-5];
-    w.tensor("f16", &[4], F16, f16_vals.iter().flat_map(|&x| f16_bytes(x)).collect());
+    w.tensor(
+        "f16",
+        &[4],
+        F16,
+        f16_vals.iter().flat_map(|&x| f16_bytes(x)).collect(),
+    );
     let bf16_vals = [1.0f32, -3.0, 0.156_25, 256.0];
-    let bf = bf16_vals.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect();
+    let bf = bf16_vals
+        .iter()
+        .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+        .collect();
     w.tensor("bf16", &[2, 2], BF16, bf);
     // Q8_0, two rows of one block: d = 0.5 with q = k - 16, then d = -2 with q = 127, -128, 0...
     let mut q8 = f16_bytes(0.5).to_vec();
@@ -294,7 +308,10 @@ fn dequantizes_every_supported_type() {
 
     let t = get("q4_0");
     assert_eq!(t.shape, vec![1, 64]);
-    assert_eq!((t.data[0], t.data[15], t.data[16], t.data[31]), (-2.0, 1.75, 1.75, -2.0));
+    assert_eq!(
+        (t.data[0], t.data[15], t.data[16], t.data[31]),
+        (-2.0, 1.75, 1.75, -2.0)
+    );
     for k in 0..16 {
         assert_eq!(t.data[k], (k as f32 - 8.0) * 0.25);
         assert_eq!(t.data[16 + k], (7.0 - k as f32) * 0.25);
@@ -303,7 +320,10 @@ fn dequantizes_every_supported_type() {
     assert!(t.data[48..].iter().all(|&x| x == 0.0));
 
     let t = get("q4_1");
-    assert_eq!((t.data[0], t.data[1], t.data[16], t.data[31]), (-1.0, -0.5, 6.5, -1.0));
+    assert_eq!(
+        (t.data[0], t.data[1], t.data[16], t.data[31]),
+        (-1.0, -0.5, 6.5, -1.0)
+    );
     for k in 0..16 {
         assert_eq!(t.data[k], k as f32 * 0.5 - 1.0);
         assert_eq!(t.data[16 + k], (15 - k) as f32 * 0.5 - 1.0);
@@ -353,7 +373,10 @@ fn q_k_permutation_round_trips_and_matches_the_converter_formula() {
     }
     assert_ne!(p, w);
     assert_eq!(unpermute_qk_rows(&p, n_head, cols).unwrap(), w);
-    assert_eq!(permute_qk_rows(&unpermute_qk_rows(&w, n_head, cols).unwrap(), n_head, cols).unwrap(), w);
+    assert_eq!(
+        permute_qk_rows(&unpermute_qk_rows(&w, n_head, cols).unwrap(), n_head, cols).unwrap(),
+        w
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,14 +390,19 @@ const SMOLLM2_HELLO: &str = "<|im_start|>system\nYou are a helpful AI assistant 
 /// The same for "What is 2+2?\nAnswer briefly.".
 const SMOLLM2_MULTILINE: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?\nAnswer briefly.<|im_end|>\n<|im_start|>assistant\n";
 
+/// Hugging Face name -> (shape, values).
+type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 fn ramp(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 37 + seed * 11) % 97) as f32 / 97.0 - 0.5).collect()
+    (0..n)
+        .map(|i| ((i * 37 + seed * 11) % 97) as f32 / 97.0 - 0.5)
+        .collect()
 }
 
 /// HF-layout weights for a 1-layer Llama (hidden 8, 2 heads of 4, 1 KV head, FFN 12, vocab 10),
 /// and the GGUF writer holding them as llama.cpp's converter would (Q/K rows permuted).
-fn tiny_llama() -> (GgufWriter, BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
-    let hf: BTreeMap<String, (Vec<usize>, Vec<f32>)> = [
+fn tiny_llama() -> (GgufWriter, HfTensors) {
+    let hf: HfTensors = [
         ("model.embed_tokens.weight", vec![10, 8]),
         ("model.norm.weight", vec![8]),
         ("model.layers.0.input_layernorm.weight", vec![8]),
@@ -401,7 +429,10 @@ fn tiny_llama() -> (GgufWriter, BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
         .kv("llama.feed_forward_length", MetaValue::U32(12))
         .kv("llama.attention.head_count", MetaValue::U32(2))
         .kv("llama.attention.head_count_kv", MetaValue::U32(1))
-        .kv("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5))
+        .kv(
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-5),
+        )
         .kv("llama.rope.freq_base", MetaValue::F32(100000.0))
         .kv("llama.rope.dimension_count", MetaValue::U32(4))
         .kv("llama.context_length", MetaValue::U32(256))
@@ -409,9 +440,23 @@ fn tiny_llama() -> (GgufWriter, BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
         .kv("tokenizer.ggml.pre", s("smollm"))
         .kv(
             "tokenizer.ggml.tokens",
-            strs(&["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġab", "1", "2"]),
+            strs(&[
+                "<|endoftext|>",
+                "<|im_start|>",
+                "<|im_end|>",
+                "a",
+                "b",
+                "ab",
+                "Ġ",
+                "Ġab",
+                "1",
+                "2",
+            ]),
         )
-        .kv("tokenizer.ggml.token_type", i32s(&[3, 3, 3, 1, 1, 1, 1, 1, 1, 1]))
+        .kv(
+            "tokenizer.ggml.token_type",
+            i32s(&[3, 3, 3, 1, 1, 1, 1, 1, 1, 1]),
+        )
         .kv("tokenizer.ggml.merges", strs(&["a b", "Ġ ab"]))
         .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
         .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
@@ -420,15 +465,39 @@ fn tiny_llama() -> (GgufWriter, BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
     let gguf_names = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
-        ("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"),
-        ("model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight"),
-        ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
-        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight"),
-        ("model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight"),
-        ("model.layers.0.self_attn.o_proj.weight", "blk.0.attn_output.weight"),
-        ("model.layers.0.mlp.gate_proj.weight", "blk.0.ffn_gate.weight"),
+        (
+            "model.layers.0.input_layernorm.weight",
+            "blk.0.attn_norm.weight",
+        ),
+        (
+            "model.layers.0.post_attention_layernorm.weight",
+            "blk.0.ffn_norm.weight",
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "blk.0.attn_q.weight",
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            "blk.0.attn_k.weight",
+        ),
+        (
+            "model.layers.0.self_attn.v_proj.weight",
+            "blk.0.attn_v.weight",
+        ),
+        (
+            "model.layers.0.self_attn.o_proj.weight",
+            "blk.0.attn_output.weight",
+        ),
+        (
+            "model.layers.0.mlp.gate_proj.weight",
+            "blk.0.ffn_gate.weight",
+        ),
         ("model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"),
-        ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            "blk.0.ffn_down.weight",
+        ),
     ];
     for (hf_name, g) in gguf_names {
         let (shape, data) = &hf[hf_name];
@@ -449,13 +518,27 @@ fn tiny_llama_loads_as_a_complete_model() {
     let m = load_gguf(&path).unwrap();
     let c = &m.config;
     assert_eq!(
-        (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers),
+        (
+            c.vocab_size,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_layers
+        ),
         (10, 8, 12, 1)
     );
-    assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim), (2, 1, 4, 4));
-    assert_eq!((c.rope_theta, c.norm_eps, c.max_position_embeddings), (100000.0, 1e-5, 256));
+    assert_eq!(
+        (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim),
+        (2, 1, 4, 4)
+    );
+    assert_eq!(
+        (c.rope_theta, c.norm_eps, c.max_position_embeddings),
+        (100000.0, 1e-5, 256)
+    );
     assert!(c.tie_word_embeddings && !c.qkv_bias && !c.o_bias && !c.mlp_bias && c.gated_mlp);
-    assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.clone()),
+        (Some(1), vec![2])
+    );
     let names: BTreeSet<&String> = m.tensors.map.keys().collect();
     assert_eq!(names, hf.keys().collect());
     for (name, (shape, data)) in &hf {
@@ -463,8 +546,15 @@ fn tiny_llama_loads_as_a_complete_model() {
         assert_eq!(&t.shape, shape, "{name}");
         assert_eq!(&t.data, data, "{name}: HF layout (Q/K un-permuted)");
     }
-    let enc = m.tokenizer.encode("<|im_start|>ab ab12<|im_end|>", true).unwrap();
-    assert_eq!(enc.get_ids(), &[1, 5, 7, 8, 9, 2], "no BOS: add_bos_token is false");
+    let enc = m
+        .tokenizer
+        .encode("<|im_start|>ab ab12<|im_end|>", true)
+        .unwrap();
+    assert_eq!(
+        enc.get_ids(),
+        &[1, 5, 7, 8, 9, 2],
+        "no BOS: add_bos_token is false"
+    );
     assert_eq!(
         m.tokenizer.decode(&[1, 5, 7, 8, 9], false).unwrap(),
         "<|im_start|>ab ab12"
@@ -490,22 +580,23 @@ fn smollm2_chat_template_matches_transformers() {
 
 #[test]
 fn other_chat_families_render_one_user_turn() {
-    // Llama 3 (8B-Instruct), Gemma and Mistral v0.1 templates, abbreviated to what decides the
-    // single-turn output; expected strings as `transformers` renders the full templates.
+    // The Llama 3 8B Instruct, Gemma and Mistral v0.1 templates; expected strings are what
+    // `transformers` renders for [{"role": "user", "content": " Hi there \n"}].
+    let msg = " Hi there \n";
     let llama3 = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
     assert_eq!(
-        apply_chat_template(Some(llama3), " Hi there \n").unwrap(),
+        apply_chat_template(Some(llama3), msg).unwrap(),
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     );
-    let gemma = "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+    let gemma = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
     assert_eq!(
-        apply_chat_template(Some(gemma), "Hi").unwrap(),
-        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        apply_chat_template(Some(gemma), msg).unwrap(),
+        "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
     );
-    let mistral = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}{% endfor %}";
+    let mistral = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
     assert_eq!(
-        apply_chat_template(Some(mistral), "Hi").unwrap(),
-        "<s>[INST] Hi [/INST]"
+        apply_chat_template(Some(mistral), msg).unwrap(),
+        "<s>[INST]  Hi there \n [/INST]"
     );
 }
 
@@ -519,17 +610,26 @@ fn bad_magic_and_versions_are_errors_naming_the_file() {
     bytes[3] = b'X';
     let path = write_bytes("magic", &bytes);
     let e = err_text(load_gguf(&path));
-    assert!(e.contains(&path.display().to_string()) && e.contains("not a GGUF file"), "{e}");
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("not a GGUF file"),
+        "{e}"
+    );
     for version in [1u32, 4] {
         let mut bytes = w.bytes();
         bytes[4..8].copy_from_slice(&version.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
         let e = err_text(load_gguf(&path));
-        assert!(e.contains(&path.display().to_string()) && e.contains("version"), "{e}");
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("version"),
+            "{e}"
+        );
     }
     std::fs::write(&path, b"GGUF").unwrap();
     let e = err_text(load_gguf(&path));
-    assert!(e.contains(&path.display().to_string()) && e.contains("too short"), "{e}");
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("too short"),
+        "{e}"
+    );
     let missing = tmp_path("does-not-exist");
     assert!(err_text(load_gguf(&missing)).contains(&missing.display().to_string()));
     std::fs::remove_file(path).unwrap();
@@ -541,7 +641,12 @@ fn truncated_files_are_errors_naming_the_file_and_the_item() {
     let bytes = w.bytes();
     let path = tmp_path("truncated");
     let p = path.display().to_string();
-    let key_at = |needle: &[u8]| bytes.windows(needle.len()).position(|x| x == needle).unwrap();
+    let key_at = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|x| x == needle)
+            .unwrap()
+    };
     // Inside a metadata value, inside a tensor header, inside tensor data.
     let cut_meta = key_at(b"tokenizer.ggml.tokens") + 40;
     let cut_info = key_at(b"blk.0.attn_v.weight") + 22;
@@ -565,14 +670,20 @@ fn unknown_dtype_and_out_of_range_tensor_are_errors() {
     let path = w.write("q4k");
     let e = err_text(load_gguf(&path));
     let p = path.display().to_string();
-    assert!(e.contains(&p) && e.contains("blk.0.attn_q.bias") && e.contains("Q4_K"), "{e}");
+    assert!(
+        e.contains(&p) && e.contains("blk.0.attn_q.bias") && e.contains("Q4_K"),
+        "{e}"
+    );
 
     let (mut w, _) = tiny_llama();
     w.f32s("blk.0.attn_q.bias", &[8], &[0.0; 8]);
     w.tensors.last_mut().unwrap().offset = Some(1 << 40);
     std::fs::write(&path, w.bytes()).unwrap();
     let e = err_text(load_gguf(&path));
-    assert!(e.contains(&p) && e.contains("blk.0.attn_q.bias") && e.contains("past the end"), "{e}");
+    assert!(
+        e.contains(&p) && e.contains("blk.0.attn_q.bias") && e.contains("past the end"),
+        "{e}"
+    );
 
     let (mut w, _) = tiny_llama();
     w.f32s("blk.0.mystery.weight", &[8], &[0.0; 8]);
@@ -585,7 +696,10 @@ fn unknown_dtype_and_out_of_range_tensor_are_errors() {
     w.kv("general.architecture", s("mamba"));
     std::fs::write(&path, w.bytes()).unwrap();
     let e = err_text(load_gguf(&path));
-    assert!(e.contains(&p) && e.contains("unsupported GGUF architecture \"mamba\""), "{e}");
+    assert!(
+        e.contains(&p) && e.contains("unsupported GGUF architecture \"mamba\""),
+        "{e}"
+    );
     std::fs::remove_file(path).unwrap();
 }
 
@@ -605,7 +719,9 @@ fn corrupt_files_never_panic() {
     // Random byte overwrites (a fixed LCG): loads may succeed or fail, but must not panic.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     for _ in 0..400 {
@@ -637,18 +753,19 @@ fn read_json(path: &Path) -> Value {
 
 /// Every tensor of a safetensors checkpoint (single or sharded): name -> (shape, dtype, bytes).
 fn read_safetensors(dir: &Path) -> BTreeMap<String, (Vec<usize>, u32, Vec<u8>)> {
-    let files: BTreeSet<String> = match std::fs::read_to_string(dir.join("model.safetensors.index.json")) {
-        Ok(text) => {
-            let v: Value = serde_json::from_str(&text).unwrap();
-            v["weight_map"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|f| f.as_str().unwrap().to_string())
-                .collect()
-        }
-        Err(_) => ["model.safetensors".to_string()].into(),
-    };
+    let files: BTreeSet<String> =
+        match std::fs::read_to_string(dir.join("model.safetensors.index.json")) {
+            Ok(text) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                v["weight_map"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|f| f.as_str().unwrap().to_string())
+                    .collect()
+            }
+            Err(_) => ["model.safetensors".to_string()].into(),
+        };
     let mut out = BTreeMap::new();
     for f in files {
         let bytes = std::fs::read(dir.join(f)).unwrap();
@@ -668,9 +785,18 @@ fn read_safetensors(dir: &Path) -> BTreeMap<String, (Vec<usize>, u32, Vec<u8>)> 
 
 fn to_f32(ty: u32, bytes: &[u8]) -> Vec<f32> {
     match ty {
-        F32 => bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        BF16 => bytes.chunks(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        F16 => bytes.chunks(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        F32 => bytes
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        BF16 => bytes
+            .chunks(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        F16 => bytes
+            .chunks(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         _ => unreachable!(),
     }
 }
@@ -765,8 +891,12 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
     let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let hidden = u("hidden_size");
     let heads = u("num_attention_heads");
-    let kv_heads = cfg["num_key_value_heads"].as_u64().map_or(heads, |x| x as u32);
-    let head_dim = cfg["head_dim"].as_u64().map_or(hidden / heads, |x| x as u32);
+    let kv_heads = cfg["num_key_value_heads"]
+        .as_u64()
+        .map_or(heads, |x| x as u32);
+    let head_dim = cfg["head_dim"]
+        .as_u64()
+        .map_or(hidden / heads, |x| x as u32);
     let partial = cfg["partial_rotary_factor"].as_f64().unwrap_or(1.0);
     let rotary = (head_dim as f64 * partial) as u32;
     let mut w = GgufWriter::new();
@@ -774,11 +904,20 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
     w.kv("general.architecture", s(arch))
         .kv(&key("embedding_length"), MetaValue::U32(hidden))
         .kv(&key("block_count"), MetaValue::U32(u("num_hidden_layers")))
-        .kv(&key("feed_forward_length"), MetaValue::U32(u("intermediate_size")))
+        .kv(
+            &key("feed_forward_length"),
+            MetaValue::U32(u("intermediate_size")),
+        )
         .kv(&key("attention.head_count"), MetaValue::U32(heads))
         .kv(&key("attention.head_count_kv"), MetaValue::U32(kv_heads))
-        .kv(&key("context_length"), MetaValue::U32(u("max_position_embeddings")))
-        .kv(&key("rope.freq_base"), MetaValue::F32(cfg["rope_theta"].as_f64().unwrap() as f32))
+        .kv(
+            &key("context_length"),
+            MetaValue::U32(u("max_position_embeddings")),
+        )
+        .kv(
+            &key("rope.freq_base"),
+            MetaValue::F32(cfg["rope_theta"].as_f64().unwrap() as f32),
+        )
         .kv(&key("rope.dimension_count"), MetaValue::U32(rotary));
     if head_dim != hidden / heads {
         w.kv(&key("attention.key_length"), MetaValue::U32(head_dim));
@@ -789,7 +928,10 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
         w.kv(&key("attention.layer_norm_epsilon"), MetaValue::F32(eps));
     } else {
         let eps = cfg["rms_norm_eps"].as_f64().unwrap() as f32;
-        w.kv(&key("attention.layer_norm_rms_epsilon"), MetaValue::F32(eps));
+        w.kv(
+            &key("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(eps),
+        );
     }
     // Tokenizer: tokens by id, added tokens as CONTROL, merges as "left right".
     let mut tokens: BTreeMap<u64, String> = tok["model"]["vocab"]
@@ -804,7 +946,10 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
         tokens.insert(id, a["content"].as_str().unwrap().to_string());
         types[id as usize] = 3;
     }
-    assert_eq!(tokens.keys().copied().collect::<Vec<_>>(), (0..tokens.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        tokens.keys().copied().collect::<Vec<_>>(),
+        (0..tokens.len() as u64).collect::<Vec<_>>()
+    );
     let merges: Vec<String> = tok["model"]["merges"]
         .as_array()
         .unwrap()
@@ -822,8 +967,14 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
         .kv("tokenizer.ggml.tokens", strs(&tokens))
         .kv("tokenizer.ggml.token_type", i32s(&types))
         .kv("tokenizer.ggml.merges", strs(&merges))
-        .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(u("bos_token_id")))
-        .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(u("eos_token_id")))
+        .kv(
+            "tokenizer.ggml.bos_token_id",
+            MetaValue::U32(u("bos_token_id")),
+        )
+        .kv(
+            "tokenizer.ggml.eos_token_id",
+            MetaValue::U32(u("eos_token_id")),
+        )
         .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
     // Tensors.
     let hf = read_safetensors(&dir);
@@ -834,7 +985,10 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
             continue; // fused below, with attn_q
         }
         if phi && g.contains(".attn_q.") {
-            let (k, v) = (hf_name.replace("q_proj", "k_proj"), hf_name.replace("q_proj", "v_proj"));
+            let (k, v) = (
+                hf_name.replace("q_proj", "k_proj"),
+                hf_name.replace("q_proj", "v_proj"),
+            );
             let mut fused = data.clone();
             fused.extend(&hf[&k].2);
             fused.extend(&hf[&v].2);
@@ -857,14 +1011,26 @@ fn fixture_to_gguf(name: &str) -> PathBuf {
         w.tensor(&g, shape, *ty, data);
     }
     if cfg["rope_scaling"]["rope_type"] == "llama3" {
-        w.f32s("rope_freqs.weight", &[rotary as usize / 2], &llama3_rope_factors(&cfg, rotary as usize));
+        w.f32s(
+            "rope_freqs.weight",
+            &[rotary as usize / 2],
+            &llama3_rope_factors(&cfg, rotary as usize),
+        );
     }
     w.write(&format!("fixture-{name}"))
 }
 
 #[test]
 fn fixture_models_round_trip_through_gguf() {
-    for name in ["llama", "llama3", "mistral", "qwen2", "gemma", "phi", "llama_bf16"] {
+    for name in [
+        "llama",
+        "llama3",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "phi",
+        "llama_bf16",
+    ] {
         let dir = fixture_dir(name);
         if !dir.join("config.json").exists() {
             eprintln!("SKIP {name}: no fixture at {}", dir.display());
@@ -880,7 +1046,10 @@ fn fixture_models_round_trip_through_gguf() {
         // frequencies they give must be the same.
         let (gf, wf) = (got.rope_inv_freq(), want.rope_inv_freq());
         for (g, w) in gf.iter().zip(&wf) {
-            assert!((g - w).abs() <= 1e-6 * w.abs(), "{name}: inv_freq {gf:?} vs {wf:?}");
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs(),
+                "{name}: inv_freq {gf:?} vs {wf:?}"
+            );
         }
         got.rope_scaling = want.rope_scaling;
         assert_eq!(got, want, "{name}: config");
@@ -888,15 +1057,39 @@ fn fixture_models_round_trip_through_gguf() {
         let hf = read_safetensors(&dir);
         assert_eq!(m.tensors.map.len(), hf.len(), "{name}: tensor count");
         for (n, (shape, ty, data)) in &hf {
-            let t = m.tensors.map.get(n).unwrap_or_else(|| panic!("{name}: missing {n}"));
+            let t = m
+                .tensors
+                .map
+                .get(n)
+                .unwrap_or_else(|| panic!("{name}: missing {n}"));
             assert_eq!(&t.shape, shape, "{name}: {n}");
-            assert_eq!(t.data, to_f32(*ty, data), "{name}: {n}");
+            let want = to_f32(*ty, data);
+            if name == "gemma" && n.contains("norm") {
+                // Stored as 1 + w: recovering w rounds in f32.
+                let err = t
+                    .data
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(err <= 1e-6, "{name}: {n}: {err}");
+            } else {
+                assert_eq!(t.data, want, "{name}: {n}");
+            }
         }
 
         let reference = read_json(&dir.join("reference.json"));
         for pr in reference["prompts"].as_array().unwrap() {
-            let ids: Vec<u32> = pr["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let enc = m.tokenizer.encode(pr["text"].as_str().unwrap(), true).unwrap();
+            let ids: Vec<u32> = pr["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let enc = m
+                .tokenizer
+                .encode(pr["text"].as_str().unwrap(), true)
+                .unwrap();
             assert_eq!(enc.get_ids(), &ids[..], "{name}: tokenizer ids");
         }
         std::fs::remove_file(path).unwrap();
@@ -914,18 +1107,27 @@ fn default_model() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: default model not at {} (run scripts/fetch-model.sh)", p.display());
+        eprintln!(
+            "SKIP: default model not at {} (run scripts/fetch-model.sh)",
+            p.display()
+        );
         None
     }
 }
 
 fn fixture_json(name: &str) -> Option<Value> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     p.exists().then(|| read_json(&p))
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -936,23 +1138,49 @@ fn smollm2_loads_with_config_tokenizer_and_template() {
     eprintln!("loaded {} in {:.2?}", path.display(), t0.elapsed());
     let c = &m.config;
     assert_eq!(
-        (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim),
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim
+        ),
         (30, 576, 9, 3, 64)
     );
-    assert_eq!((c.vocab_size, c.intermediate_size, c.rotary_dim), (49152, 1536, 64));
+    assert_eq!(
+        (c.vocab_size, c.intermediate_size, c.rotary_dim),
+        (49152, 1536, 64)
+    );
     assert!(c.tie_word_embeddings && !m.tensors.contains("lm_head.weight"));
     assert_eq!((c.rope_theta, c.norm_eps), (100000.0, 1e-5));
-    assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.clone()),
+        (Some(1), vec![2])
+    );
     assert_eq!(m.tensors.map.len(), 2 + 30 * 9);
-    assert_eq!(m.tensors.map["model.embed_tokens.weight"].shape, vec![49152, 576]);
-    assert_eq!(m.tensors.map["model.layers.0.self_attn.k_proj.weight"].shape, vec![192, 576]);
-    assert_eq!(m.tensors.map["model.layers.29.mlp.down_proj.weight"].shape, vec![576, 1536]);
+    assert_eq!(
+        m.tensors.map["model.embed_tokens.weight"].shape,
+        vec![49152, 576]
+    );
+    assert_eq!(
+        m.tensors.map["model.layers.0.self_attn.k_proj.weight"].shape,
+        vec![192, 576]
+    );
+    assert_eq!(
+        m.tensors.map["model.layers.29.mlp.down_proj.weight"].shape,
+        vec![576, 1536]
+    );
 
     let template = m.chat_template.as_deref();
     assert_eq!(template, Some(SMOLLM2_TEMPLATE));
     let prompt = apply_chat_template(template, "Hello!").unwrap();
     assert_eq!(prompt, SMOLLM2_HELLO);
-    let ids = m.tokenizer.encode(prompt.as_str(), false).unwrap().get_ids().to_vec();
+    let ids = m
+        .tokenizer
+        .encode(prompt.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     // As `transformers` tokenizes it (add_special_tokens=False).
     let want = [
         1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
@@ -963,7 +1191,11 @@ fn smollm2_loads_with_config_tokenizer_and_template() {
 
     // Digits are split one by one (SmolLM2's Digits(individual) + ByteLevel pre-tokenizer).
     let enc = m.tokenizer.encode("Hello world! 123", true).unwrap();
-    assert_eq!(enc.get_ids(), &[19556, 905, 17, 216, 33, 34, 35], "no BOS added");
+    assert_eq!(
+        enc.get_ids(),
+        &[19556, 905, 17, 216, 33, 34, 35],
+        "no BOS added"
+    );
 
     if let Some(cases) = fixture_json("smollm2_tokenizer_cases.json") {
         for case in cases["cases"].as_array().unwrap() {
@@ -983,6 +1215,12 @@ fn smollm2_loads_with_config_tokenizer_and_template() {
     }
 
     let f = GgufFile::open(&path).unwrap();
-    assert_eq!(f.tensor_info("token_embd.weight").unwrap().dtype, GgmlType::Q8_0);
-    assert_eq!(f.tensor_info("blk.0.attn_q.weight").unwrap().dtype, GgmlType::Q4_1);
+    assert_eq!(
+        f.tensor_info("token_embd.weight").unwrap().dtype,
+        GgmlType::Q8_0
+    );
+    assert_eq!(
+        f.tensor_info("blk.0.attn_q.weight").unwrap().dtype,
+        GgmlType::Q4_1
+    );
 }
