@@ -11,7 +11,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "bitune-rt", version, about = "Bitune: bidirectional instruction-tuning runtime")]
+#[command(
+    name = "bitune-rt",
+    version,
+    about = "Bitune: bidirectional instruction-tuning runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -127,14 +131,33 @@ fn cmd_generate(m: &ModelArgs, prompt: &str, o: GenOptions, chat: bool) -> Resul
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Generate { m, prompt, max_new, temperature, top_p, seed, chat } => {
+        Cmd::Generate {
+            m,
+            prompt,
+            max_new,
+            temperature,
+            top_p,
+            seed,
+            chat,
+        } => {
             if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
                 bail!("--top-p must be in (0, 1] and --temperature >= 0");
             }
-            let o = GenOptions { max_new, temperature, top_p, seed, stops: vec![] };
+            let o = GenOptions {
+                max_new,
+                temperature,
+                top_p,
+                seed,
+                stops: vec![],
+            };
             cmd_generate(&m, &prompt, o, chat)
         }
-        Cmd::Score { m, context, continuation, requests } => {
+        Cmd::Score {
+            m,
+            context,
+            continuation,
+            requests,
+        } => {
             let e = cpu_engine(&m)?;
             let reqs = match (context, continuation, requests) {
                 (Some(c), Some(x), None) => vec![(c, x)],

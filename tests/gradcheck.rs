@@ -16,14 +16,34 @@ use common::*;
 
 fn examples() -> Vec<Example> {
     vec![
-        Example { ids: vec![1, 40, 77, 81, 73, 90, 105, 66, 82, 81, 2], prompt_len: 7 },
-        Example { ids: vec![1, 55, 60, 61, 70, 99, 120, 2], prompt_len: 5 },
+        Example {
+            ids: vec![1, 40, 77, 81, 73, 90, 105, 66, 82, 81, 2],
+            prompt_len: 7,
+        },
+        Example {
+            ids: vec![1, 55, 60, 61, 70, 99, 120, 2],
+            prompt_len: 5,
+        },
     ]
 }
 
 fn trainable(be: &Cpu, m: &Model<Cpu>, method: Method) -> Trainable<Cpu> {
-    let targets = ALL_TARGETS.into_iter().filter(|t| m.weights.cfg.gated_mlp || *t != bitune_rt::model::weights::Target::Gate).collect();
-    let mut tr = Trainable::init(be, &m.weights, method, LoraSpec { rank: 3, alpha: 2.0, targets }, 0.01, 5);
+    let targets = ALL_TARGETS
+        .into_iter()
+        .filter(|t| m.weights.cfg.gated_mlp || *t != bitune_rt::model::weights::Target::Gate)
+        .collect();
+    let mut tr = Trainable::init(
+        be,
+        &m.weights,
+        method,
+        LoraSpec {
+            rank: 3,
+            alpha: 2.0,
+            targets,
+        },
+        0.01,
+        5,
+    );
     let mut rng = Rng::new(9);
     for e in tr.table.entries.clone() {
         let s = &mut tr.params[e.offset..e.offset + e.len()];
@@ -39,8 +59,13 @@ fn trainable(be: &Cpu, m: &Model<Cpu>, method: Method) -> Trainable<Cpu> {
     tr
 }
 
+/// Picks the parameters one directional derivative perturbs.
+type Selector = Box<dyn Fn(&bitune_rt::bitune::params::Entry) -> bool>;
+
 fn loss(be: &Cpu, m: &Model<Cpu>, tr: &Trainable<Cpu>) -> f64 {
-    loss_and_grad(be, &m.weights, tr, &examples(), 2, None).unwrap().loss
+    loss_and_grad(be, &m.weights, tr, &examples(), 2, None)
+        .unwrap()
+        .loss
 }
 
 #[test]
@@ -52,7 +77,7 @@ fn train_step_gradients_match_finite_differences() {
             let mut tr = trainable(&be, &m, method);
             let mut g = vec![0f32; tr.table.total];
             loss_and_grad(&be, &m.weights, &tr, &examples(), 2, Some(&mut g)).unwrap();
-            let groups: Vec<(&str, Box<dyn Fn(&bitune_rt::bitune::params::Entry) -> bool>)> = vec![
+            let groups: Vec<(&str, Selector)> = vec![
                 ("set C", Box::new(|e| e.set == SET_C && e.target.is_some())),
                 ("set B", Box::new(|e| e.set == SET_B && e.target.is_some())),
                 ("theta", Box::new(|e| e.target.is_none())),
@@ -62,7 +87,9 @@ fn train_step_gradients_match_finite_differences() {
                 let mut u = vec![0f32; tr.table.total];
                 for e in tr.table.entries.iter().filter(|e| sel(e)) {
                     let scale = if e.target.is_none() { 0.2 } else { 1.0 };
-                    u[e.offset..e.offset + e.len()].iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0) * scale);
+                    u[e.offset..e.offset + e.len()]
+                        .iter_mut()
+                        .for_each(|v| *v = rng.uniform(-1.0, 1.0) * scale);
                 }
                 if u.iter().all(|&v| v == 0.0) {
                     continue;
@@ -94,9 +121,18 @@ fn train_step_gradients_match_finite_differences() {
                     _ => false,
                 };
                 if unused {
-                    assert_eq!(analytic, 0.0, "{name} {}: unused set B got gradient", method.name());
+                    assert_eq!(
+                        analytic,
+                        0.0,
+                        "{name} {}: unused set B got gradient",
+                        method.name()
+                    );
                 } else {
-                    assert!(analytic.abs() > 1e-6, "{name} {} {gname}: zero gradient", method.name());
+                    assert!(
+                        analytic.abs() > 1e-6,
+                        "{name} {} {gname}: zero gradient",
+                        method.name()
+                    );
                 }
             }
         }
@@ -131,7 +167,17 @@ fn norm_backward_matches_finite_differences() {
         let u = rand_vec(&mut rng, rows * d, 1.0);
         let f = |x: &[f32]| {
             let (mut o, mut st) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
-            be.norm_fwd(&mut o, &mut st, &x.to_vec(), &w, Some(&b), rows, d, kind, 1e-5);
+            be.norm_fwd(
+                &mut o,
+                &mut st,
+                &x.to_vec(),
+                &w,
+                Some(&b),
+                rows,
+                d,
+                kind,
+                1e-5,
+            );
             dot(&o, &dy)
         };
         let (mut o, mut st) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
@@ -139,7 +185,10 @@ fn norm_backward_matches_finite_differences() {
         let mut dx = vec![0f32; rows * d];
         be.norm_bwd(&mut dx, &dy, &x, &st, &w, rows, d, kind, false);
         let (a, n) = (dot(&dx, &u), fd(&f, &x, &u, 1e-2));
-        assert!((a - n).abs() < 1e-3 * n.abs().max(1.0), "{kind:?}: {a} vs {n}");
+        assert!(
+            (a - n).abs() < 1e-3 * n.abs().max(1.0),
+            "{kind:?}: {a} vs {n}"
+        );
     }
 }
 
@@ -163,7 +212,10 @@ fn activation_backward_matches_finite_differences() {
             let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
             be.act_bwd(&mut dg, gated.then_some(&mut du), &dy, &g, upo, act);
             let (a, nn) = (dot(&dg, &u), fd(&f, &g, &u, 1e-3));
-            assert!((a - nn).abs() < 2e-3 * nn.abs().max(1.0), "{act:?} gated={gated}: {a} vs {nn}");
+            assert!(
+                (a - nn).abs() < 2e-3 * nn.abs().max(1.0),
+                "{act:?} gated={gated}: {a} vs {nn}"
+            );
             if gated {
                 let fu = |x: &[f32]| {
                     let mut o = vec![0f32; n];
@@ -171,7 +223,10 @@ fn activation_backward_matches_finite_differences() {
                     dot(&o, &dy)
                 };
                 let (a, nn) = (dot(&du, &u), fd(&fu, &up, &u, 1e-2));
-                assert!((a - nn).abs() < 1e-3 * nn.abs().max(1.0), "{act:?} up: {a} vs {nn}");
+                assert!(
+                    (a - nn).abs() < 1e-3 * nn.abs().max(1.0),
+                    "{act:?} up: {a} vs {nn}"
+                );
             }
         }
     }
@@ -181,7 +236,12 @@ fn activation_backward_matches_finite_differences() {
 fn attention_and_rope_backward_match_finite_differences() {
     let be = Cpu;
     let (hq, hkv, hd) = (4, 2, 6);
-    let dims = AttnDims { q_heads: hq, kv_heads: hkv, head_dim: hd, scale: 0.4 };
+    let dims = AttnDims {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: hd,
+        scale: 0.4,
+    };
     let mut rng = Rng::new(3);
     // Two groups: a prompt block under `mask` and an answer block reading a prefix and itself.
     for mask in [MaskKind::Causal, MaskKind::Full, MaskKind::AntiCausal] {
@@ -190,8 +250,16 @@ fn attention_and_rope_backward_match_finite_differences() {
         let k_pos: Vec<u32> = vec![0, 1, 2, 3, 4, 5, 6, 0, 1];
         let plan = AttnPlan {
             groups: vec![
-                AttnGroup { q: 0..4, kv: vec![0..4], mask },
-                AttnGroup { q: 4..7, kv: vec![7..9, 4..7], mask: MaskKind::Causal },
+                AttnGroup {
+                    q: 0..4,
+                    kv: std::iter::once(0..4).collect(),
+                    mask,
+                },
+                AttnGroup {
+                    q: 4..7,
+                    kv: vec![7..9, 4..7],
+                    mask: MaskKind::Causal,
+                },
             ],
             q_pos: q_pos.clone(),
             k_pos,
@@ -205,17 +273,40 @@ fn attention_and_rope_backward_match_finite_differences() {
         let run = |q: &[f32], k: &[f32], v: &[f32]| {
             let (mut q, mut k) = (q.to_vec(), k.to_vec());
             be.rope(&mut q, &q_pos, hq, hd, 4, &inv, false);
-            be.rope(&mut k, &[0, 1, 2, 3, 4, 5, 6, 0, 1], hkv, hd, 4, &inv, false);
+            be.rope(
+                &mut k,
+                &[0, 1, 2, 3, 4, 5, 6, 0, 1],
+                hkv,
+                hd,
+                4,
+                &inv,
+                false,
+            );
             let (mut o, mut l) = (vec![0f32; tq * hq * hd], vec![0f32; tq * hq]);
             be.attention_fwd(&mut o, &mut l, &q, &k, &v.to_vec(), &plan, dims);
             (q, k, o, l)
         };
         let (qr, kr, o, l) = run(&q, &k, &v);
-        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
-        be.attention_bwd(&mut dq, &mut dk, &mut dv, &dy, &qr, &kr, &v, &o, &l, &plan, dims);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; q.len()],
+            vec![0f32; k.len()],
+            vec![0f32; v.len()],
+        );
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dy, &qr, &kr, &v, &o, &l, &plan, dims,
+        );
         be.rope(&mut dq, &q_pos, hq, hd, 4, &inv, true);
-        be.rope(&mut dk, &[0, 1, 2, 3, 4, 5, 6, 0, 1], hkv, hd, 4, &inv, true);
-        let cases: [(&str, &Vec<f32>, &Vec<f32>, usize); 3] = [("q", &q, &dq, 0), ("k", &k, &dk, 1), ("v", &v, &dv, 2)];
+        be.rope(
+            &mut dk,
+            &[0, 1, 2, 3, 4, 5, 6, 0, 1],
+            hkv,
+            hd,
+            4,
+            &inv,
+            true,
+        );
+        let cases: [(&str, &Vec<f32>, &Vec<f32>, usize); 3] =
+            [("q", &q, &dq, 0), ("k", &k, &dk, 1), ("v", &v, &dv, 2)];
         for (nm, x, dx, which) in cases {
             let u = rand_vec(&mut rng, x.len(), 1.0);
             let f = |xx: &[f32]| {
@@ -227,7 +318,10 @@ fn attention_and_rope_backward_match_finite_differences() {
                 dot(&o, &dy)
             };
             let (a, n) = (dot(dx, &u), fd(&f, x, &u, 1e-2));
-            assert!((a - n).abs() < 2e-3 * n.abs().max(1.0), "{mask:?} d{nm}: {a} vs {n}");
+            assert!(
+                (a - n).abs() < 2e-3 * n.abs().max(1.0),
+                "{mask:?} d{nm}: {a} vs {n}"
+            );
         }
     }
 }

@@ -10,7 +10,15 @@ use bitune_rt::bitune::plan::single_sequence;
 use bitune_rt::model::transformer::{forward, Mode};
 use common::*;
 
-const MODELS: [&str; 7] = ["llama", "llama3", "mistral", "qwen2", "gemma", "phi", "llama_bf16"];
+const MODELS: [&str; 7] = [
+    "llama",
+    "llama3",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "phi",
+    "llama_bf16",
+];
 
 fn engine(name: &str) -> Engine<Cpu> {
     Engine::load(Cpu, &model_dir(name), None, PromptMask::Causal).unwrap()
@@ -26,7 +34,10 @@ fn logits_match_transformers_causal_and_bidirectional() {
             let ids = u32s(&pr["ids"]);
             let enc = e.model.encode(pr["text"].as_str().unwrap(), true).unwrap();
             assert_eq!(enc, ids, "{name}: tokenizer ids");
-            for (mask, key) in [(MaskKind::Causal, "causal_logits"), (MaskKind::Full, "bidir_logits")] {
+            for (mask, key) in [
+                (MaskKind::Causal, "causal_logits"),
+                (MaskKind::Full, "bidir_logits"),
+            ] {
                 let p = single_sequence(&ids, mask, None);
                 let out = forward(&e.be, w, &e.tr.state(&e.be), &p, None, Mode::default());
                 let want: Vec<f32> = pr[key].as_array().unwrap().iter().flat_map(f32s).collect();
@@ -54,11 +65,21 @@ fn cached_greedy_decoding_matches_transformers_and_recomputation() {
                 all.push(next);
                 // Full recomputation of the same sequence gives the same next-token logits.
                 let p = single_sequence(&all, MaskKind::Causal, None);
-                let full = forward(&e.be, &e.model.weights, &e.tr.state(&e.be), &p, None, Mode::default());
+                let full = forward(
+                    &e.be,
+                    &e.model.weights,
+                    &e.tr.state(&e.be),
+                    &p,
+                    None,
+                    Mode::default(),
+                );
                 let v = e.model.weights.cfg.vocab_size;
                 logits = e.decode(&mut cache, next).unwrap();
                 let last = &full.logits[(all.len() - 1) * v..];
-                assert!(rel_err(&logits, last) < 1e-4, "{name}: cached vs recomputed logits");
+                assert!(
+                    rel_err(&logits, last) < 1e-4,
+                    "{name}: cached vs recomputed logits"
+                );
             }
             assert_eq!(got, want, "{name}: greedy continuation");
         }
@@ -76,8 +97,15 @@ fn scores_match_lm_eval_reference() {
             let r = e.score(&ctx, std::slice::from_ref(&cont)).unwrap();
             let want = f32s(&s["logprobs"]);
             let got: Vec<f32> = r[0].0.iter().map(|&x| x as f32).collect();
-            assert!(rel_err(&got, &want) < 1e-4, "{name}: logprobs {got:?} vs {want:?}");
-            assert_eq!(r[0].1, s["greedy"].as_bool().unwrap(), "{name}: greedy flag");
+            assert!(
+                rel_err(&got, &want) < 1e-4,
+                "{name}: logprobs {got:?} vs {want:?}"
+            );
+            assert_eq!(
+                r[0].1,
+                s["greedy"].as_bool().unwrap(),
+                "{name}: greedy flag"
+            );
         }
     }
 }

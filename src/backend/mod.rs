@@ -127,7 +127,14 @@ pub trait Backend: Send + Sync {
     /// `y += x`
     fn add(&self, y: &mut Self::Buf, x: &Self::Buf);
 
-    fn embedding_fwd(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Buf, dim: usize, scale: f32);
+    fn embedding_fwd(
+        &self,
+        out: &mut Self::Buf,
+        ids: &[u32],
+        table: &Self::Buf,
+        dim: usize,
+        scale: f32,
+    );
 
     /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`
     #[allow(clippy::too_many_arguments)]
@@ -155,7 +162,15 @@ pub trait Backend: Send + Sync {
         accumulate: bool,
     );
     /// Segment-aware LoRA: for each segment, `y[rows] += s·(x[rows] Aᵀ) Bᵀ` (x is `[*, k]`, y `[*, n]`).
-    fn lora_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, params: &Self::Buf, segs: &[LoraSeg], k: usize, n: usize);
+    fn lora_fwd(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        params: &Self::Buf,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    );
     /// LoRA backward: `dx[rows] += s·(dy Bᵀᵀ…)`: dx += s·(dy B) A, dA += s·(dy B)ᵀ x, dB += s·dyᵀ (x Aᵀ).
     #[allow(clippy::too_many_arguments)]
     fn lora_bwd(
@@ -245,7 +260,16 @@ pub trait Backend: Send + Sync {
 
     /// `buf[mix..mix+n] = (1-α)·buf[c..c+n] + α·buf[b..b+n]` (rows of `width`), in fp32.
     #[allow(clippy::too_many_arguments)]
-    fn kv_mix_fwd(&self, buf: &mut Self::Buf, mix: usize, c: usize, b: usize, n: usize, width: usize, alpha: f32);
+    fn kv_mix_fwd(
+        &self,
+        buf: &mut Self::Buf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    );
     /// Folds `dbuf[mix..]` into `dbuf[c..] += (1-α)·dmix`, `dbuf[b..] += α·dmix` and returns
     /// `Σ (K_B − K_C) ⊙ dmix` (the caller multiplies by dα/dθ).
     #[allow(clippy::too_many_arguments)]
@@ -262,7 +286,13 @@ pub trait Backend: Send + Sync {
     ) -> f64;
 
     /// `out = act(gate) ⊙ up` (gated) or `out = act(gate)` (`up` = None).
-    fn act_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: Option<&Self::Buf>, act: Activation);
+    fn act_fwd(
+        &self,
+        out: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: Option<&Self::Buf>,
+        act: Activation,
+    );
     /// Backward of `act_fwd`: overwrites `dgate` (and `dup`).
     fn act_bwd(
         &self,
@@ -293,7 +323,14 @@ pub trait Backend: Send + Sync {
     fn sum_sq(&self, x: &Self::Buf) -> f64;
     fn scale(&self, x: &mut Self::Buf, s: f32);
     /// AdamW on a flat buffer.
-    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: AdamStep);
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        h: AdamStep,
+    );
     /// `p -= lr·g`
     fn sgd(&self, p: &mut Self::Buf, g: &Self::Buf, lr: f32);
 }

@@ -33,24 +33,47 @@ fn peft_config(cfg: &ModelConfig, lora: &LoraSpec, base: &str) -> Value {
     })
 }
 
-fn set_tensors(table: &ParamTable, host: &[f32], set: usize) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn set_tensors(
+    table: &ParamTable,
+    host: &[f32],
+    set: usize,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     table
         .set_entries(set)
-        .map(|e| (e.name.clone(), e.shape.clone(), host[e.offset..e.offset + e.len()].to_vec()))
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.shape.clone(),
+                host[e.offset..e.offset + e.len()].to_vec(),
+            )
+        })
         .collect()
 }
 
 /// Writes the adapter folder (each file atomically).
-pub fn save(dir: &Path, cfg: &ModelConfig, meta: &AdapterMeta, table: &ParamTable, host: &[f32], base: &str) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    cfg: &ModelConfig,
+    meta: &AdapterMeta,
+    table: &ParamTable,
+    host: &[f32],
+    base: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let conf = serde_json::to_string_pretty(&peft_config(cfg, &meta.lora, base))?;
     write_atomic_str(&dir.join("adapter_config.json"), &conf)?;
-    write_f32(&dir.join("adapter_model.safetensors"), &set_tensors(table, host, SET_C))?;
+    write_f32(
+        &dir.join("adapter_model.safetensors"),
+        &set_tensors(table, host, SET_C),
+    )?;
     if table.num_sets > 1 {
         let bd = dir.join(BIDIR_DIR);
         std::fs::create_dir_all(&bd)?;
         write_atomic_str(&bd.join("adapter_config.json"), &conf)?;
-        write_f32(&bd.join("adapter_model.safetensors"), &set_tensors(table, host, SET_B))?;
+        write_f32(
+            &bd.join("adapter_model.safetensors"),
+            &set_tensors(table, host, SET_B),
+        )?;
     }
     if meta.method != Method::Lora {
         if let Some((tk, tv)) = table.theta() {
@@ -64,13 +87,17 @@ pub fn save(dir: &Path, cfg: &ModelConfig, meta: &AdapterMeta, table: &ParamTabl
             )?;
         }
         let bc = json!({"method": meta.method.name(), "theta_init": meta.theta_init, "base_model": base});
-        write_atomic_str(&dir.join("bitune_config.json"), &serde_json::to_string_pretty(&bc)?)?;
+        write_atomic_str(
+            &dir.join("bitune_config.json"),
+            &serde_json::to_string_pretty(&bc)?,
+        )?;
     }
     Ok(())
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -81,39 +108,68 @@ pub fn read_meta(dir: &Path, cfg: &ModelConfig) -> Result<AdapterMeta> {
     let bad = |what: &str| anyhow!("{}: {what}", path.display());
     match v.get("peft_type").and_then(Value::as_str) {
         Some("LORA") | None => {}
-        Some(other) => bail!("{}: peft_type {other:?} is not supported (LORA only)", path.display()),
+        Some(other) => bail!(
+            "{}: peft_type {other:?} is not supported (LORA only)",
+            path.display()
+        ),
     }
     if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
         bail!("{}: DoRA adapters are not supported yet", path.display());
     }
-    let rank = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("no integer `r`"))? as usize;
-    let alpha = v.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("no `lora_alpha`"))? as f32;
+    let rank = v
+        .get("r")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("no integer `r`"))? as usize;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| bad("no `lora_alpha`"))? as f32;
     let names: Vec<String> = match v.get("target_modules") {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => return Err(bad("no `target_modules` list")),
     };
     let mut targets = Vec::new();
     for n in &names {
-        let t = Target::from_short(n, cfg.arch)
-            .ok_or_else(|| bad(&format!("target module {n:?} does not exist in a {:?} model", cfg.arch)))?;
+        let t = Target::from_short(n, cfg.arch).ok_or_else(|| {
+            bad(&format!(
+                "target module {n:?} does not exist in a {:?} model",
+                cfg.arch
+            ))
+        })?;
         targets.push(t);
     }
     targets.sort();
     targets.dedup();
     if rank == 0 || targets.is_empty() {
-        return Err(bad("rank must be positive and at least one target module given"));
+        return Err(bad(
+            "rank must be positive and at least one target module given",
+        ));
     }
     let bc = dir.join("bitune_config.json");
     let (method, theta_init) = if bc.exists() {
         let b = read_json(&bc)?;
         let m = b.get("method").and_then(Value::as_str).unwrap_or("bitune");
         let m = Method::parse(m).with_context(|| format!("{}", bc.display()))?;
-        (m, b.get("theta_init").and_then(Value::as_f64).unwrap_or(0.01) as f32)
+        (
+            m,
+            b.get("theta_init").and_then(Value::as_f64).unwrap_or(0.01) as f32,
+        )
     } else {
         (Method::Lora, 0.01)
     };
-    Ok(AdapterMeta { method, lora: LoraSpec { rank, alpha, targets }, theta_init })
+    Ok(AdapterMeta {
+        method,
+        lora: LoraSpec {
+            rank,
+            alpha,
+            targets,
+        },
+        theta_init,
+    })
 }
 
 fn fill_set(map: &mut TensorMap, table: &ParamTable, host: &mut [f32], set: usize) -> Result<()> {
@@ -140,7 +196,11 @@ pub fn load_params(dir: &Path, table: &ParamTable, meta: &AdapterMeta) -> Result
             read_file_into(&path, &mut m)?;
             fill_set(&mut m, table, &mut host, SET_B)?;
         } else if meta.method != Method::NaiveBidir && meta.method != Method::SharedWeights {
-            bail!("{}: missing; method {} needs the bidirectional set", path.display(), meta.method.name());
+            bail!(
+                "{}: missing; method {} needs the bidirectional set",
+                path.display(),
+                meta.method.name()
+            );
         }
     }
     if let Some((tk, tv)) = table.theta() {
@@ -152,7 +212,10 @@ pub fn load_params(dir: &Path, table: &ParamTable, meta: &AdapterMeta) -> Result
         host[tv..tv + n].copy_from_slice(&m.take("theta_v", &[n])?);
     }
     if let Some(bad) = host.iter().position(|v| !v.is_finite()) {
-        bail!("{}: non-finite adapter value at flat index {bad}", dir.display());
+        bail!(
+            "{}: non-finite adapter value at flat index {bad}",
+            dir.display()
+        );
     }
     Ok(host)
 }

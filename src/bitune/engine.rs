@@ -26,33 +26,68 @@ pub struct Engine<B: Backend> {
 
 /// A trainable state with no adapters at all: the base model, read with `method`'s masks.
 pub fn empty_trainable<B: Backend>(be: &B, model: &Model<B>, method: Method) -> Trainable<B> {
-    let lora = LoraSpec { rank: 1, alpha: 1.0, targets: vec![] };
+    let lora = LoraSpec {
+        rank: 1,
+        alpha: 1.0,
+        targets: vec![],
+    };
     let table = ParamTable::new(&model.weights.cfg, lora, method.num_sets(), false);
-    Trainable { method, params: be.upload(&[]), table, theta_init: 0.01 }
+    Trainable {
+        method,
+        params: be.upload(&[]),
+        table,
+        theta_init: 0.01,
+    }
 }
 
 /// Loads an adapter folder onto a model.
-pub fn load_adapter<B: Backend>(be: &B, model: &Model<B>, dir: &Path) -> Result<(Trainable<B>, AdapterMeta)> {
+pub fn load_adapter<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    dir: &Path,
+) -> Result<(Trainable<B>, AdapterMeta)> {
     let cfg = &model.weights.cfg;
     let meta = read_meta(dir, cfg).with_context(|| format!("loading adapter {}", dir.display()))?;
-    let table = ParamTable::new(cfg, meta.lora.clone(), meta.method.num_sets(), meta.method.mixes());
-    let host = load_params(dir, &table, &meta).with_context(|| format!("loading adapter {}", dir.display()))?;
-    let tr = Trainable { method: meta.method, params: be.upload(&host), table, theta_init: meta.theta_init };
+    let table = ParamTable::new(
+        cfg,
+        meta.lora.clone(),
+        meta.method.num_sets(),
+        meta.method.mixes(),
+    );
+    let host = load_params(dir, &table, &meta)
+        .with_context(|| format!("loading adapter {}", dir.display()))?;
+    let tr = Trainable {
+        method: meta.method,
+        params: be.upload(&host),
+        table,
+        theta_init: meta.theta_init,
+    };
     Ok((tr, meta))
 }
 
 impl<B: Backend> Engine<B> {
-    pub fn load(be: B, model_path: &Path, adapter: Option<&Path>, mask: PromptMask) -> Result<Self> {
+    pub fn load(
+        be: B,
+        model_path: &Path,
+        adapter: Option<&Path>,
+        mask: PromptMask,
+    ) -> Result<Self> {
         let model = Model::load(&be, model_path)?;
         let tr = match adapter {
             Some(dir) => {
                 if mask == PromptMask::Bidirectional {
-                    bail!("--prompt-mask applies to the base model; an adapter brings its own method");
+                    bail!(
+                        "--prompt-mask applies to the base model; an adapter brings its own method"
+                    );
                 }
                 load_adapter(&be, &model, dir)?.0
             }
             None => {
-                let m = if mask == PromptMask::Causal { Method::Lora } else { Method::NaiveBidir };
+                let m = if mask == PromptMask::Causal {
+                    Method::Lora
+                } else {
+                    Method::NaiveBidir
+                };
                 empty_trainable(&be, &model, m)
             }
         };

@@ -72,6 +72,11 @@ pub fn generate<B: Backend>(
     if text.len() > shown.len() && text.starts_with(&shown) {
         on_text(&text[shown.len()..]);
     }
-    let stats = GenStats { prompt_tokens: prompt_ids.len(), new_tokens: ids.len(), prefill_s, decode_s: t1.elapsed().as_secs_f64() };
+    let stats = GenStats {
+        prompt_tokens: prompt_ids.len(),
+        new_tokens: ids.len(),
+        prefill_s,
+        decode_s: t1.elapsed().as_secs_f64(),
+    };
     Ok(Generated { ids, text, stats })
 }

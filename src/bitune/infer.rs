@@ -18,7 +18,12 @@ fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
 /// Prefills `ctx` (P tokens): the prompt passes read `ctx[..P-1]`, the last token opens the
 /// answer segment. Returns the cache (`[K_mix ; K_sep]` for Bitune) and the logits at the last
 /// token.
-pub fn prefill<B: Backend>(be: &B, w: &Weights<B>, tr: &Trainable<B>, ctx: &[u32]) -> Result<(KvCache<B>, Vec<f32>)> {
+pub fn prefill<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    tr: &Trainable<B>,
+    ctx: &[u32],
+) -> Result<(KvCache<B>, Vec<f32>)> {
     if ctx.is_empty() {
         bail!("empty prompt: nothing to prefill");
     }
@@ -26,16 +31,36 @@ pub fn prefill<B: Backend>(be: &B, w: &Weights<B>, tr: &Trainable<B>, ctx: &[u32
     let method = tr.method;
     let segs = method.prompt_segments().len();
     let seq = if segs == 0 {
-        Seq { prompt: vec![], answer: ctx.to_vec(), a_pos0: 0, targets: vec![] }
+        Seq {
+            prompt: vec![],
+            answer: ctx.to_vec(),
+            a_pos0: 0,
+            targets: vec![],
+        }
     } else {
         let n = ctx.len() - 1;
-        Seq { prompt: ctx[..n].to_vec(), answer: vec![ctx[n]], a_pos0: n as u32, targets: vec![] }
+        Seq {
+            prompt: ctx[..n].to_vec(),
+            answer: vec![ctx[n]],
+            a_pos0: n as u32,
+            targets: vec![],
+        }
     };
     let (mut p, _) = pack(method, std::slice::from_ref(&seq), &[]);
     let t = p.rows();
     p.logit_rows = vec![t - 1];
     let ad = tr.state(be);
-    let out = forward(be, w, &ad, &p, None, Mode { save_acts: false, keep_kv: true });
+    let out = forward(
+        be,
+        w,
+        &ad,
+        &p,
+        None,
+        Mode {
+            save_acts: false,
+            keep_kv: true,
+        },
+    );
     let n = seq.prompt.len();
     // Rows of K_ext that form the cache: the (mixed) prompt keys, then the answer segment's.
     let prompt_rows = match segs {
@@ -46,30 +71,89 @@ pub fn prefill<B: Backend>(be: &B, w: &Weights<B>, tr: &Trainable<B>, ctx: &[u32
     let a_rows = segs * n..t;
     let kvd = w.cfg.kv_dim();
     let rows = prompt_rows.len() + a_rows.len();
-    let mut cache = KvCache { k: vec![], v: vec![], pos: vec![] };
+    let mut cache = KvCache {
+        k: vec![],
+        v: vec![],
+        pos: vec![],
+    };
     for (k, v) in &out.kv {
         let mut ck = be.zeros(rows * kvd);
         let mut cv = be.zeros(rows * kvd);
-        be.copy_rows(&mut ck, 0, k, prompt_rows.start, prompt_rows.len(), kvd, false);
-        be.copy_rows(&mut cv, 0, v, prompt_rows.start, prompt_rows.len(), kvd, false);
-        be.copy_rows(&mut ck, prompt_rows.len(), k, a_rows.start, a_rows.len(), kvd, false);
-        be.copy_rows(&mut cv, prompt_rows.len(), v, a_rows.start, a_rows.len(), kvd, false);
+        be.copy_rows(
+            &mut ck,
+            0,
+            k,
+            prompt_rows.start,
+            prompt_rows.len(),
+            kvd,
+            false,
+        );
+        be.copy_rows(
+            &mut cv,
+            0,
+            v,
+            prompt_rows.start,
+            prompt_rows.len(),
+            kvd,
+            false,
+        );
+        be.copy_rows(
+            &mut ck,
+            prompt_rows.len(),
+            k,
+            a_rows.start,
+            a_rows.len(),
+            kvd,
+            false,
+        );
+        be.copy_rows(
+            &mut cv,
+            prompt_rows.len(),
+            v,
+            a_rows.start,
+            a_rows.len(),
+            kvd,
+            false,
+        );
         cache.k.push(ck);
         cache.v.push(cv);
     }
-    cache.pos = (0..n as u32).chain(seq.a_pos0..seq.a_pos0 + seq.answer.len() as u32).collect();
+    cache.pos = (0..n as u32)
+        .chain(seq.a_pos0..seq.a_pos0 + seq.answer.len() as u32)
+        .collect();
     Ok((cache, be.download(&out.logits)))
 }
 
 /// One cached decoding step with set C: appends the token's K/V and returns its logits.
-pub fn decode_step<B: Backend>(be: &B, w: &Weights<B>, tr: &Trainable<B>, cache: &mut KvCache<B>, token: u32) -> Result<Vec<f32>> {
+pub fn decode_step<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    tr: &Trainable<B>,
+    cache: &mut KvCache<B>,
+    token: u32,
+) -> Result<Vec<f32>> {
     check_ids(&[token], w.cfg.vocab_size)?;
     let pos = cache.pos.last().map_or(0, |p| p + 1);
-    let seq = Seq { prompt: vec![], answer: vec![token], a_pos0: pos, targets: vec![] };
+    let seq = Seq {
+        prompt: vec![],
+        answer: vec![token],
+        a_pos0: pos,
+        targets: vec![],
+    };
     let (mut p, _) = pack(Method::Lora, &[seq], &cache.pos);
     p.logit_rows = vec![0];
     let ad = tr.state(be);
-    let out = forward(be, w, &ad, &p, Some(cache), Mode { save_acts: false, keep_kv: true });
+    let out = forward(
+        be,
+        w,
+        &ad,
+        &p,
+        Some(cache),
+        Mode {
+            save_acts: false,
+            keep_kv: true,
+        },
+    );
     let kvd = w.cfg.kv_dim();
     let rows = cache.rows();
     for (l, (k, v)) in out.kv.iter().enumerate() {
@@ -126,7 +210,15 @@ pub fn score_continuations<B: Backend>(
         let mut logits = out.logits;
         let r = tg.tokens.len();
         let (mut lp, mut g) = (vec![0f64; r], vec![false; r]);
-        be.cross_entropy(&mut logits, &tg.tokens, &tg.weights, vocab, false, &mut lp, &mut g);
+        be.cross_entropy(
+            &mut logits,
+            &tg.tokens,
+            &tg.weights,
+            vocab,
+            false,
+            &mut lp,
+            &mut g,
+        );
         for (i, &s) in tg.seq.iter().enumerate() {
             results[s].0.push(lp[i]);
             results[s].1 &= g[i];

@@ -82,7 +82,10 @@ impl ParamTable {
                 for &t in &lora.targets {
                     let (i, o) = t.dims(cfg);
                     let a_off = off;
-                    for (kind, shape) in [(Kind::LoraA, vec![lora.rank, i]), (Kind::LoraB, vec![o, lora.rank])] {
+                    for (kind, shape) in [
+                        (Kind::LoraA, vec![lora.rank, i]),
+                        (Kind::LoraB, vec![o, lora.rank]),
+                    ] {
                         let e = Entry {
                             name: peft_name(cfg, layer, t, kind == Kind::LoraB),
                             set,
@@ -101,14 +104,34 @@ impl ParamTable {
         }
         let theta = mixing.then(|| {
             let n = cfg.num_layers;
-            for (name, kind, o) in [("theta_k", Kind::ThetaK, off), ("theta_v", Kind::ThetaV, off + n)] {
-                entries.push(Entry { name: name.into(), set: 0, layer: 0, target: None, kind, shape: vec![n], offset: o });
+            for (name, kind, o) in [
+                ("theta_k", Kind::ThetaK, off),
+                ("theta_v", Kind::ThetaV, off + n),
+            ] {
+                entries.push(Entry {
+                    name: name.into(),
+                    set: 0,
+                    layer: 0,
+                    target: None,
+                    kind,
+                    shape: vec![n],
+                    offset: o,
+                });
             }
             let t = (off, off + n);
             off += 2 * n;
             t
         });
-        ParamTable { lora, num_sets, num_layers: cfg.num_layers, mixing, entries, total: off, index, theta }
+        ParamTable {
+            lora,
+            num_sets,
+            num_layers: cfg.num_layers,
+            mixing,
+            entries,
+            total: off,
+            index,
+            theta,
+        }
     }
 
     /// (A offset, B offset) of a LoRA pair, if that set targets that linear.

@@ -123,7 +123,11 @@ pub fn pack(method: Method, seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets)
             p.tokens.extend_from_slice(&s.prompt);
             let n = s.prompt.len();
             q_pos.extend(0..n as u32);
-            groups.push(AttnGroup { q: off..off + n, kv: vec![off..off + n], mask });
+            groups.push(AttnGroup {
+                q: off..off + n,
+                kv: std::iter::once(off..off + n).collect(),
+                mask,
+            });
             off += n;
         }
     }
@@ -147,7 +151,11 @@ pub fn pack(method: Method, seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets)
             _ => kv.push(t + pr_off..t + pr_off + n),
         }
         kv.push(a_off..a_off + m);
-        groups.push(AttnGroup { q: a_off..a_off + m, kv, mask: MaskKind::Causal });
+        groups.push(AttnGroup {
+            q: a_off..a_off + m,
+            kv,
+            mask: MaskKind::Causal,
+        });
         for &(row, tok, w) in &s.targets {
             p.logit_rows.push(a_off + row);
             tg.tokens.push(tok);
@@ -163,7 +171,11 @@ pub fn pack(method: Method, seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets)
     }
     k_pos.extend_from_slice(past_pos);
     p.pos = q_pos.clone();
-    p.attn = AttnPlan { groups, q_pos, k_pos };
+    p.attn = AttnPlan {
+        groups,
+        q_pos,
+        k_pos,
+    };
     (p, tg)
 }
 
@@ -207,7 +219,11 @@ pub fn single_sequence(ids: &[u32], mask: MaskKind, set: Option<usize>) -> Packe
         pos: pos.clone(),
         adapter_rows: set.map(|s| vec![(0..n, s)]).unwrap_or_default(),
         attn: AttnPlan {
-            groups: vec![AttnGroup { q: 0..n, kv: vec![0..n], mask }],
+            groups: vec![AttnGroup {
+                q: 0..n,
+                kv: std::iter::once(0..n).collect(),
+                mask,
+            }],
             q_pos: pos.clone(),
             k_pos: pos,
         },

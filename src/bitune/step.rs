@@ -19,7 +19,14 @@ pub struct Trainable<B: Backend> {
 impl<B: Backend> Trainable<B> {
     /// PEFT's initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform, a=√5), B = 0, θ = θ_init
     /// (so α starts at 0.5). The sets are drawn one after the other from one seeded stream.
-    pub fn init(be: &B, w: &Weights<B>, method: Method, lora: LoraSpec, theta_init: f32, seed: u64) -> Self {
+    pub fn init(
+        be: &B,
+        w: &Weights<B>,
+        method: Method,
+        lora: LoraSpec,
+        theta_init: f32,
+        seed: u64,
+    ) -> Self {
         let table = ParamTable::new(&w.cfg, lora, method.num_sets(), method.mixes());
         let mut host = vec![0f32; table.total];
         let mut rng = Rng::new(seed);
@@ -34,7 +41,12 @@ impl<B: Backend> Trainable<B> {
                 _ => dst.fill(theta_init),
             }
         }
-        Trainable { method, params: be.upload(&host), table, theta_init }
+        Trainable {
+            method,
+            params: be.upload(&host),
+            table,
+            theta_init,
+        }
     }
 
     /// (α_K, α_V) per layer, or empty when the method does not mix.
@@ -54,7 +66,11 @@ impl<B: Backend> Trainable<B> {
     }
 
     pub fn state(&self, be: &B) -> AdapterState<'_, B> {
-        AdapterState { params: &self.params, table: &self.table, alphas: self.alphas(be) }
+        AdapterState {
+            params: &self.params,
+            table: &self.table,
+            alphas: self.alphas(be),
+        }
     }
 }
 
@@ -91,19 +107,36 @@ pub fn loss_and_grad<B: Backend>(
     for ex in examples {
         check_example(ex, w.cfg.vocab_size)?;
     }
-    let seqs: Vec<_> = examples.iter().map(|e| train_seq(tr.method, e, denom)).collect();
+    let seqs: Vec<_> = examples
+        .iter()
+        .map(|e| train_seq(tr.method, e, denom))
+        .collect();
     let (p, tg) = pack(tr.method, &seqs, &[]);
     let ad = tr.state(be);
-    let mode = Mode { save_acts: grads.is_some(), keep_kv: false };
+    let mode = Mode {
+        save_acts: grads.is_some(),
+        keep_kv: false,
+    };
     let fwd = forward(be, w, &ad, &p, None, mode);
     let r = tg.tokens.len();
     let mut lp = vec![0f64; r];
     let mut greedy = vec![false; r];
     let mut dlogits = fwd.logits;
     let grad = grads.is_some();
-    let loss = be.cross_entropy(&mut dlogits, &tg.tokens, &tg.weights, w.cfg.vocab_size, grad, &mut lp, &mut greedy);
+    let loss = be.cross_entropy(
+        &mut dlogits,
+        &tg.tokens,
+        &tg.weights,
+        w.cfg.vocab_size,
+        grad,
+        &mut lp,
+        &mut greedy,
+    );
     if let Some(g) = grads {
         backward(be, w, &ad, &p, &fwd.saved, &dlogits, g, tr.theta_init);
     }
-    Ok(StepOut { loss, tokens: p.rows() })
+    Ok(StepOut {
+        loss,
+        tokens: p.rows(),
+    })
 }

@@ -55,7 +55,11 @@ fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into())
 }
 
@@ -79,12 +83,21 @@ fn now_utc() -> String {
 
 /// A Bitune adapter as training would leave it: random A, small random B, θ at θ_init.
 fn bitune_state(be: &Cpu, model: &Model<Cpu>, method: Method, seed: u64) -> Trainable<Cpu> {
-    let lora = LoraSpec { rank: 8, alpha: 1.0, targets: ALL_TARGETS.into_iter().filter(|t| model.weights.cfg.gated_mlp || *t != crate::model::weights::Target::Gate).collect() };
+    let lora = LoraSpec {
+        rank: 8,
+        alpha: 1.0,
+        targets: ALL_TARGETS
+            .into_iter()
+            .filter(|t| model.weights.cfg.gated_mlp || *t != crate::model::weights::Target::Gate)
+            .collect(),
+    };
     let mut tr = Trainable::init(be, &model.weights, method, lora, 0.01, seed);
     let mut rng = Rng::new(seed + 1);
     for e in tr.table.entries.clone() {
         if e.kind == crate::bitune::params::Kind::LoraB {
-            tr.params[e.offset..e.offset + e.len()].iter_mut().for_each(|v| *v = rng.uniform(-0.01, 0.01));
+            tr.params[e.offset..e.offset + e.len()]
+                .iter_mut()
+                .for_each(|v| *v = rng.uniform(-0.01, 0.01));
         }
     }
     tr
@@ -92,7 +105,10 @@ fn bitune_state(be: &Cpu, model: &Model<Cpu>, method: Method, seed: u64) -> Trai
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.device != "cpu" {
-        bail!("--device {}: this build benchmarks the CPU backend only", a.device);
+        bail!(
+            "--device {}: this build benchmarks the CPU backend only",
+            a.device
+        );
     }
     if a.prompt < 2 || a.answer == 0 || a.repeat == 0 {
         bail!("--prompt >= 2, --answer >= 1 and --repeat >= 1");
@@ -105,14 +121,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.weights.cfg.vocab_size as u32;
     let mut rng = Rng::new(7);
-    let ids: Vec<u32> = (0..a.prompt).map(|_| 100 + rng.below((vocab - 200) as usize) as u32).collect();
+    let ids: Vec<u32> = (0..a.prompt)
+        .map(|_| 100 + rng.below((vocab - 200) as usize) as u32)
+        .collect();
 
     let causal = empty_trainable(&be, &model, Method::Lora);
     let lora = bitune_state(&be, &model, Method::Lora, 1);
     let bitune = bitune_state(&be, &model, Method::Bitune, 1);
-    let mut e = Engine { be, model, tr: causal };
+    let mut e = Engine {
+        be,
+        model,
+        tr: causal,
+    };
     let mut results = serde_json::Map::new();
-    for (name, tr) in [("base", None), ("lora", Some(lora)), ("bitune", Some(bitune))] {
+    for (name, tr) in [
+        ("base", None),
+        ("lora", Some(lora)),
+        ("bitune", Some(bitune)),
+    ] {
         let saved = tr.map(|t| std::mem::replace(&mut e.tr, t));
         let prefill_s = time(a.repeat, || e.prefill(&ids))?;
         let (cache0, logits0) = e.prefill(&ids)?;
@@ -138,19 +164,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if a.train {
-        let ex: Vec<u32> = (0..a.prompt + a.answer).map(|_| 100 + rng.below((vocab - 200) as usize) as u32).collect();
-        let example = Example { ids: ex, prompt_len: a.prompt };
+        let ex: Vec<u32> = (0..a.prompt + a.answer)
+            .map(|_| 100 + rng.below((vocab - 200) as usize) as u32)
+            .collect();
+        let example = Example {
+            ids: ex,
+            prompt_len: a.prompt,
+        };
         let mut train = serde_json::Map::new();
         for method in [Method::Lora, Method::Bitune] {
             let tr = bitune_state(&e.be, &e.model, method, 3);
             let s = time(a.repeat.min(2), || {
                 let mut g = vec![0f32; tr.table.total];
-                loss_and_grad(&e.be, &e.model.weights, &tr, std::slice::from_ref(&example), 1, Some(&mut g))
+                loss_and_grad(
+                    &e.be,
+                    &e.model.weights,
+                    &tr,
+                    std::slice::from_ref(&example),
+                    1,
+                    Some(&mut g),
+                )
             })?;
             train.insert(format!("{}_step_s", method.name()), json!(s));
         }
         let (n, m) = ((a.prompt - 1) as f64, (a.answer + 1) as f64);
-        let ratio = train["bitune_step_s"].as_f64().unwrap_or(0.0) / train["lora_step_s"].as_f64().unwrap_or(1.0);
+        let ratio = train["bitune_step_s"].as_f64().unwrap_or(0.0)
+            / train["lora_step_s"].as_f64().unwrap_or(1.0);
         train.insert("ratio".into(), json!(ratio));
         train.insert("ideal_ratio".into(), json!((2.0 * n + m) / (n + m)));
         results.insert("train".into(), serde_json::Value::Object(train));
@@ -168,6 +207,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn clone_cache(c: &crate::model::transformer::KvCache<Cpu>) -> crate::model::transformer::KvCache<Cpu> {
-    crate::model::transformer::KvCache { k: c.k.clone(), v: c.v.clone(), pos: c.pos.clone() }
+fn clone_cache(
+    c: &crate::model::transformer::KvCache<Cpu>,
+) -> crate::model::transformer::KvCache<Cpu> {
+    crate::model::transformer::KvCache {
+        k: c.k.clone(),
+        v: c.v.clone(),
+        pos: c.pos.clone(),
+    }
 }

@@ -25,7 +25,13 @@ pub enum DataCmd {
 
 pub fn run(cmd: DataCmd) -> Result<()> {
     match cmd {
-        DataCmd::Synth { task, n, seed, split, out } => {
+        DataCmd::Synth {
+            task,
+            n,
+            seed,
+            split,
+            out,
+        } => {
             let split = match split.as_str() {
                 "train" => crate::data::synth::Split::Train,
                 "test" => crate::data::synth::Split::Test,

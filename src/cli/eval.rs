@@ -36,17 +36,34 @@ pub struct EvalArgs {
 }
 
 impl<B: Backend> LmScorer for Engine<B> {
-    fn score_choices(&mut self, context: &str, continuations: &[String]) -> Result<Vec<ChoiceScore>> {
-        let reqs: Vec<(String, String)> = continuations.iter().map(|c| (context.to_string(), c.clone())).collect();
+    fn score_choices(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<ChoiceScore>> {
+        let reqs: Vec<(String, String)> = continuations
+            .iter()
+            .map(|c| (context.to_string(), c.clone()))
+            .collect();
         Ok(super::score::score_all(self, &reqs)?
             .into_iter()
-            .map(|s| ChoiceScore { logprob: s.logprobs.iter().sum(), greedy: s.greedy, n_tokens: s.tokens.len() })
+            .map(|s| ChoiceScore {
+                logprob: s.logprobs.iter().sum(),
+                greedy: s.greedy,
+                n_tokens: s.tokens.len(),
+            })
             .collect())
     }
 
     fn generate_until(&mut self, prompt: &str, max_new: usize, stops: &[String]) -> Result<String> {
         let ids = self.model.encode(prompt, true)?;
-        let o = GenOptions { max_new, temperature: 0.0, top_p: 1.0, seed: 0, stops: stops.to_vec() };
+        let o = GenOptions {
+            max_new,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stops: stops.to_vec(),
+        };
         Ok(generate(self, &ids, &o, |_| {})?.text)
     }
 }
@@ -54,8 +71,20 @@ impl<B: Backend> LmScorer for Engine<B> {
 pub fn run(a: EvalArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let path = crate::model::load::resolve_model(a.model.as_deref())?;
-    let mut e = Engine::load(crate::backend::cpu::Cpu, &path, a.adapter.as_deref(), PromptMask::Causal)?;
-    let opts = EvalOptions { task: a.task, data: a.data, limit: a.limit, out: a.out, log: a.log, skip_bad_rows: a.skip_bad_rows };
+    let mut e = Engine::load(
+        crate::backend::cpu::Cpu,
+        &path,
+        a.adapter.as_deref(),
+        PromptMask::Causal,
+    )?;
+    let opts = EvalOptions {
+        task: a.task,
+        data: a.data,
+        limit: a.limit,
+        out: a.out,
+        log: a.log,
+        skip_bad_rows: a.skip_bad_rows,
+    };
     let summary = run_eval(&opts, &mut e)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -15,7 +15,9 @@ pub fn set_threads(n: Option<usize>) -> Result<()> {
             anyhow::bail!("--threads must be at least 1");
         }
         // A second call (tests, the C API) finds the pool built already: that is fine.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     Ok(())
 }

@@ -8,14 +8,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub fn read_requests(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: malformed JSON", at()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: malformed JSON", at()))?;
         let get = |k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
@@ -32,7 +34,11 @@ pub fn read_requests(path: &Path) -> Result<Vec<(String, String)>> {
 
 /// lm-eval's split: trailing spaces of the context move to the continuation; the continuation's
 /// tokens are those of `context+continuation` beyond the context's own tokenization.
-pub fn split_tokens<B: Backend>(e: &Engine<B>, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn split_tokens<B: Backend>(
+    e: &Engine<B>,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let trimmed = context.trim_end_matches(' ');
     let moved = &context[trimmed.len()..];
     let cont = format!("{moved}{continuation}");
@@ -67,16 +73,26 @@ pub fn score_all<B: Backend>(e: &Engine<B>, reqs: &[(String, String)]) -> Result
         let conts: Vec<Vec<u32>> = items.iter().map(|(_, c)| c.clone()).collect();
         let res = e.score(&ctx, &conts)?;
         for ((i, cont), (lp, greedy)) in items.into_iter().zip(res) {
-            out[i] = Some(Scored { tokens: cont, logprobs: lp, greedy });
+            out[i] = Some(Scored {
+                tokens: cont,
+                logprobs: lp,
+                greedy,
+            });
         }
     }
-    Ok(out.into_iter().map(|s| s.expect("every request scored")).collect())
+    Ok(out
+        .into_iter()
+        .map(|s| s.expect("every request scored"))
+        .collect())
 }
 
 pub fn run<B: Backend>(e: &Engine<B>, reqs: &[(String, String)]) -> Result<()> {
     for s in score_all(e, reqs)? {
         let sum: f64 = s.logprobs.iter().sum();
-        println!("{}", json!({"tokens": s.tokens, "logprobs": s.logprobs, "sum": sum, "greedy": s.greedy}));
+        println!(
+            "{}",
+            json!({"tokens": s.tokens, "logprobs": s.logprobs, "sum": sum, "greedy": s.greedy})
+        );
     }
     Ok(())
 }

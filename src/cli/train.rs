@@ -116,14 +116,22 @@ fn check(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn targets(spec: Option<&str>, arch: crate::model::config::Arch, gated: bool) -> Result<Vec<Target>> {
+fn targets(
+    spec: Option<&str>,
+    arch: crate::model::config::Arch,
+    gated: bool,
+) -> Result<Vec<Target>> {
     match spec {
-        None => Ok(ALL_TARGETS.into_iter().filter(|t| gated || *t != Target::Gate).collect()),
+        None => Ok(ALL_TARGETS
+            .into_iter()
+            .filter(|t| gated || *t != Target::Gate)
+            .collect()),
         Some(s) => s
             .split(',')
             .map(|n| {
-                Target::from_short(n.trim(), arch)
-                    .ok_or_else(|| anyhow::anyhow!("--targets: no module {n:?} in a {arch:?} model"))
+                Target::from_short(n.trim(), arch).ok_or_else(|| {
+                    anyhow::anyhow!("--targets: no module {n:?} in a {arch:?} model")
+                })
             })
             .collect(),
     }
@@ -134,15 +142,29 @@ fn load_pairs(a: &TrainArgs) -> Result<Vec<Pair>> {
         Some(p) => read_jsonl(p, &a.instruction_field, &a.response_field),
         None => Ok(crate::data::synth::bundled_train_set()
             .into_iter()
-            .map(|e| Pair { instruction: e.instruction, response: e.response })
+            .map(|e| Pair {
+                instruction: e.instruction,
+                response: e.response,
+            })
             .collect()),
     }
 }
 
-fn sample(model: Model<Cpu>, tr: Trainable<Cpu>, instruction: &str, label: &str) -> Result<(Model<Cpu>, Trainable<Cpu>)> {
+fn sample(
+    model: Model<Cpu>,
+    tr: Trainable<Cpu>,
+    instruction: &str,
+    label: &str,
+) -> Result<(Model<Cpu>, Trainable<Cpu>)> {
     let e = Engine { be: Cpu, model, tr };
     let ids = e.model.encode(&prompt_text(instruction), true)?;
-    let o = GenOptions { max_new: 40, temperature: 0.0, top_p: 1.0, seed: 0, stops: vec!["Question:".into()] };
+    let o = GenOptions {
+        max_new: 40,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stops: vec!["Question:".into()],
+    };
     let g = generate(&e, &ids, &o, |_| {})?;
     eprintln!("{label}: {:?}", g.text.trim());
     Ok((e.model, e.tr))
@@ -160,24 +182,47 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(dir) => {
             let m = read_meta(dir, cfg)?;
             if m.method.num_sets() != method.num_sets() || m.method.mixes() != method.mixes() {
-                bail!("{}: a {} adapter cannot start a {} run", dir.display(), m.method.name(), method.name());
+                bail!(
+                    "{}: a {} adapter cannot start a {} run",
+                    dir.display(),
+                    m.method.name(),
+                    method.name()
+                );
             }
             let (mut t, m) = load_adapter(&be, &model, dir)?;
             t.method = method;
             (t, AdapterMeta { method, ..m })
         }
         None => {
-            let lora = LoraSpec { rank: a.rank, alpha: a.alpha, targets: targets(a.targets.as_deref(), cfg.arch, cfg.gated_mlp)? };
-            let meta = AdapterMeta { method, lora: lora.clone(), theta_init: a.theta_init };
-            (Trainable::init(&be, &model.weights, method, lora, a.theta_init, a.seed), meta)
+            let lora = LoraSpec {
+                rank: a.rank,
+                alpha: a.alpha,
+                targets: targets(a.targets.as_deref(), cfg.arch, cfg.gated_mlp)?,
+            };
+            let meta = AdapterMeta {
+                method,
+                lora: lora.clone(),
+                theta_init: a.theta_init,
+            };
+            (
+                Trainable::init(&be, &model.weights, method, lora, a.theta_init, a.seed),
+                meta,
+            )
         }
     };
     let pairs = load_pairs(&a)?;
-    let eos = *cfg.eos_token_ids.first().context("the model config names no EOS token")?;
+    let eos = *cfg
+        .eos_token_ids
+        .first()
+        .context("the model config names no EOS token")?;
     let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
     eprintln!(
         "{}: {} examples ({} skipped as longer than {} tokens); method {}; {} trainable parameters",
-        a.data.as_ref().map_or("bundled synthetic suite".into(), |p| p.display().to_string()),
+        a.data
+            .as_ref()
+            .map_or("bundled synthetic suite".into(), |p| p
+                .display()
+                .to_string()),
         tok.examples.len(),
         tok.too_long,
         a.max_len,
@@ -186,14 +231,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     let warmup = (a.steps as f32 * a.warmup_ratio).floor() as u64;
     let opt = OptConfig {
-        kind: if a.optimizer == OptArg::Adamw { OptKind::AdamW } else { OptKind::Sgd },
+        kind: if a.optimizer == OptArg::Adamw {
+            OptKind::AdamW
+        } else {
+            OptKind::Sgd
+        },
         lr: a.lr,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-6,
         weight_decay: a.weight_decay,
         clip: a.clip,
-        schedule: if a.lr_schedule == SchedArg::Linear { Schedule::Linear } else { Schedule::Constant },
+        schedule: if a.lr_schedule == SchedArg::Linear {
+            Schedule::Linear
+        } else {
+            Schedule::Constant
+        },
         warmup_steps: warmup,
         total_steps: a.steps,
     };
@@ -208,16 +261,30 @@ pub fn run(a: TrainArgs) -> Result<()> {
         progress: true,
         base_model: path.display().to_string(),
     };
-    let probe = pairs.first().map(|p| p.instruction.clone()).unwrap_or_default();
+    let probe = pairs
+        .first()
+        .map(|p| p.instruction.clone())
+        .unwrap_or_default();
     let mut model = model;
     if !a.no_samples && a.resume.is_none() {
         (model, tr) = sample(model, tr, &probe, "before")?;
     }
-    let res = train(&be, &model, &mut tr, &meta, &tok.examples, &tc, a.resume.as_deref())?;
+    let res = train(
+        &be,
+        &model,
+        &mut tr,
+        &meta,
+        &tok.examples,
+        &tc,
+        a.resume.as_deref(),
+    )?;
     if !a.no_samples {
         sample(model, tr, &probe, "after")?;
     }
     let last = res.losses.last().map_or(f64::NAN, |l| l.1);
-    eprintln!("final loss {last:.4}; adapter written to {}", res.final_dir.display());
+    eprintln!(
+        "final loss {last:.4}; adapter written to {}",
+        res.final_dir.display()
+    );
     Ok(())
 }

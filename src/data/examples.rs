@@ -18,7 +18,8 @@ pub struct Pair {
 
 /// Reads JSONL rows with the two named fields; errors name the file and line.
 pub fn read_jsonl(path: &Path, instr_field: &str, resp_field: &str) -> Result<Vec<Pair>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -37,7 +38,10 @@ pub fn read_jsonl(path: &Path, instr_field: &str, resp_field: &str) -> Result<Ve
         if response.trim().is_empty() {
             bail!("{}: empty `{resp_field}`", at());
         }
-        out.push(Pair { instruction, response });
+        out.push(Pair {
+            instruction,
+            response,
+        });
     }
     Ok(out)
 }
@@ -56,8 +60,12 @@ pub fn tokenize(tok: &Tokenizer, pairs: &[Pair], eos: u32, max_len: usize) -> Re
     for (i, p) in pairs.iter().enumerate() {
         let prompt = prompt_text(&p.instruction);
         let full = format!("{prompt} {}", p.response);
-        let pe = tok.encode(prompt.as_str(), true).map_err(|e| anyhow!("example {}: {e}", i + 1))?;
-        let fe = tok.encode(full.as_str(), true).map_err(|e| anyhow!("example {}: {e}", i + 1))?;
+        let pe = tok
+            .encode(prompt.as_str(), true)
+            .map_err(|e| anyhow!("example {}: {e}", i + 1))?;
+        let fe = tok
+            .encode(full.as_str(), true)
+            .map_err(|e| anyhow!("example {}: {e}", i + 1))?;
         let (pids, mut ids) = (pe.get_ids(), fe.get_ids().to_vec());
         ids.push(eos);
         if ids.len() < pids.len() + 2 || ids[..pids.len()] != *pids {
@@ -70,7 +78,10 @@ pub fn tokenize(tok: &Tokenizer, pairs: &[Pair], eos: u32, max_len: usize) -> Re
             too_long += 1;
             continue;
         }
-        examples.push(Example { prompt_len: pids.len(), ids });
+        examples.push(Example {
+            prompt_len: pids.len(),
+            ids,
+        });
     }
     Ok(Tokenized { examples, too_long })
 }

@@ -24,7 +24,11 @@ fn res() -> &'static Res {
         strict: Regex::new(r"#### (-?[0-9.,]+)").unwrap(),
         flexible: Regex::new(r"(-?[$0-9.,]{2,})|(-?[0-9]+)").unwrap(),
         // Applied in the YAML's order: ",", "\$", "(?s).*#### " (greedy, so up to the LAST "#### ").
-        ignore: [Regex::new(",").unwrap(), Regex::new(r"\$").unwrap(), Regex::new(r"(?s).*#### ").unwrap()],
+        ignore: [
+            Regex::new(",").unwrap(),
+            Regex::new(r"\$").unwrap(),
+            Regex::new(r"(?s).*#### ").unwrap(),
+        ],
         // Python's `\.$` also matches a dot just before a final newline; keep that newline.
         trailing_dot: Regex::new(r"\.(\n?)\z").unwrap(),
     })
@@ -42,7 +46,12 @@ pub fn strict_match(text: &str) -> String {
 /// taking whichever alternative matched, stripped.
 pub fn flexible_extract(text: &str) -> String {
     match res().flexible.captures_iter(text).last() {
-        Some(c) => c.get(1).or_else(|| c.get(2)).map_or("", |m| m.as_str()).trim().to_string(),
+        Some(c) => c
+            .get(1)
+            .or_else(|| c.get(2))
+            .map_or("", |m| m.as_str())
+            .trim()
+            .to_string(),
         None => INVALID.to_string(),
     }
 }
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn normalisation_matches_lm_eval() {
         assert_eq!(normalize("$1,000."), "1000");
-        assert_eq!(normalize("Janet sells 16 - 3 - 4 = 9 duck eggs.\n#### 18"), "18");
+        assert_eq!(
+            normalize("Janet sells 16 - 3 - 4 = 9 duck eggs.\n#### 18"),
+            "18"
+        );
         assert_eq!(normalize("#### 5\nmore\n#### 6"), "6");
         assert_eq!(normalize("-7"), "-7");
         assert_eq!(normalize("2.50"), "2.50");
@@ -118,19 +130,31 @@ mod tests {
     #[test]
     fn exact_match_on_both_sides() {
         let reference = "She pays 500 + 500 = $1,000.\n#### 1000";
-        assert_eq!(exact_match(&strict_match("so #### $1,000."), reference), 0.0); // strict needs digits right after
+        assert_eq!(
+            exact_match(&strict_match("so #### $1,000."), reference),
+            0.0
+        ); // strict needs digits right after
         assert_eq!(exact_match(&strict_match("so #### 1,000."), reference), 1.0);
-        assert_eq!(exact_match(&flexible_extract("it is $1,000."), reference), 1.0);
+        assert_eq!(
+            exact_match(&flexible_extract("it is $1,000."), reference),
+            1.0
+        );
         assert_eq!(exact_match(&strict_match("#### -4"), "#### -4"), 1.0);
         assert_eq!(exact_match(&strict_match("#### 4"), "#### -4"), 0.0);
         assert_eq!(exact_match(&strict_match("no answer"), reference), 0.0);
-        assert_eq!(exact_match(&flexible_extract("answer: 0.5"), "x\n#### 0.5"), 1.0);
+        assert_eq!(
+            exact_match(&flexible_extract("answer: 0.5"), "x\n#### 0.5"),
+            1.0
+        );
     }
 
     #[test]
     fn stops_cut_the_text() {
         let stops: Vec<String> = STOPS.iter().map(|s| s.to_string()).collect();
-        assert_eq!(cut_at_stops(" 3 + 4 = 7\n#### 7\n\nQuestion: next", &stops), " 3 + 4 = 7\n#### 7\n\n");
+        assert_eq!(
+            cut_at_stops(" 3 + 4 = 7\n#### 7\n\nQuestion: next", &stops),
+            " 3 + 4 = 7\n#### 7\n\n"
+        );
         assert_eq!(cut_at_stops("a</s>b<|im_end|>c", &stops), "a");
         assert_eq!(cut_at_stops("no stop", &stops), "no stop");
     }

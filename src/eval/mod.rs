@@ -3,11 +3,13 @@
 //!
 //! The harness never sees the model: it talks to an [`LmScorer`], which the Bitune engine
 //! implements (prefilling each context once through both prompt passes and the mix). Integration
-//! point for real-model tests: implement `LmScorer` for the engine and call [`run_eval`].
+//! point for real-model tests: implement `LmScorer` for the engine and call [`run_eval`];
+//! [`scripted::ScriptedScorer`] stands in for the model in the harness's own tests.
 
 pub mod gsm8k;
 pub mod report;
-mod run;
+pub mod run;
+pub mod scripted;
 pub mod source;
 pub mod synthetic;
 pub mod tasks;
@@ -31,7 +33,11 @@ pub trait LmScorer {
     /// Scores every continuation on the shared context (lm-evaluation-harness tokenization: encode
     /// context+continuation and context, continuation tokens = whole[len(context_enc)..]). The
     /// implementation prefills the context once (with Bitune: both prompt passes and the mix).
-    fn score_choices(&mut self, context: &str, continuations: &[String]) -> Result<Vec<ChoiceScore>>;
+    fn score_choices(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<ChoiceScore>>;
     /// Greedy generation of at most `max_new` tokens, stopping at EOS or when any stop string
     /// appears (text after it cut).
     fn generate_until(&mut self, prompt: &str, max_new: usize, stops: &[String]) -> Result<String>;
@@ -57,7 +63,12 @@ pub struct EvalOptions {
 /// Every accepted task name, for `--task` help and the unknown-task error.
 pub fn known_tasks() -> Vec<String> {
     let real = tasks::REAL_TASKS.iter().map(|t| t.0.to_string());
-    real.chain(crate::data::synth::FAMILIES.iter().map(|f| format!("synthetic:{f}"))).collect()
+    real.chain(
+        crate::data::synth::FAMILIES
+            .iter()
+            .map(|f| format!("synthetic:{f}")),
+    )
+    .collect()
 }
 
 /// A task's loaded items: multiple choice or generation.
@@ -93,7 +104,8 @@ pub fn run_eval(opts: &EvalOptions, scorer: &mut dyn LmScorer) -> Result<Value> 
     });
     if let Some(p) = &opts.out {
         let text = serde_json::to_string_pretty(&summary)?;
-        std::fs::write(p, text + "\n").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+        std::fs::write(p, text + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
     }
     Ok(summary)
 }
@@ -103,7 +115,11 @@ fn load(opts: &EvalOptions) -> Result<Loaded> {
         return synthetic::load(family, opts);
     }
     let Some(&(name, split, kind)) = tasks::REAL_TASKS.iter().find(|t| t.0 == opts.task) else {
-        bail!("unknown task {:?}; known tasks: {}", opts.task, known_tasks().join(", "));
+        bail!(
+            "unknown task {:?}; known tasks: {}",
+            opts.task,
+            known_tasks().join(", ")
+        );
     };
     let Some(path) = &opts.data else {
         bail!("task {name} needs --data PATH (its Hugging Face {split} split as .jsonl/.parquet, or a folder of them)");
@@ -114,10 +130,20 @@ fn load(opts: &EvalOptions) -> Result<Loaded> {
         let v = parse_all(&rows, tasks::parse_gsm8k, opts.skip_bad_rows, &mut skipped)?;
         (v.len(), Items::Gen(take(v, opts.limit)))
     } else {
-        let v = parse_all(&rows, |v| tasks::parse_mc(name, v), opts.skip_bad_rows, &mut skipped)?;
+        let v = parse_all(
+            &rows,
+            |v| tasks::parse_mc(name, v),
+            opts.skip_bad_rows,
+            &mut skipped,
+        )?;
         (v.len(), Items::Mc(limit_mc(v, opts.limit)))
     };
-    Ok(Loaded { kind, items, original, skipped })
+    Ok(Loaded {
+        kind,
+        items,
+        original,
+        skipped,
+    })
 }
 
 /// Parses every row; a bad row is an error naming its file and row number, or with `skip` a

@@ -86,10 +86,16 @@ pub fn group_json(subtasks: &[&Metrics], alias: &str) -> Value {
         let total: f64 = sizes.iter().sum();
         let means: Vec<f64> = subtasks.iter().map(|t| mean(&t.values[k])).collect();
         let weighted = means.iter().zip(&sizes).map(|(a, s)| a * s).sum::<f64>() / total;
-        let stderrs: Option<Vec<f64>> = subtasks.iter().map(|t| mean_stderr(&t.values[k])).collect();
+        let stderrs: Option<Vec<f64>> =
+            subtasks.iter().map(|t| mean_stderr(&t.values[k])).collect();
         let pooled = stderrs.and_then(|se| {
             let dof = total - sizes.len() as f64;
-            let var = se.iter().zip(&sizes).map(|(e, s)| (s - 1.0) * e * e * s).sum::<f64>() / dof;
+            let var = se
+                .iter()
+                .zip(&sizes)
+                .map(|(e, s)| (s - 1.0) * e * e * s)
+                .sum::<f64>()
+                / dof;
             (dof > 0.0).then(|| (var / total).sqrt())
         });
         m.insert(name.clone(), num(weighted));
@@ -106,7 +112,8 @@ impl Log {
     pub fn create(path: Option<&Path>) -> Result<Self> {
         let w = match path {
             Some(p) => {
-                let f = std::fs::File::create(p).with_context(|| format!("cannot create log {}", p.display()))?;
+                let f = std::fs::File::create(p)
+                    .with_context(|| format!("cannot create log {}", p.display()))?;
                 Some(std::io::BufWriter::new(f))
             }
             None => None,

@@ -4,7 +4,7 @@
 use super::gsm8k;
 use super::report::{group_json, Log, Metrics};
 use super::tasks::{GenItem, Kind, McItem};
-use super::{EvalOptions, Items, Loaded, LmScorer};
+use super::{EvalOptions, Items, LmScorer, Loaded};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -35,7 +35,10 @@ pub(crate) fn evaluate(opts: &EvalOptions, l: &Loaded, scorer: &mut dyn LmScorer
         (Items::Gen(items), Kind::Gsm8k | Kind::Exact) => {
             let m = generate(task, items, l.kind, scorer, &mut log)?;
             results.insert(task.into(), m.to_json(task));
-            n_samples.insert(task.into(), json!({"original": l.original, "effective": m.n()}));
+            n_samples.insert(
+                task.into(),
+                json!({"original": l.original, "effective": m.n()}),
+            );
         }
         _ => bail!("internal: task {task} loaded items of the wrong kind"),
     }
@@ -59,7 +62,11 @@ pub fn argmax(xs: &[f64]) -> usize {
 /// leading target delimiter " " (task.py: `completion_len = [float(len(i)) for i in choices]`);
 /// Python's `len` counts code points, hence `chars()`.
 pub fn predictions(choices: &[String], logprobs: &[f64]) -> (usize, usize) {
-    let normed: Vec<f64> = choices.iter().zip(logprobs).map(|(c, lp)| lp / c.chars().count() as f64).collect();
+    let normed: Vec<f64> = choices
+        .iter()
+        .zip(logprobs)
+        .map(|(c, lp)| lp / c.chars().count() as f64)
+        .collect();
     (argmax(logprobs), argmax(&normed))
 }
 
@@ -77,7 +84,11 @@ fn score_mc(
         let conts: Vec<String> = it.choices.iter().map(|c| format!(" {c}")).collect();
         let scores = scorer.score_choices(&it.prompt, &conts)?;
         if scores.len() != conts.len() {
-            bail!("scorer returned {} scores for {} choices (item {doc_id})", scores.len(), conts.len());
+            bail!(
+                "scorer returned {} scores for {} choices (item {doc_id})",
+                scores.len(),
+                conts.len()
+            );
         }
         let lps: Vec<f64> = scores.iter().map(|s| s.logprob).collect();
         let (pred, pred_norm) = predictions(&it.choices, &lps);
@@ -111,18 +122,34 @@ fn stops() -> Vec<String> {
 /// Short answers (synthetic exact-match families) need few tokens.
 const EXACT_MAX_NEW: usize = 48;
 
-fn generate(task: &str, items: &[GenItem], kind: Kind, scorer: &mut dyn LmScorer, log: &mut Log) -> Result<Metrics> {
+fn generate(
+    task: &str,
+    items: &[GenItem],
+    kind: Kind,
+    scorer: &mut dyn LmScorer,
+    log: &mut Log,
+) -> Result<Metrics> {
     let mut m = Metrics::default();
     let stops = stops();
-    let max_new = if kind == Kind::Gsm8k { gsm8k::MAX_NEW } else { EXACT_MAX_NEW };
+    let max_new = if kind == Kind::Gsm8k {
+        gsm8k::MAX_NEW
+    } else {
+        EXACT_MAX_NEW
+    };
     let bar = progress(items.len(), task);
     for (doc_id, it) in items.iter().enumerate() {
         let raw = scorer.generate_until(&it.prompt, max_new, &stops)?;
         let generation = gsm8k::cut_at_stops(&raw, &stops);
         let mut rec = json!({"doc_id": doc_id, "task": task, "prompt": it.prompt, "generation": generation, "gold": it.target});
         if kind == Kind::Gsm8k {
-            let (strict, flexible) = (gsm8k::strict_match(&generation), gsm8k::flexible_extract(&generation));
-            let (em_s, em_f) = (gsm8k::exact_match(&strict, &it.target), gsm8k::exact_match(&flexible, &it.target));
+            let (strict, flexible) = (
+                gsm8k::strict_match(&generation),
+                gsm8k::flexible_extract(&generation),
+            );
+            let (em_s, em_f) = (
+                gsm8k::exact_match(&strict, &it.target),
+                gsm8k::exact_match(&flexible, &it.target),
+            );
             m.push("exact_match,strict-match", em_s);
             m.push("exact_match,flexible-extract", em_f);
             rec["prediction"] = json!({"strict-match": strict, "flexible-extract": flexible});
@@ -143,7 +170,11 @@ fn generate(task: &str, items: &[GenItem], kind: Kind, scorer: &mut dyn LmScorer
 
 /// The answer of a one-line response: the first non-empty line, trimmed.
 pub fn first_line(text: &str) -> String {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Exact match up to case, surrounding space and one trailing full stop.
@@ -155,7 +186,9 @@ pub fn simple_norm(s: &str) -> String {
 /// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
 fn progress(n: usize, task: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(n as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+    {
         bar.set_style(style);
     }
     bar.set_message(task.to_string());

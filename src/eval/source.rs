@@ -31,7 +31,11 @@ pub fn read_rows(path: &Path, split: &str) -> Result<Vec<Row>> {
         let mut all = Vec::new();
         collect(path, &mut all)?;
         all.sort();
-        let in_split: Vec<PathBuf> = all.iter().filter(|f| file_name(f).contains(split)).cloned().collect();
+        let in_split: Vec<PathBuf> = all
+            .iter()
+            .filter(|f| file_name(f).contains(split))
+            .cloned()
+            .collect();
         let files = if in_split.is_empty() { all } else { in_split };
         if files.is_empty() {
             bail!("{}: folder has no .jsonl or .parquet files", path.display());
@@ -48,12 +52,16 @@ pub fn read_rows(path: &Path, split: &str) -> Result<Vec<Row>> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut subdirs = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?
+    {
         let p = entry?.path();
         if p.is_dir() {
             subdirs.push(p);
@@ -71,20 +79,27 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn is_data_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("jsonl" | "json" | "parquet"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("jsonl" | "json" | "parquet")
+    )
 }
 
 fn read_file(path: &Path) -> Result<Vec<Row>> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet") => read_parquet(path),
         Some("jsonl" | "json") => read_jsonl(path),
-        _ => bail!("{}: unsupported file type (expected .jsonl or .parquet)", path.display()),
+        _ => bail!(
+            "{}: unsupported file type (expected .jsonl or .parquet)",
+            path.display()
+        ),
     }
 }
 
 /// JSON Lines; blank lines are not rows but still count for the line numbers.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(text
         .lines()
         .enumerate()
@@ -100,8 +115,10 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
 #[cfg(feature = "parquet")]
 fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     use parquet::file::reader::SerializedFileReader;
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{}: not a Parquet file", path.display()))?;
     // The row API turns nested columns (ARC's `choices: {text: [..], label: [..]}`) into the same
     // JSON shape the data set has in JSONL, so both go through one parser.
     Ok(reader
@@ -110,7 +127,9 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>> {
         .map(|(i, r)| Row {
             file: path.to_path_buf(),
             row: i + 1,
-            value: r.map(|row| row.to_json_value()).map_err(|e| anyhow::anyhow!("unreadable Parquet row: {e}")),
+            value: r
+                .map(|row| row.to_json_value())
+                .map_err(|e| anyhow::anyhow!("unreadable Parquet row: {e}")),
         })
         .collect())
 }

@@ -19,34 +19,66 @@ pub const DEFAULT_N: usize = 200;
 
 pub(crate) fn load(family: &str, opts: &EvalOptions) -> Result<Loaded> {
     if !FAMILIES.contains(&family) {
-        bail!("unknown task {:?}; known tasks: {}", opts.task, super::known_tasks().join(", "));
+        bail!(
+            "unknown task {:?}; known tasks: {}",
+            opts.task,
+            super::known_tasks().join(", ")
+        );
     }
     let mut skipped = Vec::new();
     let examples = match &opts.data {
         Some(p) => {
             let rows = source::read_rows(p, "test")?;
-            parse_all(&rows, |v| parse_row(family, v), opts.skip_bad_rows, &mut skipped)?
+            parse_all(
+                &rows,
+                |v| parse_row(family, v),
+                opts.skip_bad_rows,
+                &mut skipped,
+            )?
         }
-        None => synth(family, opts.limit.unwrap_or(DEFAULT_N), EVAL_SEED, Split::Test)?,
+        None => synth(
+            family,
+            opts.limit.unwrap_or(DEFAULT_N),
+            EVAL_SEED,
+            Split::Test,
+        )?,
     };
     let original = examples.len();
     let (kind, items) = match family {
         "mc" | "lookup" => {
             let items = examples.iter().map(to_mc).collect::<Result<Vec<_>>>()?;
-            (Kind::Mc { norm: true }, Items::Mc(limit_mc(items, opts.limit)))
+            (
+                Kind::Mc { norm: true },
+                Items::Mc(limit_mc(items, opts.limit)),
+            )
         }
-        "arith" => (Kind::Gsm8k, Items::Gen(take(examples.iter().map(|e| gen(e, &e.response)).collect(), opts.limit))),
+        "arith" => (
+            Kind::Gsm8k,
+            Items::Gen(take(
+                examples.iter().map(|e| gen(e, &e.response)).collect(),
+                opts.limit,
+            )),
+        ),
         _ => {
-            let items = examples.iter().map(|e| gen(e, e.answer.as_deref().unwrap_or(&e.response))).collect();
+            let items = examples
+                .iter()
+                .map(|e| gen(e, e.answer.as_deref().unwrap_or(&e.response)))
+                .collect();
             (Kind::Exact, Items::Gen(take(items, opts.limit)))
         }
     };
-    Ok(Loaded { kind, items, original, skipped })
+    Ok(Loaded {
+        kind,
+        items,
+        original,
+        skipped,
+    })
 }
 
 /// A JSONL row of the suite, checked for the fields its family is scored with.
 fn parse_row(family: &str, v: &Value) -> Result<SynthExample> {
-    let e: SynthExample = serde_json::from_value(v.clone()).map_err(|e| anyhow!("not a synthetic example: {e}"))?;
+    let e: SynthExample =
+        serde_json::from_value(v.clone()).map_err(|e| anyhow!("not a synthetic example: {e}"))?;
     match family {
         "mc" | "lookup" => {
             to_mc(&e)?;
@@ -58,14 +90,28 @@ fn parse_row(family: &str, v: &Value) -> Result<SynthExample> {
 }
 
 fn to_mc(e: &SynthExample) -> Result<McItem> {
-    let choices = e.choices.clone().ok_or_else(|| anyhow!("missing field `choices`"))?;
+    let choices = e
+        .choices
+        .clone()
+        .ok_or_else(|| anyhow!("missing field `choices`"))?;
     let gold = e.gold.ok_or_else(|| anyhow!("missing field `gold`"))?;
     if gold >= choices.len() {
-        bail!("gold index {gold} is out of range for {} choices", choices.len());
+        bail!(
+            "gold index {gold} is out of range for {} choices",
+            choices.len()
+        );
     }
-    Ok(McItem { prompt: question_prompt(&e.instruction), choices, gold, group: None })
+    Ok(McItem {
+        prompt: question_prompt(&e.instruction),
+        choices,
+        gold,
+        group: None,
+    })
 }
 
 fn gen(e: &SynthExample, target: &str) -> GenItem {
-    GenItem { prompt: question_prompt(&e.instruction), target: target.to_string() }
+    GenItem {
+        prompt: question_prompt(&e.instruction),
+        target: target.to_string(),
+    }
 }

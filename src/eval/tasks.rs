@@ -56,13 +56,24 @@ pub fn parse_mc(task: &str, v: &Value) -> Result<McItem> {
     let item = match task {
         "piqa" => {
             let choices = vec![s(v, "sol1")?, s(v, "sol2")?];
-            McItem { prompt: choices_prompt(&s(v, "goal")?, &choices), gold: int(v, "label")?, choices, group: None }
+            McItem {
+                prompt: choices_prompt(&s(v, "goal")?, &choices),
+                gold: int(v, "label")?,
+                choices,
+                group: None,
+            }
         }
         "arc" | "csqa" => {
-            let c = v.get("choices").ok_or_else(|| anyhow!("missing field `choices`"))?;
+            let c = v
+                .get("choices")
+                .ok_or_else(|| anyhow!("missing field `choices`"))?;
             let (texts, labels) = (strs(c, "text")?, strs(c, "label")?);
             if texts.len() != labels.len() || texts.is_empty() {
-                bail!("`choices` has {} texts and {} labels", texts.len(), labels.len());
+                bail!(
+                    "`choices` has {} texts and {} labels",
+                    texts.len(),
+                    labels.len()
+                );
             }
             // The gold index is the answer key's position among the labels, so "1".."4" and
             // "A".."E" keys both work (ARC mixes them).
@@ -71,7 +82,12 @@ pub fn parse_mc(task: &str, v: &Value) -> Result<McItem> {
                 .iter()
                 .position(|l| *l == key)
                 .ok_or_else(|| anyhow!("answerKey {key:?} is not one of the labels {labels:?}"))?;
-            McItem { prompt: choices_prompt(&s(v, "question")?, &texts), choices: texts, gold, group: None }
+            McItem {
+                prompt: choices_prompt(&s(v, "question")?, &texts),
+                choices: texts,
+                gold,
+                group: None,
+            }
         }
         "siqa" => {
             let body = format!(
@@ -87,7 +103,12 @@ pub fn parse_mc(task: &str, v: &Value) -> Result<McItem> {
             if !(1..=3).contains(&label) {
                 bail!("label {label} is not 1, 2 or 3");
             }
-            McItem { prompt: question_prompt(&body), choices: idx_choices(3), gold: label - 1, group: None }
+            McItem {
+                prompt: question_prompt(&body),
+                choices: idx_choices(3),
+                gold: label - 1,
+                group: None,
+            }
         }
         "mmlu" => {
             let opts = strs(v, "choices")?;
@@ -99,18 +120,30 @@ pub fn parse_mc(task: &str, v: &Value) -> Result<McItem> {
                 body.push_str(&format!("\n({i}). {c}"));
             }
             let group = Some(s(v, "subject")?);
-            McItem { prompt: format!("Question: {body}\n\nAnswer:"), choices: idx_choices(4), gold: int(v, "answer")?, group }
+            McItem {
+                prompt: format!("Question: {body}\n\nAnswer:"),
+                choices: idx_choices(4),
+                gold: int(v, "answer")?,
+                group,
+            }
         }
         _ => bail!("{task} is not a multiple-choice task"),
     };
     if item.gold >= item.choices.len() {
-        bail!("gold index {} is out of range for {} choices", item.gold, item.choices.len());
+        bail!(
+            "gold index {} is out of range for {} choices",
+            item.gold,
+            item.choices.len()
+        );
     }
     Ok(item)
 }
 
 pub fn parse_gsm8k(v: &Value) -> Result<GenItem> {
-    Ok(GenItem { prompt: question_prompt(&s(v, "question")?), target: s(v, "answer")? })
+    Ok(GenItem {
+        prompt: question_prompt(&s(v, "question")?),
+        target: s(v, "answer")?,
+    })
 }
 
 fn idx_choices(n: usize) -> Vec<String> {
@@ -127,9 +160,15 @@ fn s(v: &Value, f: &str) -> Result<String> {
 
 fn strs(v: &Value, f: &str) -> Result<Vec<String>> {
     let a = v.get(f).ok_or_else(|| anyhow!("missing field `{f}`"))?;
-    let a = a.as_array().ok_or_else(|| anyhow!("field `{f}` is not a list"))?;
+    let a = a
+        .as_array()
+        .ok_or_else(|| anyhow!("field `{f}` is not a list"))?;
     a.iter()
-        .map(|x| x.as_str().map(String::from).ok_or_else(|| anyhow!("field `{f}` has a non-string entry {x}")))
+        .map(|x| {
+            x.as_str()
+                .map(String::from)
+                .ok_or_else(|| anyhow!("field `{f}` has a non-string entry {x}"))
+        })
         .collect()
 }
 

@@ -108,11 +108,11 @@ fn chatml_default_system(template: &str) -> Option<String> {
     let mut rest = template;
     while let Some(i) = rest.find(OPEN) {
         rest = &rest[i + OPEN.len()..];
-        let body = rest
-            .strip_prefix('\n')
-            .or_else(|| rest.strip_prefix("\\n"));
+        let body = rest.strip_prefix('\n').or_else(|| rest.strip_prefix("\\n"));
         let Some(body) = body else { continue };
-        let Some(end) = body.find("<|im_end|>") else { continue };
+        let Some(end) = body.find("<|im_end|>") else {
+            continue;
+        };
         let text = &body[..end];
         if !text.is_empty() && !text.contains(['\'', '"', '{', '}', '+']) {
             return Some(unescape_jinja(text));
@@ -134,7 +134,9 @@ mod tests {
     fn missing_and_unknown_templates_are_errors() {
         let e = apply_chat_template(None, "hi").unwrap_err().to_string();
         assert!(e.contains("no chat template"), "{e}");
-        let e = apply_chat_template(Some("{{ messages }}"), "hi").unwrap_err().to_string();
+        let e = apply_chat_template(Some("{{ messages }}"), "hi")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unrecognised chat template"), "{e}");
     }
 

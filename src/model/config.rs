@@ -91,7 +91,10 @@ fn get_f32(v: &Value, key: &str) -> Option<f32> {
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => vec![],
     }
 }
@@ -154,7 +157,7 @@ impl ModelConfig {
             .or_else(|| get_f32(v, "partial_rotary_factor"))
             .unwrap_or(1.0);
         let rotary_dim = ((head_dim as f32) * partial) as usize;
-        if rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        if !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             bail!("rotary dimension {rotary_dim} (head_dim {head_dim} x {partial}) must be even");
         }
         let scaling_obj = v
@@ -172,10 +175,12 @@ impl ModelConfig {
                 match ty {
                     "default" => RopeScaling::None,
                     "linear" => RopeScaling::Linear {
-                        factor: get_f32(s, "factor").ok_or_else(|| anyhow!("rope_scaling: no factor"))?,
+                        factor: get_f32(s, "factor")
+                            .ok_or_else(|| anyhow!("rope_scaling: no factor"))?,
                     },
                     "llama3" => RopeScaling::Llama3 {
-                        factor: get_f32(s, "factor").ok_or_else(|| anyhow!("llama3 rope: no factor"))?,
+                        factor: get_f32(s, "factor")
+                            .ok_or_else(|| anyhow!("llama3 rope: no factor"))?,
                         low_freq_factor: get_f32(s, "low_freq_factor").unwrap_or(1.0),
                         high_freq_factor: get_f32(s, "high_freq_factor").unwrap_or(4.0),
                         original_max_position_embeddings: get_f32(
@@ -199,10 +204,16 @@ impl ModelConfig {
                 NormKind::Layer,
                 get_f32(v, "layer_norm_eps").unwrap_or(1e-5),
             ),
-            Arch::Gemma => (NormKind::RmsPlusOne, get_f32(v, "rms_norm_eps").unwrap_or(1e-6)),
+            Arch::Gemma => (
+                NormKind::RmsPlusOne,
+                get_f32(v, "rms_norm_eps").unwrap_or(1e-6),
+            ),
             _ => (NormKind::Rms, get_f32(v, "rms_norm_eps").unwrap_or(1e-6)),
         };
-        let attention_bias = v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let attention_bias = v
+            .get("attention_bias")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mlp_bias = v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false);
         if arch == Arch::Phi && v.get("qk_layernorm").and_then(Value::as_bool) == Some(true) {
             bail!("Phi with qk_layernorm=true is not supported");
@@ -254,7 +265,8 @@ impl ModelConfig {
         let half = self.rotary_dim / 2;
         (0..half)
             .map(|i| {
-                let base = 1.0 / (self.rope_theta as f64).powf((2 * i) as f64 / self.rotary_dim as f64);
+                let base =
+                    1.0 / (self.rope_theta as f64).powf((2 * i) as f64 / self.rotary_dim as f64);
                 let f = match self.rope_scaling {
                     RopeScaling::None => base,
                     RopeScaling::Linear { factor } => base / factor as f64,

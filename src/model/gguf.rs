@@ -106,6 +106,17 @@ impl MetaValue {
             _ => None,
         }
     }
+
+    /// A short description for error messages (a vocabulary array would be megabytes of Debug).
+    pub fn summary(&self) -> String {
+        match self {
+            MetaValue::Array(a) => format!("an array of {} values", a.len()),
+            MetaValue::Str(s) if s.chars().count() > 60 => {
+                format!("{:?}...", s.chars().take(60).collect::<String>())
+            }
+            v => format!("{v:?}"),
+        }
+    }
 }
 
 /// A ggml tensor element type. Only the first six are dequantized; the rest are named for errors.
@@ -148,11 +159,46 @@ impl GgmlType {
     /// ggml's name for the type (`Q4_K`, ...), for messages.
     pub fn name(self) -> String {
         const NAMES: [&str; 40] = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-            "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
-            "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
-            "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4",
-            "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+            "F32",
+            "F16",
+            "Q4_0",
+            "Q4_1",
+            "Q4_2",
+            "Q4_3",
+            "Q5_0",
+            "Q5_1",
+            "Q8_0",
+            "Q8_1",
+            "Q2_K",
+            "Q3_K",
+            "Q4_K",
+            "Q5_K",
+            "Q6_K",
+            "Q8_K",
+            "IQ2_XXS",
+            "IQ2_XS",
+            "IQ3_XXS",
+            "IQ1_S",
+            "IQ4_NL",
+            "IQ3_S",
+            "IQ2_S",
+            "IQ4_XS",
+            "I8",
+            "I16",
+            "I32",
+            "I64",
+            "F64",
+            "IQ1_M",
+            "BF16",
+            "Q4_0_4_4",
+            "Q4_0_4_8",
+            "Q4_0_8_8",
+            "TQ1_0",
+            "TQ2_0",
+            "IQ4_NL_4_4",
+            "IQ4_NL_4_8",
+            "IQ4_NL_8_8",
+            "MXFP4",
         ];
         match NAMES.get(self.id() as usize) {
             Some(n) => (*n).to_string(),
@@ -277,7 +323,10 @@ impl<'a> Cursor<'a> {
             7 => MetaValue::Bool(self.array::<1>()?[0] != 0),
             8 => MetaValue::Str(self.string()?),
             9 => {
-                ensure!(depth < MAX_ARRAY_DEPTH, "arrays nested deeper than {MAX_ARRAY_DEPTH}");
+                ensure!(
+                    depth < MAX_ARRAY_DEPTH,
+                    "arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                );
                 let elem_ty = self.u32()?;
                 let min_size = value_min_size(elem_ty)
                     .ok_or_else(|| anyhow!("unknown array element type {elem_ty}"))?;
@@ -309,7 +358,8 @@ fn value_min_size(ty: u32) -> Option<u64> {
 }
 
 fn align_up(x: u64, alignment: u64) -> Option<u64> {
-    x.checked_add(alignment - 1).map(|v| v / alignment * alignment)
+    x.checked_add(alignment - 1)
+        .map(|v| v / alignment * alignment)
 }
 
 impl GgufFile {
@@ -321,7 +371,10 @@ impl GgufFile {
             .with_context(|| format!("reading the size of {label}"))?
             .len();
         // Header: magic, version, tensor count, metadata count.
-        ensure!(len >= 24, "{label}: {len} bytes is too short to be a GGUF file");
+        ensure!(
+            len >= 24,
+            "{label}: {len} bytes is too short to be a GGUF file"
+        );
         // SAFETY: the map is read-only and every access is bounds-checked against its length. The
         // remaining hazard of any file map is another process truncating or rewriting the file
         // while it is mapped; checkpoints are not modified while being loaded, as with every
@@ -353,15 +406,16 @@ impl GgufFile {
         let metadata = read_metadata(&mut cur, n_kv, &path)?;
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(v) => v
-                .as_u64()
-                .filter(|a| a.is_power_of_two())
-                .ok_or_else(|| anyhow!("{path}: general.alignment {v:?} is not a power of two"))?,
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
+                anyhow!(
+                    "{path}: general.alignment = {} is not a power of two",
+                    v.summary()
+                )
+            })?,
         };
         let tensors = read_tensor_infos(&mut cur, n_tensors, alignment, &path)?;
         let data_offset = align_up(cur.pos as u64, alignment)
             .ok_or_else(|| anyhow!("{path}: data offset overflows"))?;
-        drop(cur);
         Ok(GgufFile {
             path,
             data,
@@ -391,9 +445,13 @@ impl GgufFile {
     ) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => f(v)
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: metadata `{key}` = {v:?} is not {kind}", self.path)),
+            Some(v) => f(v).map(Some).ok_or_else(|| {
+                anyhow!(
+                    "{}: metadata `{key}` = {} is not {kind}",
+                    self.path,
+                    v.summary()
+                )
+            }),
         }
     }
 
@@ -409,7 +467,11 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(MetaValue::Str(s)) => Ok(Some(s)),
-            Some(v) => bail!("{}: metadata `{key}` = {v:?} is not a string", self.path),
+            Some(v) => bail!(
+                "{}: metadata `{key}` = {} is not a string",
+                self.path,
+                v.summary()
+            ),
         }
     }
 
@@ -446,7 +508,9 @@ impl GgufFile {
         let start = self.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(size));
         match (start, end) {
-            (Some(s), Some(e)) if e <= self.data.len() as u64 => Ok(&self.data[s as usize..e as usize]),
+            (Some(s), Some(e)) if e <= self.data.len() as u64 => {
+                Ok(&self.data[s as usize..e as usize])
+            }
             _ => bail!(
                 "{}: tensor `{}` data (offset {} + {size} bytes after the data start {}) extends \
                  past the end of the file ({} bytes): truncated or corrupt file",
@@ -500,7 +564,10 @@ fn read_tensor_infos(
             .with_context(|| format!("{path}: reading the name of tensor #{i}"))?;
         let info = read_tensor_info(cur, name.clone(), alignment)
             .with_context(|| format!("{path}: reading the header of tensor `{name}`"))?;
-        ensure!(seen.insert(name.clone()), "{path}: duplicate tensor `{name}`");
+        ensure!(
+            seen.insert(name.clone()),
+            "{path}: duplicate tensor `{name}`"
+        );
         infos.push(info);
     }
     Ok(infos)
@@ -596,10 +663,14 @@ pub fn unpermute_qk_rows(w: &[f32], n_head: usize, cols: usize) -> Result<Vec<f3
 }
 
 fn remap_qk_rows(w: &[f32], n_head: usize, cols: usize, inverse: bool) -> Result<Vec<f32>> {
-    ensure!(cols > 0 && w.len() % cols == 0, "Q/K tensor of {} values is not rows of {cols}", w.len());
+    ensure!(
+        cols > 0 && w.len().is_multiple_of(cols),
+        "Q/K tensor of {} values is not rows of {cols}",
+        w.len()
+    );
     let rows = w.len() / cols;
     ensure!(
-        n_head > 0 && rows % (2 * n_head) == 0,
+        n_head > 0 && rows.is_multiple_of(2 * n_head),
         "Q/K tensor with {rows} rows cannot be split into {n_head} heads of even size"
     );
     let half = rows / n_head / 2;
@@ -705,8 +776,16 @@ fn build_config(file: &GgufFile, spec: ArchSpec) -> Result<ModelConfig> {
         "{path}: rope.dimension_count {rotary_dim} must be even and at most head_dim {head_dim}"
     );
     let (norm, eps_key, act) = match spec.arch {
-        Arch::Phi => (NormKind::Layer, "attention.layer_norm_epsilon", Act::GeluTanh),
-        Arch::Gemma => (NormKind::RmsPlusOne, "attention.layer_norm_rms_epsilon", Act::GeluTanh),
+        Arch::Phi => (
+            NormKind::Layer,
+            "attention.layer_norm_epsilon",
+            Act::GeluTanh,
+        ),
+        Arch::Gemma => (
+            NormKind::RmsPlusOne,
+            "attention.layer_norm_rms_epsilon",
+            Act::GeluTanh,
+        ),
         _ => (NormKind::Rms, "attention.layer_norm_rms_epsilon", Act::Silu),
     };
     let default_eps = if spec.arch == Arch::Phi { 1e-5 } else { 1e-6 };
@@ -736,7 +815,9 @@ fn build_config(file: &GgufFile, spec: ArchSpec) -> Result<ModelConfig> {
         parallel_block: is_phi,
         tie_word_embeddings: !has("output.weight"),
         embed_scale: (spec.arch == Arch::Gemma).then(|| (hidden_size as f32).sqrt()),
-        bos_token_id: file.get_u64("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
+        bos_token_id: file
+            .get_u64("tokenizer.ggml.bos_token_id")?
+            .map(|v| v as u32),
         eos_token_ids: eos_token_ids(file)?,
         max_position_embeddings: file
             .get_u64(&key("context_length"))?
@@ -799,11 +880,13 @@ fn rope_scaling(file: &GgufFile, config: &ModelConfig, p: &str) -> Result<RopeSc
         return llama3_scaling_from_factors(config, &t.data)
             .with_context(|| format!("{path}: tensor `rope_freqs.weight`"));
     }
-    let ty = file.get_str(&format!("{p}.rope.scaling.type"))?.unwrap_or("none");
+    let ty = file
+        .get_str(&format!("{p}.rope.scaling.type"))?
+        .unwrap_or("none");
     let factor = file.get_f64(&format!("{p}.rope.scaling.factor"))?;
     match (ty, factor) {
         ("none", _) => Ok(RopeScaling::None),
-        ("linear", Some(f)) if f == 1.0 => Ok(RopeScaling::None),
+        ("linear", Some(1.0)) => Ok(RopeScaling::None),
         ("linear", Some(f)) => Ok(RopeScaling::Linear { factor: f as f32 }),
         (other, _) => bail!("{path}: unsupported RoPE scaling {other:?} (factor {factor:?})"),
     }
@@ -857,7 +940,12 @@ fn llama3_scaling_from_factors(config: &ModelConfig, factors: &[f32]) -> Result<
     let low_edge = low_x.iter().copied().reduce(f64::max).map(|x| (x, 0.0));
     let high_edge = high_x.iter().copied().reduce(f64::min).map(|x| (x, 1.0));
     let points: Vec<(f64, f64)> = match medium.len() {
-        0 | 1 => low_edge.into_iter().chain(medium).chain(high_edge).take(2).collect(),
+        0 | 1 => low_edge
+            .into_iter()
+            .chain(medium)
+            .chain(high_edge)
+            .take(2)
+            .collect(),
         _ => medium,
     };
     let (slope, intercept) = fit_line(&points).ok_or_else(|| {
@@ -898,7 +986,9 @@ fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     if points.len() < 2 {
         return None;
     }
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let sxx: f64 = points.iter().map(|&(x, _)| (x - mx) * (x - mx)).sum();
     let sxy: f64 = points.iter().map(|&(x, y)| (x - mx) * (y - my)).sum();
@@ -913,8 +1003,11 @@ fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
 enum Mapped {
     Skip,
     One(String),
-    /// Phi-2's fused `attn_qkv`, split into q/k/v projections.
-    Qkv(usize, &'static str),
+    /// Phi-2's fused `attn_qkv` of a layer (weight or bias), split into q/k/v projections.
+    Qkv {
+        layer: usize,
+        bias: bool,
+    },
 }
 
 fn map_name(name: &str, arch: Arch, num_layers: usize) -> Option<Mapped> {
@@ -940,7 +1033,10 @@ fn map_name(name: &str, arch: Arch, num_layers: usize) -> Option<Mapped> {
         return None;
     }
     let hf = match part {
-        "attn_qkv" if phi => return Some(Mapped::Qkv(layer, if kind == "weight" { "weight" } else { "bias" })),
+        "attn_qkv" if phi => {
+            let bias = kind == "bias";
+            return Some(Mapped::Qkv { layer, bias });
+        }
         "attn_norm" => "input_layernorm",
         "ffn_norm" if !phi => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -988,9 +1084,9 @@ fn convert_tensor(
     })?;
     let hf_name = match mapped {
         Mapped::Skip => return Ok(vec![]),
-        Mapped::Qkv(layer, kind) => {
+        Mapped::Qkv { layer, bias } => {
             let t = file.dequantize(info)?;
-            return split_qkv(t, config, layer, kind)
+            return split_qkv(t, config, layer, if bias { "bias" } else { "weight" })
                 .with_context(|| format!("{path}: tensor `{}`", info.name));
         }
         Mapped::One(n) => n,

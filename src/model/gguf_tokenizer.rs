@@ -65,6 +65,8 @@ const DIGITS_GPT2_FAMILY: &[&str] = &[
     "exaone",
     "minerva-7b",
 ];
+/// Llama 3's regex; the first group also skips merges for whole-word vocabulary hits
+/// (`ignore_merges`, as in Llama 3's tokenizer.json) and adds BOS by default (llama.cpp).
 const LLAMA3_FAMILY: &[&str] = &[
     "llama3",
     "llama-v3",
@@ -74,17 +76,11 @@ const LLAMA3_FAMILY: &[&str] = &[
     "pixtral",
     "midm-2.0",
     "lfm2",
-    "dbrx",
-    "smaug-bpe",
 ];
-const QWEN2_FAMILY: &[&str] = &[
-    "qwen2",
-    "deepseek-r1-qwen",
-    "kormo",
-    "stablelm2",
-    "megrez",
-    "hunyuan",
-];
+const LLAMA3_REGEX_ONLY: &[&str] = &["dbrx", "smaug-bpe"];
+/// Qwen2's regex; the first group also normalizes to NFC first, as Qwen2's tokenizer.json does.
+const QWEN2_FAMILY: &[&str] = &["qwen2", "deepseek-r1-qwen"];
+const QWEN2_REGEX_ONLY: &[&str] = &["kormo", "stablelm2", "megrez", "hunyuan"];
 /// The regexes of the Hugging Face `tokenizer.json` files (llama.cpp spells `(?i:...)` out).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -130,7 +126,7 @@ impl<'a> GgufVocab<'a> {
             None => Ok(default),
             Some(v) => v
                 .as_bool()
-                .ok_or_else(|| anyhow!("metadata `{key}` = {v:?} is not a boolean")),
+                .ok_or_else(|| anyhow!("metadata `{key}` = {} is not a boolean", v.summary())),
         }
     }
 
@@ -141,7 +137,7 @@ impl<'a> GgufVocab<'a> {
             Some(v) => {
                 let id = v.as_u64().filter(|&id| id < self.tokens.len() as u64);
                 id.map(|id| Some(id as u32))
-                    .ok_or_else(|| anyhow!("metadata `{key}` = {v:?} is not a token id"))
+                    .ok_or_else(|| anyhow!("metadata `{key}` = {} is not a token id", v.summary()))
             }
         }
     }
@@ -187,7 +183,10 @@ fn str_array<'a>(meta: &'a BTreeMap<String, MetaValue>, key: &str) -> Result<Opt
 pub fn tokenizer_from_metadata(meta: &BTreeMap<String, MetaValue>) -> Result<Tokenizer> {
     let model = match meta.get("tokenizer.ggml.model") {
         Some(MetaValue::Str(s)) => s.as_str(),
-        Some(v) => bail!("metadata `tokenizer.ggml.model` = {v:?} is not a string"),
+        Some(v) => bail!(
+            "metadata `tokenizer.ggml.model` = {} is not a string",
+            v.summary()
+        ),
         None => bail!("missing metadata key `tokenizer.ggml.model`"),
     };
     let vocab = GgufVocab::read(meta)?;
@@ -230,11 +229,14 @@ fn byte_level_bpe(vocab: &GgufVocab) -> Result<(Tokenizer, bool)> {
         .collect::<Result<Vec<_>>>()?;
     let pre = match vocab.meta.get("tokenizer.ggml.pre") {
         None => "default",
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| anyhow!("metadata `tokenizer.ggml.pre` = {v:?} is not a string"))?,
+        Some(v) => v.as_str().ok_or_else(|| {
+            anyhow!(
+                "metadata `tokenizer.ggml.pre` = {} is not a string",
+                v.summary()
+            )
+        })?,
     };
-    let llama3 = LLAMA3_FAMILY[..8].contains(&pre);
+    let llama3 = LLAMA3_FAMILY.contains(&pre);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab.vocab_map(), merges)
         // Llama 3's tokenizer.json takes whole-word vocabulary hits before merging.
@@ -243,8 +245,7 @@ fn byte_level_bpe(vocab: &GgufVocab) -> Result<(Tokenizer, bool)> {
         .map_err(|e| anyhow!("building the BPE model: {e}"))?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
-    if QWEN2_FAMILY[..2].contains(&pre) {
-        // Qwen2's tokenizer.json normalizes to NFC first.
+    if QWEN2_FAMILY.contains(&pre) {
         tokenizer.with_normalizer(Some(NFC));
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
@@ -270,7 +271,11 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             false,
         )
         .map_err(|e| anyhow!("compiling the pre-tokenizer regex: {e}"))?;
-        Ok(PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+        Ok(PreSequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
     };
     if GPT2_FAMILY.contains(&pre) {
         Ok(ByteLevel::new(false, true, true).into())
@@ -280,16 +285,23 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             ByteLevel::new(false, true, true).into(),
         ])
         .into())
-    } else if LLAMA3_FAMILY.contains(&pre) {
+    } else if LLAMA3_FAMILY.contains(&pre) || LLAMA3_REGEX_ONLY.contains(&pre) {
         split(LLAMA3_REGEX)
-    } else if QWEN2_FAMILY.contains(&pre) {
+    } else if QWEN2_FAMILY.contains(&pre) || QWEN2_REGEX_ONLY.contains(&pre) {
         split(QWEN2_REGEX)
     } else {
         bail!(
             "unsupported pre-tokenizer `tokenizer.ggml.pre` = {pre:?} (supported: {})",
-            [GPT2_FAMILY, DIGITS_GPT2_FAMILY, LLAMA3_FAMILY, QWEN2_FAMILY]
-                .concat()
-                .join(", ")
+            [
+                GPT2_FAMILY,
+                DIGITS_GPT2_FAMILY,
+                LLAMA3_FAMILY,
+                LLAMA3_REGEX_ONLY,
+                QWEN2_FAMILY,
+                QWEN2_REGEX_ONLY
+            ]
+            .concat()
+            .join(", ")
         )
     }
 }
@@ -312,7 +324,10 @@ fn sentencepiece_bpe(vocab: &GgufVocab) -> Result<Tokenizer> {
         })?;
     let add_prefix = vocab.bool_or("tokenizer.ggml.add_space_prefix", true)?;
     let mut builder = BPE::builder()
-        .vocab_and_merges(vocab.vocab_map(), sentencepiece_merges(&vocab.tokens, &scores))
+        .vocab_and_merges(
+            vocab.vocab_map(),
+            sentencepiece_merges(&vocab.tokens, &scores),
+        )
         .fuse_unk(true)
         .byte_fallback(true);
     if let Some(unk) = vocab.token_id("tokenizer.ggml.unknown_token_id")? {
@@ -354,7 +369,11 @@ fn sentencepiece_merges(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)
             .filter_map(|(i, _)| Some((*ids.get(&t[..i])?, *ids.get(&t[i..])?)))
             .collect();
         local.sort_unstable();
-        merges.extend(local.into_iter().map(|(l, r)| (scores[merged], merged, l, r)));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(l, r)| (scores[merged], merged, l, r)),
+        );
     }
     // Stable: equal scores keep vocabulary order.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -387,7 +406,11 @@ fn bos_eos_template(
         }
         pair.extend(part);
     }
-    let specials: Vec<(String, u32)> = bos.into_iter().chain(eos).map(|id| (name(id), id)).collect();
+    let specials: Vec<(String, u32)> = bos
+        .into_iter()
+        .chain(eos)
+        .map(|id| (name(id), id))
+        .collect();
     TemplateProcessing::builder()
         .try_single(single)
         .map_err(|e| anyhow!("BOS/EOS template: {e}"))?
@@ -403,7 +426,10 @@ mod tests {
     use super::*;
 
     fn meta(entries: Vec<(&str, MetaValue)>) -> BTreeMap<String, MetaValue> {
-        entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     fn strs(v: &[&str]) -> MetaValue {
@@ -428,8 +454,12 @@ mod tests {
 
     #[test]
     fn tiny_sentencepiece_tokenizer() {
-        let tokens = ["<unk>", "<s>", "</s>", "<0x21>", "▁", "h", "i", "▁h", "hi", "▁hi"];
-        let scores: Vec<MetaValue> = (0..tokens.len()).map(|i| MetaValue::F32(-(i as f32))).collect();
+        let tokens = [
+            "<unk>", "<s>", "</s>", "<0x21>", "▁", "h", "i", "▁h", "hi", "▁hi",
+        ];
+        let scores: Vec<MetaValue> = (0..tokens.len())
+            .map(|i| MetaValue::F32(-(i as f32)))
+            .collect();
         let types = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1].map(MetaValue::I32).to_vec();
         let m = meta(vec![
             ("tokenizer.ggml.model", MetaValue::Str("llama".into())),
@@ -448,7 +478,9 @@ mod tests {
 
     #[test]
     fn unknown_pre_tokenizer_is_an_error() {
-        let err = byte_level_pre_tokenizer("nonesuch").unwrap_err().to_string();
+        let err = byte_level_pre_tokenizer("nonesuch")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nonesuch") && err.contains("smollm"), "{err}");
     }
 }

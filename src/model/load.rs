@@ -13,10 +13,14 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Where `scripts/fetch-model.sh` puts the default model.
 pub fn default_model_path() -> PathBuf {
-    let home = std::env::var_os("BITUNE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let h = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        h.join(".cache").join("bitune-rt")
-    });
+    let home = std::env::var_os("BITUNE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let h = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            h.join(".cache").join("bitune-rt")
+        });
     home.join("models").join(DEFAULT_MODEL_FILE)
 }
 
@@ -57,7 +61,10 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
                 chat_template: g.chat_template,
             });
         }
-        bail!("{}: not a .gguf file or a checkpoint folder", path.display());
+        bail!(
+            "{}: not a .gguf file or a checkpoint folder",
+            path.display()
+        );
     }
     if !path.is_dir() {
         bail!("{}: no such model file or folder", path.display());
@@ -68,13 +75,21 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: cannot load tokenizer ({e})", tok_path.display()))?;
     let chat_template = read_chat_template(path);
-    checked(Checkpoint { path: path.into(), config, tensors, tokenizer, chat_template })
+    checked(Checkpoint {
+        path: path.into(),
+        config,
+        tensors,
+        tokenizer,
+        chat_template,
+    })
 }
 
 fn read_chat_template(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("chat_template").and_then(|t| t.as_str()).map(String::from)
+    v.get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(String::from)
 }
 
 fn checked(ck: Checkpoint) -> Result<Checkpoint> {
@@ -102,7 +117,12 @@ impl<B: Backend> Model<B> {
         let ck = read_checkpoint(path)?;
         let weights = Weights::from_tensors(be, ck.config, ck.tensors)
             .with_context(|| format!("building the model from {}", path.display()))?;
-        Ok(Model { path: ck.path, weights, tokenizer: ck.tokenizer, chat_template: ck.chat_template })
+        Ok(Model {
+            path: ck.path,
+            weights,
+            tokenizer: ck.tokenizer,
+            chat_template: ck.chat_template,
+        })
     }
 
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
@@ -114,7 +134,9 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding tokens: {e}"))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow!("decoding tokens: {e}"))
     }
 
     pub fn is_eos(&self, id: u32) -> bool {

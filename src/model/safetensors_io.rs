@@ -33,7 +33,8 @@ pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the map is read-only and lives only inside this function; the file is not
     // expected to be modified while a checkpoint is being loaded (as with any mmap loader).
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let mmap = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     for (name, view) in st.tensors() {
@@ -50,9 +51,10 @@ pub fn read_folder(dir: &Path) -> Result<TensorMap> {
     let single = dir.join("model.safetensors");
     let mut map = TensorMap::new(dir.display().to_string());
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", index.display()))?;
         let wm = v
             .get("weight_map")
             .and_then(|w| w.as_object())
@@ -63,7 +65,10 @@ pub fn read_folder(dir: &Path) -> Result<TensorMap> {
         }
         for name in wm.keys() {
             if !map.contains(name) {
-                bail!("{}: tensor `{name}` is listed but not in its shard", index.display());
+                bail!(
+                    "{}: tensor `{name}` is listed but not in its shard",
+                    index.display()
+                );
             }
         }
     } else if single.exists() {
@@ -76,7 +81,10 @@ pub fn read_folder(dir: &Path) -> Result<TensorMap> {
             .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
             .collect();
         if any.is_empty() {
-            bail!("{}: no model.safetensors, index or *.safetensors file", dir.display());
+            bail!(
+                "{}: no model.safetensors, index or *.safetensors file",
+                dir.display()
+            );
         }
         for p in any {
             read_file_into(&p, &mut map)?;
@@ -94,9 +102,15 @@ pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Res
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .map(|((n, s, _), b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let data = safetensors::serialize(views, None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let data =
+        safetensors::serialize(views, None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     crate::train::atomic::write_atomic(path, &data)
 }

@@ -17,7 +17,15 @@ pub enum Target {
     Down,
 }
 
-pub const ALL_TARGETS: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+pub const ALL_TARGETS: [Target; 7] = [
+    Target::Q,
+    Target::K,
+    Target::V,
+    Target::O,
+    Target::Gate,
+    Target::Up,
+    Target::Down,
+];
 
 impl Target {
     /// The module path inside a block, e.g. `self_attn.q_proj` or Phi's `mlp.fc1`.
@@ -147,15 +155,22 @@ impl<B: Backend> Weights<B> {
             };
             Ok(NormW { w, b })
         };
-        let linear = |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
-            let w = be.upload(&t.take(&format!("{name}.weight"), &[o, i])?);
-            let b = if bias {
-                Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
-            } else {
-                t.take_opt(&format!("{name}.bias"), &[o])?.map(|b| be.upload(&b))
+        let linear =
+            |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
+                let w = be.upload(&t.take(&format!("{name}.weight"), &[o, i])?);
+                let b = if bias {
+                    Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
+                } else {
+                    t.take_opt(&format!("{name}.bias"), &[o])?
+                        .map(|b| be.upload(&b))
+                };
+                Ok(Linear {
+                    w,
+                    b,
+                    in_dim: i,
+                    out_dim: o,
+                })
             };
-            Ok(Linear { w, b, in_dim: i, out_dim: o })
-        };
         let mut blocks = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
@@ -174,21 +189,39 @@ impl<B: Backend> Weights<B> {
                 k: lin(&mut t, Target::K, c.qkv_bias)?,
                 v: lin(&mut t, Target::V, c.qkv_bias)?,
                 o: lin(&mut t, Target::O, c.o_bias)?,
-                gate: if c.gated_mlp { Some(lin(&mut t, Target::Gate, c.mlp_bias)?) } else { None },
+                gate: if c.gated_mlp {
+                    Some(lin(&mut t, Target::Gate, c.mlp_bias)?)
+                } else {
+                    None
+                },
                 up: lin(&mut t, Target::Up, c.mlp_bias)?,
                 down: lin(&mut t, Target::Down, c.mlp_bias)?,
             });
         }
-        let final_name = if c.arch == Arch::Phi { "model.final_layernorm" } else { "model.norm" };
+        let final_name = if c.arch == Arch::Phi {
+            "model.final_layernorm"
+        } else {
+            "model.norm"
+        };
         let final_norm = norm(&mut t, final_name)?;
         let lm_head = if t.contains("lm_head.weight") && !c.tie_word_embeddings {
             Some(linear(&mut t, "lm_head", d, v, c.lm_head_bias)?)
         } else if c.tie_word_embeddings {
             None
         } else {
-            anyhow::bail!("{}: missing tensor `lm_head.weight` (config says untied)", t.source);
+            anyhow::bail!(
+                "{}: missing tensor `lm_head.weight` (config says untied)",
+                t.source
+            );
         };
         let inv_freq = cfg.rope_inv_freq();
-        Ok(Weights { cfg, embed, blocks, final_norm, lm_head, inv_freq })
+        Ok(Weights {
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            inv_freq,
+        })
     }
 }

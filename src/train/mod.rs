@@ -2,6 +2,6 @@
 
 pub mod atomic;
 pub mod charts;
-pub mod optim;
 pub mod checkpoint;
+pub mod optim;
 pub mod run;

@@ -59,7 +59,12 @@ pub struct Optimizer<B: Backend> {
 
 impl<B: Backend> Optimizer<B> {
     pub fn new(be: &B, cfg: OptConfig, n: usize) -> Self {
-        Optimizer { cfg, m: be.zeros(n), v: be.zeros(n), step: 0 }
+        Optimizer {
+            cfg,
+            m: be.zeros(n),
+            v: be.zeros(n),
+            step: 0,
+        }
     }
 
     /// Clips `grads` to the global norm, applies one update, and returns (norm before clipping,

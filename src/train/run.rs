@@ -50,7 +50,12 @@ pub struct TrainResult {
     pub final_dir: PathBuf,
 }
 
-fn fingerprint(tr_cfg: &TrainConfig, tr_method: Method, n_params: usize, n_examples: usize) -> String {
+fn fingerprint(
+    tr_cfg: &TrainConfig,
+    tr_method: Method,
+    n_params: usize,
+    n_examples: usize,
+) -> String {
     format!(
         "method={} params={} examples={} batch={} accum={} seed={} steps={} lr={} clip={}",
         tr_method.name(),
@@ -82,7 +87,13 @@ pub fn train<B: Backend>(
     let n_params = tr.table.total;
     let fp = fingerprint(cfg, tr.method, n_params, data.len());
     let mut opt = Optimizer::new(be, cfg.opt, n_params);
-    let mut state = TrainerState { step: 0, cursor: 0, fingerprint: fp.clone(), losses: vec![], alphas: vec![] };
+    let mut state = TrainerState {
+        step: 0,
+        cursor: 0,
+        fingerprint: fp.clone(),
+        losses: vec![],
+        alphas: vec![],
+    };
     if let Some(dir) = resume {
         let step_dir = checkpoint::latest(dir)?;
         let (rtr, _) = crate::bitune::engine::load_adapter(be, model, &step_dir)?;
@@ -106,7 +117,14 @@ pub fn train<B: Backend>(
     let mut metrics = open_metrics(&metrics_path, state.step)?;
     let bar = progress_bar(cfg);
     let save_adapter = |dir: &Path, tr: &Trainable<B>| {
-        adapter_io::save(dir, &w.cfg, meta, &tr.table, &be.download(&tr.params), &cfg.base_model)
+        adapter_io::save(
+            dir,
+            &w.cfg,
+            meta,
+            &tr.table,
+            &be.download(&tr.params),
+            &cfg.base_model,
+        )
     };
     let mut last_ckpt: Option<PathBuf> = None;
     let per_update = cfg.batch * cfg.accum;
@@ -123,8 +141,13 @@ pub fn train<B: Backend>(
             tokens += out.tokens;
         }
         if !loss.is_finite() || !be.sum_sq(&grads).is_finite() {
-            let kept = last_ckpt.as_ref().map_or("none yet".to_string(), |p| p.display().to_string());
-            bail!("non-finite loss or gradient at step {}: stopped; last good checkpoint: {kept}", state.step + 1);
+            let kept = last_ckpt
+                .as_ref()
+                .map_or("none yet".to_string(), |p| p.display().to_string());
+            bail!(
+                "non-finite loss or gradient at step {}: stopped; last good checkpoint: {kept}",
+                state.step + 1
+            );
         }
         let (gnorm, lr) = opt.update(be, &mut tr.params, &mut grads);
         state.step += 1;
@@ -135,7 +158,13 @@ pub fn train<B: Backend>(
             state.alphas.push((state.step, ak.clone(), av.clone()));
         }
         let dt = t0.elapsed().as_secs_f64();
-        let mean = |v: &[f32]| if v.is_empty() { f32::NAN } else { v.iter().sum::<f32>() / v.len() as f32 };
+        let mean = |v: &[f32]| {
+            if v.is_empty() {
+                f32::NAN
+            } else {
+                v.iter().sum::<f32>() / v.len() as f32
+            }
+        };
         let rec = serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
             "tokens_per_s": tokens as f64 / dt, "step_s": dt, "alpha_k": ak, "alpha_v": av});
         writeln!(metrics, "{rec}")?;
@@ -149,9 +178,13 @@ pub fn train<B: Backend>(
                 mean(&av)
             ));
         }
-        if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || state.step == cfg.steps {
+        if (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every))
+            || state.step == cfg.steps
+        {
             let (m, v) = (be.download(&opt.m), be.download(&opt.v));
-            last_ckpt = Some(checkpoint::save(&cfg.out, &state, &m, &v, |d| save_adapter(d, tr))?);
+            last_ckpt = Some(checkpoint::save(&cfg.out, &state, &m, &v, |d| {
+                save_adapter(d, tr)
+            })?);
         }
     }
     if let Some(b) = &bar {
@@ -159,7 +192,10 @@ pub fn train<B: Backend>(
     }
     save_adapter(&cfg.out, tr)?;
     write_charts(&cfg.out, &state);
-    Ok(TrainResult { losses: state.losses, final_dir: cfg.out.clone() })
+    Ok(TrainResult {
+        losses: state.losses,
+        final_dir: cfg.out.clone(),
+    })
 }
 
 /// Opens the metrics log, dropping lines past `step` (a resumed run rewrites what follows).
@@ -180,7 +216,10 @@ fn open_metrics(path: &Path, step: u64) -> Result<std::fs::File> {
         text.push('\n');
     }
     super::atomic::write_atomic_str(path, &text)?;
-    std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 fn progress_bar(cfg: &TrainConfig) -> Option<indicatif::ProgressBar> {
@@ -188,8 +227,9 @@ fn progress_bar(cfg: &TrainConfig) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let b = indicatif::ProgressBar::new(cfg.steps);
-    let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     b.set_style(style);
     Some(b)
 }

@@ -5,7 +5,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
@@ -18,11 +20,19 @@ pub fn read_json(path: &std::path::Path) -> Value {
 }
 
 pub fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 pub fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Max |a-b| / (|b| scale), where the scale is max(max|b|, 1e-3): a relative error that does not
@@ -30,7 +40,11 @@ pub fn u32s(v: &Value) -> Vec<u32> {
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let scale = b.iter().fold(1e-3f32, |m, &x| m.max(x.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }
 
 /// The default model, if `scripts/fetch-model.sh` has put it in place.
@@ -39,7 +53,10 @@ pub fn default_model() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: default model not at {} (run scripts/fetch-model.sh)", p.display());
+        eprintln!(
+            "SKIP: default model not at {} (run scripts/fetch-model.sh)",
+            p.display()
+        );
         None
     }
 }

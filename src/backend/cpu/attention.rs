@@ -36,7 +36,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-pub fn forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], plan: &AttnPlan, d: AttnDims) {
+pub fn forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    plan: &AttnPlan,
+    d: AttnDims,
+) {
     let (hq, hkv, hd) = (d.q_heads, d.kv_heads, d.head_dim);
     let qw = hq * hd;
     let kw = hkv * hd;

@@ -18,12 +18,27 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 
 /// `c[m,n] = (accumulate ? c : 0) + a[m,k] · b[k,n]`; c is dense row-major with row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.data.len() >= span(m, k, a.rs, a.cs), "gemm: lhs too short");
-    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "gemm: rhs too short");
+    assert!(
+        a.data.len() >= span(m, k, a.rs, a.cs),
+        "gemm: lhs too short"
+    );
+    assert!(
+        b.data.len() >= span(k, n, b.rs, b.cs),
+        "gemm: rhs too short"
+    );
     assert!(c.len() >= span(m, n, ldc, 1), "gemm: dst too short");
     if k == 0 {
         if !accumulate {
@@ -66,10 +81,18 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: u
 
 /// Row-major `[rows, cols]`.
 pub fn rm(data: &[f32], cols: usize) -> Mat<'_> {
-    Mat { data, rs: cols, cs: 1 }
+    Mat {
+        data,
+        rs: cols,
+        cs: 1,
+    }
 }
 
 /// The transpose of a row-major `[rows, cols]` matrix, as a `[cols, rows]` view.
 pub fn tr(data: &[f32], cols: usize) -> Mat<'_> {
-    Mat { data, rs: 1, cs: cols }
+    Mat {
+        data,
+        rs: 1,
+        cs: cols,
+    }
 }

@@ -37,7 +37,10 @@ impl Backend for Cpu {
         buf[off..off + n].to_vec()
     }
     fn add_host(&self, buf: &mut Vec<f32>, off: usize, vals: &[f32]) {
-        buf[off..off + vals.len()].iter_mut().zip(vals).for_each(|(a, b)| *a += b);
+        buf[off..off + vals.len()]
+            .iter_mut()
+            .zip(vals)
+            .for_each(|(a, b)| *a += b);
     }
 
     fn copy_rows(
@@ -76,10 +79,19 @@ impl Backend for Cpu {
     }
 
     fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
-        y.par_iter_mut().zip(x.par_iter()).for_each(|(a, b)| *a += b);
+        y.par_iter_mut()
+            .zip(x.par_iter())
+            .for_each(|(a, b)| *a += b);
     }
 
-    fn embedding_fwd(&self, out: &mut Vec<f32>, ids: &[u32], table: &Vec<f32>, dim: usize, scale: f32) {
+    fn embedding_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        ids: &[u32],
+        table: &Vec<f32>,
+        dim: usize,
+        scale: f32,
+    ) {
         for (i, &t) in ids.iter().enumerate() {
             let src = &table[t as usize * dim..(t as usize + 1) * dim];
             out[i * dim..(i + 1) * dim]
@@ -106,7 +118,9 @@ impl Backend for Cpu {
             sgemm(m, n, k, rm(x, k), tr(w, k), y, n, accumulate);
         }
         if let Some(b) = bias {
-            y[..m * n].par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
+            y[..m * n]
+                .par_chunks_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
         }
     }
 
@@ -123,7 +137,15 @@ impl Backend for Cpu {
         sgemm(m, k, n, rm(dy, n), rm(w, k), dx, k, accumulate);
     }
 
-    fn lora_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, params: &Vec<f32>, segs: &[LoraSeg], k: usize, n: usize) {
+    fn lora_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        params: &Vec<f32>,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    ) {
         for s in segs {
             let rows = s.rows.len();
             if rows == 0 {
@@ -170,9 +192,27 @@ impl Backend for Cpu {
             sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
             xa.iter_mut().for_each(|v| *v *= sc);
             // dA += uᵀ x   [r, k]
-            sgemm(r, k, rows, tr(&u, r), rm(xs, k), &mut grads[s.a_off..s.a_off + r * k], k, true);
+            sgemm(
+                r,
+                k,
+                rows,
+                tr(&u, r),
+                rm(xs, k),
+                &mut grads[s.a_off..s.a_off + r * k],
+                k,
+                true,
+            );
             // dB += dyᵀ (s·xA) [n, r]
-            sgemm(n, r, rows, tr(dys, n), rm(&xa, r), &mut grads[s.b_off..s.b_off + n * r], r, true);
+            sgemm(
+                n,
+                r,
+                rows,
+                tr(dys, n),
+                rm(&xa, r),
+                &mut grads[s.b_off..s.b_off + n * r],
+                r,
+                true,
+            );
             // dx += u A   [rows, k]
             let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
             sgemm(rows, k, r, rm(&u, r), rm(a, k), dxs, k, true);
@@ -191,7 +231,16 @@ impl Backend for Cpu {
         kind: Norm,
         eps: f32,
     ) {
-        ops::norm_fwd(&mut out[..rows * d], &mut stats[..rows * 2], &x[..rows * d], w, b.map(|v| &v[..]), d, kind, eps)
+        ops::norm_fwd(
+            &mut out[..rows * d],
+            &mut stats[..rows * 2],
+            &x[..rows * d],
+            w,
+            b.map(|v| &v[..]),
+            d,
+            kind,
+            eps,
+        )
     }
 
     fn norm_bwd(
@@ -206,7 +255,16 @@ impl Backend for Cpu {
         kind: Norm,
         accumulate: bool,
     ) {
-        ops::norm_bwd(&mut dx[..rows * d], &dy[..rows * d], &x[..rows * d], &stats[..rows * 2], w, d, kind, accumulate)
+        ops::norm_bwd(
+            &mut dx[..rows * d],
+            &dy[..rows * d],
+            &x[..rows * d],
+            &stats[..rows * 2],
+            w,
+            d,
+            kind,
+            accumulate,
+        )
     }
 
     fn rope(
@@ -252,7 +310,16 @@ impl Backend for Cpu {
         attention::backward(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
     }
 
-    fn kv_mix_fwd(&self, buf: &mut Vec<f32>, mix: usize, c: usize, b: usize, n: usize, width: usize, alpha: f32) {
+    fn kv_mix_fwd(
+        &self,
+        buf: &mut Vec<f32>,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    ) {
         for i in 0..n * width {
             let kc = buf[c * width + i];
             let kb = buf[b * width + i];
@@ -294,7 +361,14 @@ impl Backend for Cpu {
         up: Option<&Vec<f32>>,
         act: Activation,
     ) {
-        ops::act_bwd(dgate, dup.map(|u| &mut u[..]), dout, gate, up.map(|u| &u[..]), act)
+        ops::act_bwd(
+            dgate,
+            dup.map(|u| &mut u[..]),
+            dout,
+            gate,
+            up.map(|u| &u[..]),
+            act,
+        )
     }
 
     fn cross_entropy(
@@ -318,11 +392,20 @@ impl Backend for Cpu {
         x.par_iter_mut().for_each(|v| *v *= s)
     }
 
-    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamStep) {
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        h: AdamStep,
+    ) {
         ops::adamw(p, g, m, v, h)
     }
 
     fn sgd(&self, p: &mut Vec<f32>, g: &Vec<f32>, lr: f32) {
-        p.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a -= lr * b)
+        p.par_iter_mut()
+            .zip(g.par_iter())
+            .for_each(|(a, b)| *a -= lr * b)
     }
 }

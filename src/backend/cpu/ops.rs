@@ -26,7 +26,16 @@ pub fn gemv(y: &mut [f32], x: &[f32], w: &[f32], k: usize, accumulate: bool) {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn norm_fwd(out: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, d: usize, kind: Norm, eps: f32) {
+pub fn norm_fwd(
+    out: &mut [f32],
+    stats: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    d: usize,
+    kind: Norm,
+    eps: f32,
+) {
     out.par_chunks_mut(d)
         .zip(stats.par_chunks_mut(2))
         .zip(x.par_chunks(d))
@@ -52,7 +61,16 @@ pub fn norm_fwd(out: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: Opt
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn norm_bwd(dx: &mut [f32], dy: &[f32], x: &[f32], stats: &[f32], w: &[f32], d: usize, kind: Norm, accumulate: bool) {
+pub fn norm_bwd(
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    w: &[f32],
+    d: usize,
+    kind: Norm,
+    accumulate: bool,
+) {
     dx.par_chunks_mut(d)
         .zip(dy.par_chunks(d))
         .zip(x.par_chunks(d).zip(stats.par_chunks(2)))
@@ -85,23 +103,33 @@ pub fn norm_bwd(dx: &mut [f32], dy: &[f32], x: &[f32], stats: &[f32], w: &[f32],
         });
 }
 
-pub fn rope(x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, rot_dim: usize, inv_freq: &[f32], inverse: bool) {
+pub fn rope(
+    x: &mut [f32],
+    pos: &[u32],
+    heads: usize,
+    head_dim: usize,
+    rot_dim: usize,
+    inv_freq: &[f32],
+    inverse: bool,
+) {
     let half = rot_dim / 2;
     let width = heads * head_dim;
-    x.par_chunks_mut(width).zip(pos.par_iter()).for_each(|(row, &p)| {
-        for (i, &f) in inv_freq.iter().enumerate().take(half) {
-            let ang = p as f32 * f;
-            let (s, c) = (ang.sin(), ang.cos());
-            let s = if inverse { -s } else { s };
-            for h in 0..heads {
-                let base = h * head_dim;
-                let x1 = row[base + i];
-                let x2 = row[base + i + half];
-                row[base + i] = x1 * c - x2 * s;
-                row[base + i + half] = x2 * c + x1 * s;
+    x.par_chunks_mut(width)
+        .zip(pos.par_iter())
+        .for_each(|(row, &p)| {
+            for (i, &f) in inv_freq.iter().enumerate().take(half) {
+                let ang = p as f32 * f;
+                let (s, c) = (ang.sin(), ang.cos());
+                let s = if inverse { -s } else { s };
+                for h in 0..heads {
+                    let base = h * head_dim;
+                    let x1 = row[base + i];
+                    let x2 = row[base + i + half];
+                    row[base + i] = x1 * c - x2 * s;
+                    row[base + i + half] = x2 * c + x1 * s;
+                }
             }
-        }
-    });
+        });
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -110,14 +138,17 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub fn erf(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 {
         1.0 - r
     } else {
@@ -128,8 +159,12 @@ pub fn erf(x: f64) -> f64 {
 fn act(a: Activation, x: f32) -> f32 {
     match a {
         Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
-        Activation::Gelu => (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32,
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Gelu => {
+            (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+        }
     }
 }
 
@@ -142,7 +177,8 @@ fn act_grad(a: Activation, x: f32) -> f32 {
         Activation::GeluTanh => {
             let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
             let t = u.tanh();
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+            0.5 * (1.0 + t)
+                + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
         }
         Activation::Gelu => {
             let xd = x as f64;
@@ -155,12 +191,25 @@ fn act_grad(a: Activation, x: f32) -> f32 {
 
 pub fn act_fwd(out: &mut [f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
     match up {
-        Some(u) => out.par_iter_mut().zip(gate.par_iter().zip(u.par_iter())).for_each(|(o, (&g, &u))| *o = act(a, g) * u),
-        None => out.par_iter_mut().zip(gate.par_iter()).for_each(|(o, &g)| *o = act(a, g)),
+        Some(u) => out
+            .par_iter_mut()
+            .zip(gate.par_iter().zip(u.par_iter()))
+            .for_each(|(o, (&g, &u))| *o = act(a, g) * u),
+        None => out
+            .par_iter_mut()
+            .zip(gate.par_iter())
+            .for_each(|(o, &g)| *o = act(a, g)),
     }
 }
 
-pub fn act_bwd(dgate: &mut [f32], dup: Option<&mut [f32]>, dout: &[f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
+pub fn act_bwd(
+    dgate: &mut [f32],
+    dup: Option<&mut [f32]>,
+    dout: &[f32],
+    gate: &[f32],
+    up: Option<&[f32]>,
+    a: Activation,
+) {
     match (dup, up) {
         (Some(du), Some(u)) => {
             dgate
@@ -172,7 +221,10 @@ pub fn act_bwd(dgate: &mut [f32], dup: Option<&mut [f32]>, dout: &[f32], gate: &
                     *dup = dout[i] * act(a, gate[i]);
                 });
         }
-        _ => dgate.par_iter_mut().enumerate().for_each(|(i, dg)| *dg = dout[i] * act_grad(a, gate[i])),
+        _ => dgate
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, dg)| *dg = dout[i] * act_grad(a, gate[i])),
     }
 }
 

@@ -32,6 +32,7 @@ fn linear_bwd<B: Backend>(
 
 /// Backpropagates `dlogits` (`[logit_rows, vocab]`, already the loss gradient) through the whole
 /// model into `grads` (LoRA matrices and θ; `theta_init` for dα/dθ).
+#[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     be: &B,
     w: &Weights<B>,
@@ -49,14 +50,28 @@ pub fn backward<B: Backend>(
     let norm = w.norm_kind();
     let act = w.activation();
     let dims = attn_dims(w);
-    assert_eq!(fwd.acts.len(), c.num_layers, "backward needs the forward's saved activations");
+    assert_eq!(
+        fwd.acts.len(),
+        c.num_layers,
+        "backward needs the forward's saved activations"
+    );
 
     // LM head and final norm at the logit rows, scattered back into the full stream.
     let r = p.logit_rows.len();
     let mut dhn = be.zeros(r * d);
     be.matmul_bwd_x(&mut dhn, dlogits, w.lm_head_w(), r, d, c.vocab_size, false);
     let mut dxr = be.zeros(r * d);
-    be.norm_bwd(&mut dxr, &dhn, &fwd.final_x, &fwd.final_stats, &w.final_norm.w, r, d, norm, false);
+    be.norm_bwd(
+        &mut dxr,
+        &dhn,
+        &fwd.final_x,
+        &fwd.final_stats,
+        &w.final_norm.w,
+        r,
+        d,
+        norm,
+        false,
+    );
     let mut dx = be.zeros(t * d);
     be.scatter_add_rows(&mut dx, &dxr, &p.logit_rows, d);
 
@@ -65,50 +80,192 @@ pub fn backward<B: Backend>(
         let a = &fwd.acts[l];
         // MLP branch.
         let mut da = be.zeros(t * inter);
-        linear_bwd(be, &mut da, grads, &dx, &a.act, &blk.down, t, ad, p, l, Target::Down, false);
+        linear_bwd(
+            be,
+            &mut da,
+            grads,
+            &dx,
+            &a.act,
+            &blk.down,
+            t,
+            ad,
+            p,
+            l,
+            Target::Down,
+            false,
+        );
         let mut dup = be.zeros(t * inter);
         let mut dh2 = be.zeros(t * d);
         match &blk.gate {
             Some(g) => {
                 let mut dgate = be.zeros(t * inter);
                 be.act_bwd(&mut dgate, Some(&mut dup), &da, &a.gate, Some(&a.up), act);
-                linear_bwd(be, &mut dh2, grads, &dgate, &a.h2, g, t, ad, p, l, Target::Gate, false);
-                linear_bwd(be, &mut dh2, grads, &dup, &a.h2, &blk.up, t, ad, p, l, Target::Up, true);
+                linear_bwd(
+                    be,
+                    &mut dh2,
+                    grads,
+                    &dgate,
+                    &a.h2,
+                    g,
+                    t,
+                    ad,
+                    p,
+                    l,
+                    Target::Gate,
+                    false,
+                );
+                linear_bwd(
+                    be,
+                    &mut dh2,
+                    grads,
+                    &dup,
+                    &a.h2,
+                    &blk.up,
+                    t,
+                    ad,
+                    p,
+                    l,
+                    Target::Up,
+                    true,
+                );
             }
             None => {
                 be.act_bwd(&mut dup, None, &da, &a.up, None, act);
-                linear_bwd(be, &mut dh2, grads, &dup, &a.h2, &blk.up, t, ad, p, l, Target::Up, false);
+                linear_bwd(
+                    be,
+                    &mut dh2,
+                    grads,
+                    &dup,
+                    &a.h2,
+                    &blk.up,
+                    t,
+                    ad,
+                    p,
+                    l,
+                    Target::Up,
+                    false,
+                );
             }
         }
         // Gradient at the attention block's output residual (x_mid), or at h for Phi.
         let mut dx_mid = dx;
         if let Some(mn) = &blk.mlp_norm {
-            be.norm_bwd(&mut dx_mid, &dh2, &a.x_mid, &a.stats2, &mn.w, t, d, norm, true);
+            be.norm_bwd(
+                &mut dx_mid,
+                &dh2,
+                &a.x_mid,
+                &a.stats2,
+                &mn.w,
+                t,
+                d,
+                norm,
+                true,
+            );
         }
 
         // Attention branch.
         let mut dattn = be.zeros(t * qd);
-        linear_bwd(be, &mut dattn, grads, &dx_mid, &a.attn, &blk.o, t, ad, p, l, Target::O, false);
+        linear_bwd(
+            be,
+            &mut dattn,
+            grads,
+            &dx_mid,
+            &a.attn,
+            &blk.o,
+            t,
+            ad,
+            p,
+            l,
+            Target::O,
+            false,
+        );
         let mut dq = be.zeros(t * qd);
         let mut dk = be.zeros(kv_rows * kvd);
         let mut dv = be.zeros(kv_rows * kvd);
-        be.attention_bwd(&mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims);
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims,
+        );
         if let Some(m) = &p.mix {
             let (ak, av) = ad.alphas[l];
             let sk = be.kv_mix_bwd(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, ak);
             let sv = be.kv_mix_bwd(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, av);
             dtheta[l] = (sk, sv);
         }
-        be.rope(&mut dq, &p.pos, c.num_heads, c.head_dim, c.rotary_dim, &w.inv_freq, true);
-        be.rope(&mut dk, &p.pos, c.num_kv_heads, c.head_dim, c.rotary_dim, &w.inv_freq, true);
+        be.rope(
+            &mut dq,
+            &p.pos,
+            c.num_heads,
+            c.head_dim,
+            c.rotary_dim,
+            &w.inv_freq,
+            true,
+        );
+        be.rope(
+            &mut dk,
+            &p.pos,
+            c.num_kv_heads,
+            c.head_dim,
+            c.rotary_dim,
+            &w.inv_freq,
+            true,
+        );
         let mut dh = be.zeros(t * d);
-        linear_bwd(be, &mut dh, grads, &dq, &a.h, &blk.q, t, ad, p, l, Target::Q, false);
-        linear_bwd(be, &mut dh, grads, &dk, &a.h, &blk.k, t, ad, p, l, Target::K, true);
-        linear_bwd(be, &mut dh, grads, &dv, &a.h, &blk.v, t, ad, p, l, Target::V, true);
+        linear_bwd(
+            be,
+            &mut dh,
+            grads,
+            &dq,
+            &a.h,
+            &blk.q,
+            t,
+            ad,
+            p,
+            l,
+            Target::Q,
+            false,
+        );
+        linear_bwd(
+            be,
+            &mut dh,
+            grads,
+            &dk,
+            &a.h,
+            &blk.k,
+            t,
+            ad,
+            p,
+            l,
+            Target::K,
+            true,
+        );
+        linear_bwd(
+            be,
+            &mut dh,
+            grads,
+            &dv,
+            &a.h,
+            &blk.v,
+            t,
+            ad,
+            p,
+            l,
+            Target::V,
+            true,
+        );
         if blk.mlp_norm.is_none() {
             be.add(&mut dh, &dh2);
         }
-        be.norm_bwd(&mut dx_mid, &dh, &a.x, &a.stats1, &blk.attn_norm.w, t, d, norm, true);
+        be.norm_bwd(
+            &mut dx_mid,
+            &dh,
+            &a.x,
+            &a.stats1,
+            &blk.attn_norm.w,
+            t,
+            d,
+            norm,
+            true,
+        );
         dx = dx_mid;
     }
 
@@ -116,8 +273,12 @@ pub fn backward<B: Backend>(
         let n = c.num_layers;
         let th_k = be.download_range(ad.params, tk, n);
         let th_v = be.download_range(ad.params, tv, n);
-        let gk: Vec<f32> = (0..n).map(|l| (dalpha_dtheta(th_k[l], theta_init) as f64 * dtheta[l].0) as f32).collect();
-        let gv: Vec<f32> = (0..n).map(|l| (dalpha_dtheta(th_v[l], theta_init) as f64 * dtheta[l].1) as f32).collect();
+        let gk: Vec<f32> = (0..n)
+            .map(|l| (dalpha_dtheta(th_k[l], theta_init) as f64 * dtheta[l].0) as f32)
+            .collect();
+        let gv: Vec<f32> = (0..n)
+            .map(|l| (dalpha_dtheta(th_v[l], theta_init) as f64 * dtheta[l].1) as f32)
+            .collect();
         be.add_host(grads, tk, &gk);
         be.add_host(grads, tv, &gv);
     }

@@ -6,6 +6,7 @@ use crate::backend::{AttnDims, Backend};
 use crate::model::weights::{Linear, Target, Weights};
 
 /// `y = x Wᵀ + b + LoRA(x)` over all `rows`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn linear<B: Backend>(
     be: &B,
     y: &mut B::Buf,
@@ -60,15 +61,41 @@ pub fn forward<B: Backend>(
         let mut h = be.zeros(t * d);
         let mut stats1 = be.zeros(t * 2);
         let an = &blk.attn_norm;
-        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), t, d, norm, c.norm_eps);
+        be.norm_fwd(
+            &mut h,
+            &mut stats1,
+            &x,
+            &an.w,
+            an.b.as_ref(),
+            t,
+            d,
+            norm,
+            c.norm_eps,
+        );
         let mut q = be.zeros(t * qd);
         let mut k = be.zeros(kv_rows * kvd);
         let mut v = be.zeros(kv_rows * kvd);
         linear(be, &mut q, &h, &blk.q, t, ad, p, l, Target::Q);
         linear(be, &mut k, &h, &blk.k, t, ad, p, l, Target::K);
         linear(be, &mut v, &h, &blk.v, t, ad, p, l, Target::V);
-        be.rope(&mut q, &p.pos, c.num_heads, c.head_dim, c.rotary_dim, &w.inv_freq, false);
-        be.rope(&mut k, &p.pos, c.num_kv_heads, c.head_dim, c.rotary_dim, &w.inv_freq, false);
+        be.rope(
+            &mut q,
+            &p.pos,
+            c.num_heads,
+            c.head_dim,
+            c.rotary_dim,
+            &w.inv_freq,
+            false,
+        );
+        be.rope(
+            &mut k,
+            &p.pos,
+            c.num_kv_heads,
+            c.head_dim,
+            c.rotary_dim,
+            &w.inv_freq,
+            false,
+        );
         if let Some(m) = &p.mix {
             let (ak, av) = ad.alphas[l];
             be.kv_mix_fwd(&mut k, t, m.c, m.b, m.n, kvd, ak);
@@ -97,7 +124,17 @@ pub fn forward<B: Backend>(
         let h2 = match &blk.mlp_norm {
             Some(mn) => {
                 let mut h2 = be.zeros(t * d);
-                be.norm_fwd(&mut h2, &mut stats2, &x_mid, &mn.w, mn.b.as_ref(), t, d, norm, c.norm_eps);
+                be.norm_fwd(
+                    &mut h2,
+                    &mut stats2,
+                    &x_mid,
+                    &mn.w,
+                    mn.b.as_ref(),
+                    t,
+                    d,
+                    norm,
+                    c.norm_eps,
+                );
                 h2
             }
             None => x_copy(be, &h),
@@ -129,7 +166,22 @@ pub fn forward<B: Backend>(
             kv.push((x_copy(be, &k), x_copy(be, &v)));
         }
         if mode.save_acts {
-            acts.push(LayerActs { x, h, stats1, q, k, v, attn, lse, x_mid, h2, stats2, gate, up, act: a });
+            acts.push(LayerActs {
+                x,
+                h,
+                stats1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                x_mid,
+                h2,
+                stats2,
+                gate,
+                up,
+                act: a,
+            });
         }
         x = x_out;
     }
@@ -141,11 +193,38 @@ pub fn forward<B: Backend>(
     let mut hn = be.zeros(r * d);
     let mut final_stats = be.zeros(r * 2);
     let fnorm = &w.final_norm;
-    be.norm_fwd(&mut hn, &mut final_stats, &final_x, &fnorm.w, fnorm.b.as_ref(), r, d, norm, c.norm_eps);
+    be.norm_fwd(
+        &mut hn,
+        &mut final_stats,
+        &final_x,
+        &fnorm.w,
+        fnorm.b.as_ref(),
+        r,
+        d,
+        norm,
+        c.norm_eps,
+    );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
-    be.matmul_fwd(&mut logits, &hn, w.lm_head_w(), bias, r, d, c.vocab_size, false);
-    ForwardOut { logits, saved: Saved { acts, final_x, final_stats }, kv }
+    be.matmul_fwd(
+        &mut logits,
+        &hn,
+        w.lm_head_w(),
+        bias,
+        r,
+        d,
+        c.vocab_size,
+        false,
+    );
+    ForwardOut {
+        logits,
+        saved: Saved {
+            acts,
+            final_x,
+            final_stats,
+        },
+        kv,
+    }
 }
 
 fn x_copy<B: Backend>(be: &B, x: &B::Buf) -> B::Buf {

@@ -65,13 +65,15 @@ impl<B: Backend> AdapterState<'_, B> {
         p.adapter_rows
             .iter()
             .filter_map(|(rows, set)| {
-                self.table.lora(*set, layer, t).map(|(a_off, b_off)| LoraSeg {
-                    rows: rows.clone(),
-                    a_off,
-                    b_off,
-                    rank: self.table.lora.rank,
-                    scale_bits,
-                })
+                self.table
+                    .lora(*set, layer, t)
+                    .map(|(a_off, b_off)| LoraSeg {
+                        rows: rows.clone(),
+                        a_off,
+                        b_off,
+                        rank: self.table.lora.rank,
+                        scale_bits,
+                    })
             })
             .collect()
     }
