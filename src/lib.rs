@@ -9,6 +9,7 @@ pub mod bitune;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod ffi;
 pub mod model;
 pub mod rng;
 pub mod train;

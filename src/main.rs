@@ -81,6 +81,8 @@ enum Cmd {
     Train(Box<cli::train::TrainArgs>),
     /// Zero-shot evaluation (PIQA, ARC, CSQA, SIQA, MMLU, GSM8K, synthetic:*)
     Eval(cli::eval::EvalArgs),
+    /// Train several methods with the same budget and seeds, evaluate each, tabulate mean ± std
+    Compare(Box<cli::compare::CompareArgs>),
     /// Data utilities
     Data {
         #[command(subcommand)]
@@ -168,6 +170,7 @@ fn run() -> Result<()> {
         }
         Cmd::Train(a) => cli::train::run(*a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Compare(a) => cli::compare::run(*a),
         Cmd::Data { cmd } => cli::data::run(cmd),
         Cmd::Bench(a) => cli::bench::run(a),
     }

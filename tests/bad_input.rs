@@ -48,11 +48,22 @@ fn truncated_safetensors_names_the_file() {
 fn unknown_architecture_and_wrong_shape_are_named() {
     let d = copy_model("llama", "arch");
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("LlamaForCausalLM", "FalconForCausalLM")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("LlamaForCausalLM", "FalconForCausalLM"),
+    )
+    .unwrap();
     let e = load_err(&d);
-    assert!(e.contains("FalconForCausalLM") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("FalconForCausalLM") && e.contains("config.json"),
+        "{e}"
+    );
     // A config whose intermediate size disagrees with the tensors: the tensor is named.
-    std::fs::write(d.join("config.json"), cfg.replace("\"intermediate_size\": 72", "\"intermediate_size\": 80")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"intermediate_size\": 72", "\"intermediate_size\": 80"),
+    )
+    .unwrap();
     let e = load_err(&d);
     assert!(e.contains("mlp.") && e.contains("shape"), "{e}");
 }
@@ -62,7 +73,11 @@ fn missing_tensor_and_tokenizer_mismatch_are_named() {
     let d = copy_model("phi", "missing");
     // phi has an untied head: claiming tied drops lm_head, a missing bias is reported too.
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("\"vocab_size\": 224", "\"vocab_size\": 100")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"vocab_size\": 224", "\"vocab_size\": 100"),
+    )
+    .unwrap();
     let e = load_err(&d);
     assert!(e.contains("tokenizer") || e.contains("shape"), "{e}");
 }
@@ -79,14 +94,28 @@ fn empty_prompt_and_out_of_range_ids_are_errors() {
 fn malformed_jsonl_reports_the_line() {
     let d = scratch("jsonl");
     let f = d.join("data.jsonl");
-    std::fs::write(&f, "{\"instruction\":\"a\",\"response\":\"b\"}\n{not json}\n").unwrap();
-    let e = format!("{:#}", read_jsonl(&f, "instruction", "response").unwrap_err());
+    std::fs::write(
+        &f,
+        "{\"instruction\":\"a\",\"response\":\"b\"}\n{not json}\n",
+    )
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        read_jsonl(&f, "instruction", "response").unwrap_err()
+    );
     assert!(e.contains("data.jsonl:2"), "{e}");
     std::fs::write(&f, "{\"instruction\":\"a\"}\n").unwrap();
-    let e = format!("{:#}", read_jsonl(&f, "instruction", "response").unwrap_err());
+    let e = format!(
+        "{:#}",
+        read_jsonl(&f, "instruction", "response").unwrap_err()
+    );
     assert!(e.contains("data.jsonl:1") && e.contains("response"), "{e}");
     std::fs::write(&f, "{\"instruction\":\"a\",\"response\":\"  \"}\n").unwrap();
-    assert!(format!("{:#}", read_jsonl(&f, "instruction", "response").unwrap_err()).contains("empty"));
+    assert!(format!(
+        "{:#}",
+        read_jsonl(&f, "instruction", "response").unwrap_err()
+    )
+    .contains("empty"));
 }
 
 #[test]

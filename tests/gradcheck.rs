@@ -53,7 +53,7 @@ fn trainable(be: &Cpu, m: &Model<Cpu>, method: Method) -> Trainable<Cpu> {
             Kind::ThetaK | Kind::ThetaV => s.iter_mut().for_each(|v| {
                 *v = rng.uniform(0.02, 0.04) * if rng.next_f64() < 0.3 { -1.0 } else { 1.0 }
             }),
-            Kind::LoraA => {}
+            _ => {}
         }
     }
     tr

@@ -201,6 +201,7 @@ fn resumed_training_equals_uninterrupted() {
     let meta = AdapterMeta {
         method: Method::Bitune,
         lora: lora.clone(),
+        peft: bitune_rt::bitune::peft::Peft::Lora,
         theta_init: 0.01,
     };
     let cfg = |out: std::path::PathBuf| TrainConfig {

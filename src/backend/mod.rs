@@ -7,7 +7,10 @@
 //!   buffer); activation gradients overwrite (`=`) unless the op takes `accumulate: bool` because
 //!   the tensor has two consumers (the residual stream, the K/V rows read by several segments).
 
+pub mod colops;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use std::ops::Range;
 
@@ -149,6 +152,22 @@ pub trait Backend: Send + Sync {
         n: usize,
         accumulate: bool,
     );
+    /// `y[m,n] = x[m,k] · Wᵀ (+ bias)` reading the weight's compact checkpoint form; returns
+    /// false (doing nothing) when this backend has no such path for these sizes, and the caller
+    /// falls back to `matmul_fwd`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_packed(
+        &self,
+        _y: &mut Self::Buf,
+        _x: &Self::Buf,
+        _w: &crate::model::packed::PackedWeight,
+        _bias: Option<&Self::Buf>,
+        _m: usize,
+        _k: usize,
+        _n: usize,
+    ) -> bool {
+        false
+    }
     /// `dx[m,k] (+)= dy[m,n] · w[n,k]`
     #[allow(clippy::too_many_arguments)]
     fn matmul_bwd_x(
@@ -184,6 +203,65 @@ pub trait Backend: Send + Sync {
         k: usize,
         n: usize,
     );
+
+    /// `y[r, j] *= v[v_off + j]` for `r` in `rows` (`y` is `[*, width]`): DoRA's `m/n` and IA3's
+    /// scaling of a segment's rows. The default round-trips through the host.
+    fn mul_cols(
+        &self,
+        y: &mut Self::Buf,
+        rows: Range<usize>,
+        width: usize,
+        v: &Self::Buf,
+        v_off: usize,
+    ) {
+        let (mut h, v) = (self.download(y), self.download_range(v, v_off, width));
+        colops::mul_cols(&mut h, rows, width, &v);
+        *y = self.upload(&h);
+    }
+    /// `y[r, j] += v[v_off + j]` for `r` in `rows` (a bias added after DoRA's scaling).
+    fn add_cols(
+        &self,
+        y: &mut Self::Buf,
+        rows: Range<usize>,
+        width: usize,
+        v: &Self::Buf,
+        v_off: usize,
+    ) {
+        let (mut h, v) = (self.download(y), self.download_range(v, v_off, width));
+        colops::add_cols(&mut h, rows, width, &v);
+        *y = self.upload(&h);
+    }
+    /// `out[out_off + j] += Σ_{r ∈ rows} a[r, j]·b[r, j]`: the gradient of a per-column scale
+    /// (DoRA's magnitude, IA3's vector), accumulated like every parameter gradient.
+    fn col_dot(
+        &self,
+        out: &mut Self::Buf,
+        out_off: usize,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        rows: Range<usize>,
+        width: usize,
+    ) {
+        let mut o = vec![0f32; width];
+        colops::col_dot(&mut o, &self.download(a), &self.download(b), rows, width);
+        self.add_host(out, out_off, &o);
+    }
+    /// `out[j] = 1 / ‖W_j + s·(B A)_j‖₂` over the `n` rows of `w` (`[n, k]`), with the LoRA pair
+    /// and scale of `seg`: DoRA's weight norm (a constant to the backward), inverted.
+    fn dora_inv_norm(
+        &self,
+        out: &mut Self::Buf,
+        w: &Self::Buf,
+        params: &Self::Buf,
+        seg: &LoraSeg,
+        k: usize,
+        n: usize,
+    ) {
+        let a = self.download_range(params, seg.a_off, seg.rank * k);
+        let b = self.download_range(params, seg.b_off, n * seg.rank);
+        let norms = colops::dora_row_norms(&self.download(w), &a, &b, seg.scale(), k, n);
+        *out = self.upload(&norms.iter().map(|x| 1.0 / x).collect::<Vec<_>>());
+    }
 
     /// Normalises each row of `x` (`[rows, d]`); `stats` receives 2 floats per row (mean, rstd)
     /// for the backward.

@@ -1,8 +1,11 @@
 //! Adapter folders in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors` (set C),
 //! `bidirectional/` (set B, same layout), `bitune.safetensors` (θ_K, θ_V) and
-//! `bitune_config.json` (method, θ_init, base model).
+//! `bitune_config.json` (method, θ_init, base model). Each set's folder loads with PEFT's
+//! `PeftModel.from_pretrained`: LoRA and DoRA (a LoRA config with `use_dora`, plus the
+//! `lora_magnitude_vector` tensors) or IA3 (its own config, `ia3_l` tensors).
 
 use super::params::{LoraSpec, ParamTable, SET_B, SET_C};
+use super::peft::{is_feedforward, Peft};
 use super::plan::Method;
 use crate::model::config::ModelConfig;
 use crate::model::safetensors_io::{read_file_into, write_f32};
@@ -18,18 +21,31 @@ pub const BIDIR_DIR: &str = "bidirectional";
 /// What an adapter folder describes.
 pub struct AdapterMeta {
     pub method: Method,
+    /// Targets for every PEFT method; rank and alpha are LoRA's and DoRA's only.
     pub lora: LoraSpec,
+    pub peft: Peft,
     pub theta_init: f32,
 }
 
-fn peft_config(cfg: &ModelConfig, lora: &LoraSpec, base: &str) -> Value {
-    let targets: Vec<&str> = lora.targets.iter().map(|t| t.short(cfg.arch)).collect();
+fn peft_config(cfg: &ModelConfig, lora: &LoraSpec, peft: Peft, base: &str) -> Value {
+    let short = |ts: &mut dyn Iterator<Item = &Target>| -> Vec<&str> {
+        ts.map(|t| t.short(cfg.arch)).collect()
+    };
+    let targets = short(&mut lora.targets.iter());
+    if peft == Peft::Ia3 {
+        let ff = short(&mut lora.targets.iter().filter(|t| is_feedforward(**t)));
+        return json!({
+            "peft_type": "IA3", "task_type": "CAUSAL_LM", "target_modules": targets,
+            "feedforward_modules": ff, "fan_in_fan_out": false, "init_ia3_weights": true,
+            "inference_mode": true, "modules_to_save": null, "base_model_name_or_path": base,
+        });
+    }
     json!({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
-        "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "use_dora": false,
-        "use_rslora": false, "fan_in_fan_out": false, "inference_mode": true,
-        "init_lora_weights": true, "modules_to_save": null, "layers_to_transform": null,
-        "base_model_name_or_path": base,
+        "target_modules": targets, "lora_dropout": 0.0, "bias": "none",
+        "use_dora": peft == Peft::Dora, "use_rslora": false, "fan_in_fan_out": false,
+        "inference_mode": true, "init_lora_weights": true, "modules_to_save": null,
+        "layers_to_transform": null, "base_model_name_or_path": base,
     })
 }
 
@@ -60,7 +76,7 @@ pub fn save(
     base: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let conf = serde_json::to_string_pretty(&peft_config(cfg, &meta.lora, base))?;
+    let conf = serde_json::to_string_pretty(&peft_config(cfg, &meta.lora, table.peft, base))?;
     write_atomic_str(&dir.join("adapter_config.json"), &conf)?;
     write_f32(
         &dir.join("adapter_model.safetensors"),
@@ -101,54 +117,88 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
-/// Reads the metadata of an adapter folder (PEFT configs carry many more keys: ignored).
-pub fn read_meta(dir: &Path, cfg: &ModelConfig) -> Result<AdapterMeta> {
-    let path = dir.join("adapter_config.json");
-    let v = read_json(&path)?;
-    let bad = |what: &str| anyhow!("{}: {what}", path.display());
-    match v.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") | None => {}
-        Some(other) => bail!(
-            "{}: peft_type {other:?} is not supported (LORA only)",
-            path.display()
-        ),
-    }
-    if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
-        bail!("{}: DoRA adapters are not supported yet", path.display());
-    }
-    let rank = v
-        .get("r")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("no integer `r`"))? as usize;
-    let alpha = v
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| bad("no `lora_alpha`"))? as f32;
-    let names: Vec<String> = match v.get("target_modules") {
+fn target_list(v: &Value, key: &str, cfg: &ModelConfig, path: &Path) -> Result<Vec<Target>> {
+    let names: Vec<String> = match v.get(key) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(|x| x.as_str().map(String::from))
             .collect(),
         Some(Value::String(s)) => vec![s.clone()],
-        _ => return Err(bad("no `target_modules` list")),
+        None | Some(Value::Null) if key == "feedforward_modules" => vec![],
+        _ => bail!("{}: no `{key}` list", path.display()),
     };
     let mut targets = Vec::new();
     for n in &names {
-        let t = Target::from_short(n, cfg.arch).ok_or_else(|| {
-            bad(&format!(
-                "target module {n:?} does not exist in a {:?} model",
+        targets.push(Target::from_short(n, cfg.arch).ok_or_else(|| {
+            anyhow!(
+                "{}: target module {n:?} does not exist in a {:?} model",
+                path.display(),
                 cfg.arch
-            ))
-        })?;
-        targets.push(t);
+            )
+        })?);
     }
     targets.sort();
     targets.dedup();
-    if rank == 0 || targets.is_empty() {
-        return Err(bad(
-            "rank must be positive and at least one target module given",
-        ));
+    Ok(targets)
+}
+
+/// Reads the metadata of an adapter folder (PEFT configs carry many more keys: ignored).
+pub fn read_meta(dir: &Path, cfg: &ModelConfig) -> Result<AdapterMeta> {
+    let path = dir.join("adapter_config.json");
+    let v = read_json(&path)?;
+    let bad = |what: &str| anyhow!("{}: {what}", path.display());
+    let peft = match v.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") | None if v.get("use_dora").and_then(Value::as_bool) == Some(true) => {
+            Peft::Dora
+        }
+        Some("LORA") | None => Peft::Lora,
+        Some("IA3") => Peft::Ia3,
+        Some(other) => bail!(
+            "{}: peft_type {other:?} is not supported (LORA, LORA with use_dora, IA3)",
+            path.display()
+        ),
+    };
+    let targets = target_list(&v, "target_modules", cfg, &path)?;
+    if targets.is_empty() {
+        return Err(bad("at least one target module must be given"));
     }
+    let lora = if peft == Peft::Ia3 {
+        // IA3 scales the input of exactly the MLP linears (the rule this crate implements).
+        let ff = target_list(&v, "feedforward_modules", cfg, &path)?;
+        let want: Vec<Target> = targets
+            .iter()
+            .copied()
+            .filter(|t| is_feedforward(*t))
+            .collect();
+        if ff != want {
+            return Err(bad(
+                "IA3 feedforward_modules must be exactly the targeted MLP linears",
+            ));
+        }
+        // Rank and alpha do not exist for IA3; nothing reads them.
+        LoraSpec {
+            rank: 0,
+            alpha: 0.0,
+            targets,
+        }
+    } else {
+        let rank = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("no integer `r`"))? as usize;
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| bad("no `lora_alpha`"))? as f32;
+        if rank == 0 {
+            return Err(bad("rank must be positive"));
+        }
+        LoraSpec {
+            rank,
+            alpha,
+            targets,
+        }
+    };
     let bc = dir.join("bitune_config.json");
     let (method, theta_init) = if bc.exists() {
         let b = read_json(&bc)?;
@@ -163,11 +213,8 @@ pub fn read_meta(dir: &Path, cfg: &ModelConfig) -> Result<AdapterMeta> {
     };
     Ok(AdapterMeta {
         method,
-        lora: LoraSpec {
-            rank,
-            alpha,
-            targets,
-        },
+        lora,
+        peft,
         theta_init,
     })
 }

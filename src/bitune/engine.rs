@@ -48,9 +48,10 @@ pub fn load_adapter<B: Backend>(
 ) -> Result<(Trainable<B>, AdapterMeta)> {
     let cfg = &model.weights.cfg;
     let meta = read_meta(dir, cfg).with_context(|| format!("loading adapter {}", dir.display()))?;
-    let table = ParamTable::new(
+    let table = ParamTable::with_peft(
         cfg,
         meta.lora.clone(),
+        meta.peft,
         meta.method.num_sets(),
         meta.method.mixes(),
     );

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod generate;
 pub mod infer;
 pub mod params;
+pub mod peft;
 pub mod plan;
 pub mod sample;
 pub mod step;

@@ -1,7 +1,9 @@
-//! The table of trainable state: (name, shape, offset) for every LoRA matrix of every adapter
-//! set and the mixing coefficients θ. It drives the flat parameter, gradient and Adam buffers,
-//! checkpoint I/O and the C API.
+//! The table of trainable state: (name, shape, offset) for every adapter tensor of every adapter
+//! set (LoRA A/B, DoRA magnitudes or IA3 vectors, see [`super::peft`]) and the mixing
+//! coefficients θ. It drives the flat parameter, gradient and Adam buffers, checkpoint I/O and
+//! the C API. Names and shapes are the ones PEFT saves, so a set's entries are its PEFT file.
 
+use super::peft::{is_feedforward, Peft};
 use crate::model::config::ModelConfig;
 use crate::model::weights::Target;
 use std::collections::HashMap;
@@ -27,8 +29,20 @@ impl LoraSpec {
 pub enum Kind {
     LoraA,
     LoraB,
+    /// DoRA's magnitude `m` `[out]` (PEFT: `….lora_magnitude_vector`).
+    Magnitude,
+    /// IA3's vector `l`: `[out, 1]` scaling the output, or `[1, in]` scaling the input of a
+    /// feed-forward module (PEFT: `….ia3_l`).
+    Ia3,
     ThetaK,
     ThetaV,
+}
+
+impl Kind {
+    /// Whether the entry belongs to an adapter set (everything but θ).
+    pub fn is_adapter(self) -> bool {
+        !matches!(self, Kind::ThetaK | Kind::ThetaV)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -54,13 +68,17 @@ impl Entry {
 
 #[derive(Clone, Debug)]
 pub struct ParamTable {
+    /// Targets (all methods); rank and alpha (LoRA and DoRA only).
     pub lora: LoraSpec,
+    pub peft: Peft,
     pub num_sets: usize,
     pub num_layers: usize,
     pub mixing: bool,
     pub entries: Vec<Entry>,
     pub total: usize,
     index: HashMap<(usize, usize, Target), (usize, usize)>,
+    /// Offset of the DoRA magnitude or the IA3 vector of (set, layer, target).
+    vec_index: HashMap<(usize, usize, Target), usize>,
     theta: Option<(usize, usize)>,
 }
 
@@ -72,22 +90,81 @@ pub fn peft_name(cfg: &ModelConfig, layer: usize, t: Target, b: bool) -> String 
     )
 }
 
+/// PEFT's saved name of a DoRA magnitude or an IA3 vector (no `.weight` suffix in either).
+fn vec_name(cfg: &ModelConfig, layer: usize, t: Target, kind: Kind) -> String {
+    let leaf = if kind == Kind::Magnitude {
+        "lora_magnitude_vector"
+    } else {
+        "ia3_l"
+    };
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{leaf}",
+        t.module(cfg.arch)
+    )
+}
+
+/// The entries of one target linear: (kind, shape) in layout order.
+fn target_entries(
+    peft: Peft,
+    lora: &LoraSpec,
+    t: Target,
+    i: usize,
+    o: usize,
+) -> Vec<(Kind, Vec<usize>)> {
+    let ab = [
+        (Kind::LoraA, vec![lora.rank, i]),
+        (Kind::LoraB, vec![o, lora.rank]),
+    ];
+    match peft {
+        Peft::Lora => ab.to_vec(),
+        Peft::Dora => [ab.to_vec(), vec![(Kind::Magnitude, vec![o])]].concat(),
+        Peft::Ia3 if is_feedforward(t) => vec![(Kind::Ia3, vec![1, i])],
+        Peft::Ia3 => vec![(Kind::Ia3, vec![o, 1])],
+    }
+}
+
 impl ParamTable {
+    /// A LoRA table.
     pub fn new(cfg: &ModelConfig, lora: LoraSpec, num_sets: usize, mixing: bool) -> Self {
+        Self::with_peft(cfg, lora, Peft::Lora, num_sets, mixing)
+    }
+
+    /// Layout: per set, per layer, per target its entries (A, B; A, B, m; or l), then θ_K, θ_V.
+    /// LoRA's layout is the same as before DoRA and IA3 existed.
+    pub fn with_peft(
+        cfg: &ModelConfig,
+        lora: LoraSpec,
+        peft: Peft,
+        num_sets: usize,
+        mixing: bool,
+    ) -> Self {
         let mut entries = Vec::new();
         let mut index = HashMap::new();
+        let mut vec_index = HashMap::new();
         let mut off = 0;
         for set in 0..num_sets {
             for layer in 0..cfg.num_layers {
                 for &t in &lora.targets {
                     let (i, o) = t.dims(cfg);
-                    let a_off = off;
-                    for (kind, shape) in [
-                        (Kind::LoraA, vec![lora.rank, i]),
-                        (Kind::LoraB, vec![o, lora.rank]),
-                    ] {
+                    let key = (set, layer, t);
+                    for (kind, shape) in target_entries(peft, &lora, t, i, o) {
+                        let name = match kind {
+                            Kind::LoraA | Kind::LoraB => {
+                                peft_name(cfg, layer, t, kind == Kind::LoraB)
+                            }
+                            _ => vec_name(cfg, layer, t, kind),
+                        };
+                        match kind {
+                            Kind::LoraA => {
+                                index.insert(key, (off, off + lora.rank * i));
+                            }
+                            Kind::Magnitude | Kind::Ia3 => {
+                                vec_index.insert(key, off);
+                            }
+                            _ => {}
+                        }
                         let e = Entry {
-                            name: peft_name(cfg, layer, t, kind == Kind::LoraB),
+                            name,
                             set,
                             layer,
                             target: Some(t),
@@ -98,7 +175,6 @@ impl ParamTable {
                         off += e.len();
                         entries.push(e);
                     }
-                    index.insert((set, layer, t), (a_off, a_off + lora.rank * i));
                 }
             }
         }
@@ -124,12 +200,14 @@ impl ParamTable {
         });
         ParamTable {
             lora,
+            peft,
             num_sets,
             num_layers: cfg.num_layers,
             mixing,
             entries,
             total: off,
             index,
+            vec_index,
             theta,
         }
     }
@@ -137,6 +215,21 @@ impl ParamTable {
     /// (A offset, B offset) of a LoRA pair, if that set targets that linear.
     pub fn lora(&self, set: usize, layer: usize, t: Target) -> Option<(usize, usize)> {
         self.index.get(&(set, layer, t)).copied()
+    }
+
+    /// Offset of the DoRA magnitude (`[out]`) of a target linear of a set, if any.
+    pub fn magnitude(&self, set: usize, layer: usize, t: Target) -> Option<usize> {
+        (self.peft == Peft::Dora)
+            .then(|| self.vec_index.get(&(set, layer, t)).copied())
+            .flatten()
+    }
+
+    /// Offset of the IA3 vector of a target linear of a set, if any (length `in` for a
+    /// feed-forward module, else `out`).
+    pub fn ia3(&self, set: usize, layer: usize, t: Target) -> Option<usize> {
+        (self.peft == Peft::Ia3)
+            .then(|| self.vec_index.get(&(set, layer, t)).copied())
+            .flatten()
     }
 
     /// Offsets of θ_K and θ_V (each `num_layers` long).
@@ -147,7 +240,7 @@ impl ParamTable {
     pub fn set_entries(&self, set: usize) -> impl Iterator<Item = &Entry> {
         self.entries
             .iter()
-            .filter(move |e| e.set == set && matches!(e.kind, Kind::LoraA | Kind::LoraB))
+            .filter(move |e| e.set == set && e.kind.is_adapter())
     }
 }
 

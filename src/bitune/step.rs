@@ -1,6 +1,7 @@
 //! Trainable state and the loss/gradient of a batch: pack, forward, cross-entropy, backward.
 
-use super::params::{alpha, LoraSpec, ParamTable};
+use super::params::{alpha, Kind, LoraSpec, ParamTable};
+use super::peft::{dora_row_norms, Peft};
 use super::plan::{pack, train_seq, Example, Method};
 use crate::backend::Backend;
 use crate::model::transformer::{backward, forward, AdapterState, Mode};
@@ -17,7 +18,7 @@ pub struct Trainable<B: Backend> {
 }
 
 impl<B: Backend> Trainable<B> {
-    /// PEFT's initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform, a=√5), B = 0, θ = θ_init
+    /// PEFT's LoRA initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform, a=√5), B = 0, θ = θ_init
     /// (so α starts at 0.5). The sets are drawn one after the other from one seeded stream.
     pub fn init(
         be: &B,
@@ -27,18 +28,49 @@ impl<B: Backend> Trainable<B> {
         theta_init: f32,
         seed: u64,
     ) -> Self {
-        let table = ParamTable::new(&w.cfg, lora, method.num_sets(), method.mixes());
+        Self::init_with(be, w, method, lora, Peft::Lora, theta_init, seed)
+    }
+
+    /// [`Trainable::init`] for any PEFT method: LoRA's A and B as there (DoRA draws the same
+    /// stream), DoRA's magnitude = ‖W + s·B A‖ per row (= ‖W‖ as B = 0, so the adapted layer
+    /// starts as the base layer), IA3's vectors = 1.
+    pub fn init_with(
+        be: &B,
+        w: &Weights<B>,
+        method: Method,
+        lora: LoraSpec,
+        peft: Peft,
+        theta_init: f32,
+        seed: u64,
+    ) -> Self {
+        let table = ParamTable::with_peft(&w.cfg, lora, peft, method.num_sets(), method.mixes());
         let mut host = vec![0f32; table.total];
         let mut rng = Rng::new(seed);
+        let scale = table.lora.scale();
         for e in &table.entries {
-            let dst = &mut host[e.offset..e.offset + e.len()];
+            let dst_range = e.offset..e.offset + e.len();
             match e.kind {
-                super::params::Kind::LoraA => {
+                Kind::LoraA => {
                     let bound = 1.0 / (e.shape[1] as f32).sqrt();
-                    dst.iter_mut().for_each(|v| *v = rng.uniform(-bound, bound));
+                    host[dst_range]
+                        .iter_mut()
+                        .for_each(|v| *v = rng.uniform(-bound, bound));
                 }
-                super::params::Kind::LoraB => {}
-                _ => dst.fill(theta_init),
+                Kind::LoraB => {}
+                Kind::Magnitude => {
+                    // A and B of this linear precede it in the layout.
+                    let t = e.target.unwrap();
+                    let (a_off, b_off) = table.lora(e.set, e.layer, t).unwrap();
+                    let (k, n) = t.dims(&w.cfg);
+                    let r = table.lora.rank;
+                    let wt = be.download(&w.blocks[e.layer].linear(t).w);
+                    let a = &host[a_off..a_off + r * k];
+                    let b = &host[b_off..b_off + n * r];
+                    let m = dora_row_norms(&wt, a, b, scale, k, n);
+                    host[dst_range].copy_from_slice(&m);
+                }
+                Kind::Ia3 => host[dst_range].fill(1.0),
+                Kind::ThetaK | Kind::ThetaV => host[dst_range].fill(theta_init),
             }
         }
         Trainable {

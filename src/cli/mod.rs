@@ -1,6 +1,7 @@
 //! The jobs behind the CLI subcommands (kept in the library so tests and the C API reach them).
 
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod score;

@@ -5,6 +5,7 @@ use crate::bitune::adapter_io::{read_meta, AdapterMeta};
 use crate::bitune::engine::{load_adapter, Engine};
 use crate::bitune::generate::{generate, GenOptions};
 use crate::bitune::params::LoraSpec;
+use crate::bitune::peft::Peft;
 use crate::bitune::plan::Method;
 use crate::bitune::step::Trainable;
 use crate::data::examples::{prompt_text, read_jsonl, tokenize, Pair};
@@ -46,6 +47,9 @@ pub struct TrainArgs {
     /// bitune | lora | naive-bidir | no-mixing | only-causal | shared-weights | anti-causal
     #[arg(long, default_value = "bitune")]
     pub method: String,
+    /// Adapter type of both sets (default lora; with --init-adapter, the folder's)
+    #[arg(long, value_enum)]
+    pub peft: Option<Peft>,
     #[arg(long, default_value_t = 30)]
     pub steps: u64,
     #[arg(long, default_value_t = 1e-3)]
@@ -93,7 +97,7 @@ pub struct TrainArgs {
     pub no_samples: bool,
 }
 
-fn check(a: &TrainArgs) -> Result<()> {
+pub(crate) fn check(a: &TrainArgs) -> Result<()> {
     let bad = |m: &str| bail!("out-of-range hyperparameter: {m}");
     if a.steps == 0 || a.batch == 0 || a.accum == 0 {
         return bad("--steps, --batch and --accum must be at least 1");
@@ -170,15 +174,16 @@ fn sample(
     Ok((e.model, e.tr))
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    check(&a)?;
-    crate::cli::set_threads(a.threads)?;
-    let be = Cpu;
-    let path = resolve_model(a.model.as_deref())?;
-    let model = Model::load(&be, &path)?;
+/// The adapters a run starts from: `--init-adapter`'s, or freshly initialised from the seed
+/// (`compare` calls this for each of its runs on one loaded model).
+pub(crate) fn init_state(
+    be: &Cpu,
+    model: &Model<Cpu>,
+    a: &TrainArgs,
+) -> Result<(Trainable<Cpu>, AdapterMeta)> {
     let cfg = &model.weights.cfg;
     let method = Method::parse(&a.method)?;
-    let (mut tr, meta) = match &a.init_adapter {
+    Ok(match &a.init_adapter {
         Some(dir) => {
             let m = read_meta(dir, cfg)?;
             if m.method.num_sets() != method.num_sets() || m.method.mixes() != method.mixes() {
@@ -189,7 +194,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     method.name()
                 );
             }
-            let (mut t, m) = load_adapter(&be, &model, dir)?;
+            if a.peft.is_some_and(|p| p != m.peft) {
+                bail!(
+                    "{}: a {} adapter cannot start a --peft {} run",
+                    dir.display(),
+                    m.peft.name(),
+                    a.peft.unwrap().name()
+                );
+            }
+            let (mut t, m) = load_adapter(be, model, dir)?;
             t.method = method;
             (t, AdapterMeta { method, ..m })
         }
@@ -199,38 +212,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 alpha: a.alpha,
                 targets: targets(a.targets.as_deref(), cfg.arch, cfg.gated_mlp)?,
             };
+            let peft = a.peft.unwrap_or_default();
             let meta = AdapterMeta {
                 method,
                 lora: lora.clone(),
+                peft,
                 theta_init: a.theta_init,
             };
+            let w = &model.weights;
             (
-                Trainable::init(&be, &model.weights, method, lora, a.theta_init, a.seed),
+                Trainable::init_with(be, w, method, lora, peft, a.theta_init, a.seed),
                 meta,
             )
         }
-    };
-    let pairs = load_pairs(&a)?;
-    let eos = *cfg
-        .eos_token_ids
-        .first()
-        .context("the model config names no EOS token")?;
-    let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
-    eprintln!(
-        "{}: {} examples ({} skipped as longer than {} tokens); method {}; {} trainable parameters",
-        a.data
-            .as_ref()
-            .map_or("bundled synthetic suite".into(), |p| p
-                .display()
-                .to_string()),
-        tok.examples.len(),
-        tok.too_long,
-        a.max_len,
-        method.name(),
-        tr.table.total
-    );
+    })
+}
+
+/// The optimizer and schedule of a run's arguments (shared with `compare`).
+pub(crate) fn opt_config(a: &TrainArgs) -> OptConfig {
     let warmup = (a.steps as f32 * a.warmup_ratio).floor() as u64;
-    let opt = OptConfig {
+    OptConfig {
         kind: if a.optimizer == OptArg::Adamw {
             OptKind::AdamW
         } else {
@@ -249,7 +250,39 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         warmup_steps: warmup,
         total_steps: a.steps,
-    };
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    check(&a)?;
+    crate::cli::set_threads(a.threads)?;
+    let be = Cpu;
+    let path = resolve_model(a.model.as_deref())?;
+    let model = Model::load(&be, &path)?;
+    let cfg = &model.weights.cfg;
+    let (mut tr, meta) = init_state(&be, &model, &a)?;
+    let method = tr.method;
+    let pairs = load_pairs(&a)?;
+    let eos = *cfg
+        .eos_token_ids
+        .first()
+        .context("the model config names no EOS token")?;
+    let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
+    eprintln!(
+        "{}: {} examples ({} skipped as longer than {} tokens); method {} ({}); {} trainable parameters",
+        a.data
+            .as_ref()
+            .map_or("bundled synthetic suite".into(), |p| p
+                .display()
+                .to_string()),
+        tok.examples.len(),
+        tok.too_long,
+        a.max_len,
+        method.name(),
+        tr.table.peft.name(),
+        tr.table.total
+    );
+    let opt = opt_config(&a);
     let tc = TrainConfig {
         out: a.out.clone(),
         steps: a.steps,

@@ -8,6 +8,7 @@
 
 use super::config::{Act, Arch, ModelConfig, NormKind, RopeScaling};
 use super::gguf_tokenizer;
+use super::packed::PackedWeight;
 use super::tensors::{HostTensor, TensorMap};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use half::{bf16, f16};
@@ -1106,10 +1107,51 @@ fn convert_tensor(
                 .with_context(|| format!("{path}: tensor `{}`", info.name))?;
         }
     }
+    t.packed = packed_form(file, info, &t)?;
+    if let (Some(p), true) = (&t.packed, spec.permuted_qk) {
+        let heads = if info.name.contains(".attn_q.") {
+            Some(config.num_heads)
+        } else if info.name.contains(".attn_k.") {
+            Some(config.num_kv_heads)
+        } else {
+            None
+        };
+        if let (Some(n_head), &[rows, cols]) = (heads, &t.shape[..]) {
+            let half = rows / n_head / 2;
+            // HF row h*hd + j*half + i sits at GGUF row h*hd + 2*i + j (as for the f32 copy).
+            let src_of = |hf: usize| {
+                let (h, rest) = (hf / (2 * half), hf % (2 * half));
+                h * 2 * half + 2 * (rest % half) + rest / half
+            };
+            t.packed = Some(p.permute_rows(rows, cols, src_of));
+        }
+    }
     if spec.norm_plus_one && info.name.contains("norm.weight") {
         t.data.iter_mut().for_each(|w| *w -= 1.0);
     }
     Ok(vec![(hf_name, t)])
+}
+
+/// The compact form of a 2-D weight the decode matmuls can read directly.
+fn packed_form(file: &GgufFile, info: &TensorInfo, t: &HostTensor) -> Result<Option<PackedWeight>> {
+    if t.shape.len() != 2 || !info.name.ends_with(".weight") {
+        return Ok(None);
+    }
+    let bytes = file.tensor_bytes(info)?;
+    let u16s = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    };
+    Ok(match info.dtype {
+        GgmlType::Q4_0 => Some(PackedWeight::Q4_0(bytes.to_vec())),
+        GgmlType::Q4_1 => Some(PackedWeight::Q4_1(bytes.to_vec())),
+        GgmlType::Q8_0 => Some(PackedWeight::Q8_0(bytes.to_vec())),
+        GgmlType::BF16 => Some(PackedWeight::Bf16(u16s())),
+        GgmlType::F16 => Some(PackedWeight::F16(u16s())),
+        _ => None,
+    })
 }
 
 /// Splits a fused `[q; k; v]` projection (rows) into the three Hugging Face tensors.

@@ -1,6 +1,7 @@
 //! Safetensors reading (single file or sharded through `model.safetensors.index.json`,
 //! memory-mapped, f32/f16/bf16 widened to f32) and atomic f32 writing.
 
+use super::packed::PackedWeight;
 use super::tensors::{HostTensor, TensorMap};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -39,7 +40,20 @@ pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
         .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     for (name, view) in st.tensors() {
         let data = widen(&name, path, view.dtype(), view.data())?;
-        out.insert(name, HostTensor::new(view.shape().to_vec(), data));
+        let mut t = HostTensor::new(view.shape().to_vec(), data);
+        // bf16/f16 checkpoints keep their exact 16-bit form for the decode matmuls.
+        let u16s = || {
+            view.data()
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        t.packed = match view.dtype() {
+            Dtype::BF16 if view.shape().len() == 2 => Some(PackedWeight::Bf16(u16s())),
+            Dtype::F16 if view.shape().len() == 2 => Some(PackedWeight::F16(u16s())),
+            _ => None,
+        };
+        out.insert(name, t);
     }
     Ok(())
 }

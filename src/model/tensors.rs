@@ -1,6 +1,7 @@
 //! Host tensors keyed by their Hugging Face names: what every checkpoint loader produces and the
 //! model builder consumes.
 
+use super::packed::PackedWeight;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 
@@ -10,12 +11,18 @@ use std::collections::HashMap;
 pub struct HostTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
+    /// The checkpoint's compact form of the same values, when it had one (decode matmuls).
+    pub packed: Option<PackedWeight>,
 }
 
 impl HostTensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor { shape, data }
+        HostTensor {
+            shape,
+            data,
+            packed: None,
+        }
     }
 }
 
@@ -57,6 +64,18 @@ impl TensorMap {
             );
         }
         Ok(t.data)
+    }
+
+    /// Like [`TensorMap::take`], also returning the compact form when it fits the shape.
+    pub fn take_with_packed(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Vec<f32>, Option<PackedWeight>)> {
+        let packed = self.map.get_mut(name).and_then(|t| t.packed.take());
+        let data = self.take(name, shape)?;
+        let packed = packed.filter(|p| shape.len() == 2 && p.fits(shape[0], shape[1]));
+        Ok((data, packed))
     }
 
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {

@@ -1,6 +1,7 @@
 //! Frozen base weights, named as Hugging Face names them, on a backend.
 
 use super::config::{Act, Arch, ModelConfig, NormKind};
+use super::packed::PackedWeight;
 use super::tensors::TensorMap;
 use crate::backend::{Activation, Backend, Norm};
 use anyhow::Result;
@@ -73,6 +74,8 @@ impl Target {
 pub struct Linear<B: Backend> {
     pub w: B::Buf,
     pub b: Option<B::Buf>,
+    /// The checkpoint's compact form of `w` (decode matmuls), when it had one.
+    pub packed: Option<PackedWeight>,
     pub in_dim: usize,
     pub out_dim: usize,
 }
@@ -112,6 +115,8 @@ impl<B: Backend> Block<B> {
 pub struct Weights<B: Backend> {
     pub cfg: ModelConfig,
     pub embed: B::Buf,
+    /// Compact form of the embedding matrix (the tied LM head reads it when decoding).
+    pub embed_packed: Option<PackedWeight>,
     pub blocks: Vec<Block<B>>,
     pub final_norm: NormW<B>,
     /// None when tied to the embeddings.
@@ -140,11 +145,19 @@ impl<B: Backend> Weights<B> {
         self.lm_head.as_ref().map_or(&self.embed, |l| &l.w)
     }
 
+    pub fn lm_head_packed(&self) -> Option<&PackedWeight> {
+        match &self.lm_head {
+            Some(l) => l.packed.as_ref(),
+            None => self.embed_packed.as_ref(),
+        }
+    }
+
     /// Builds the model from a tensor map, checking every name and shape against the config.
     pub fn from_tensors(be: &B, cfg: ModelConfig, mut t: TensorMap) -> Result<Self> {
         let c = &cfg;
         let (d, v) = (c.hidden_size, c.vocab_size);
-        let embed = be.upload(&t.take("model.embed_tokens.weight", &[v, d])?);
+        let (embed, embed_packed) = t.take_with_packed("model.embed_tokens.weight", &[v, d])?;
+        let embed = be.upload(&embed);
         let layer_norm = c.norm == NormKind::Layer;
         let norm = |t: &mut TensorMap, name: &str| -> Result<NormW<B>> {
             let w = be.upload(&t.take(&format!("{name}.weight"), &[d])?);
@@ -157,7 +170,8 @@ impl<B: Backend> Weights<B> {
         };
         let linear =
             |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
-                let w = be.upload(&t.take(&format!("{name}.weight"), &[o, i])?);
+                let (w, packed) = t.take_with_packed(&format!("{name}.weight"), &[o, i])?;
+                let w = be.upload(&w);
                 let b = if bias {
                     Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
                 } else {
@@ -167,6 +181,7 @@ impl<B: Backend> Weights<B> {
                 Ok(Linear {
                     w,
                     b,
+                    packed,
                     in_dim: i,
                     out_dim: o,
                 })
@@ -218,6 +233,7 @@ impl<B: Backend> Weights<B> {
         Ok(Weights {
             cfg,
             embed,
+            embed_packed,
             blocks,
             final_norm,
             lm_head,

@@ -5,6 +5,7 @@ use super::checkpoint::{self, TrainerState};
 use super::optim::{OptConfig, Optimizer};
 use crate::backend::Backend;
 use crate::bitune::adapter_io::{self, AdapterMeta};
+use crate::bitune::peft::Peft;
 use crate::bitune::plan::{Example, Method};
 use crate::bitune::step::{loss_and_grad, Trainable};
 use crate::model::load::Model;
@@ -85,7 +86,11 @@ pub fn train<B: Backend>(
     }
     let w = &model.weights;
     let n_params = tr.table.total;
-    let fp = fingerprint(cfg, tr.method, n_params, data.len());
+    let mut fp = fingerprint(cfg, tr.method, n_params, data.len());
+    if tr.table.peft != Peft::Lora {
+        // Appended only for DoRA/IA3, so LoRA checkpoints from before keep resuming.
+        fp += &format!(" peft={}", tr.table.peft.name());
+    }
     let mut opt = Optimizer::new(be, cfg.opt, n_params);
     let mut state = TrainerState {
         step: 0,

@@ -124,6 +124,30 @@ impl Backend for Cpu {
         }
     }
 
+    fn matmul_packed(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &crate::model::packed::PackedWeight,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> bool {
+        if m > crate::model::packed::MAX_PACKED_ROWS
+            || std::env::var_os("BITUNE_F32_DECODE").is_some()
+        {
+            return false;
+        }
+        w.matmul(&mut y[..m * n], &x[..m * k], m, n, k, false);
+        if let Some(b) = bias {
+            y[..m * n]
+                .chunks_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
+        }
+        true
+    }
+
     fn matmul_bwd_x(
         &self,
         dx: &mut Vec<f32>,

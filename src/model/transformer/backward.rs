@@ -5,9 +5,11 @@ use super::forward::attn_dims;
 use super::{AdapterState, Packed, Saved};
 use crate::backend::Backend;
 use crate::bitune::params::dalpha_dtheta;
+use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
-/// `dx (+)= dy W` plus the LoRA backward of that linear (dA, dB into `grads`).
+/// `dx (+)= dy W` plus the LoRA backward of that linear (dA, dB into `grads`); DoRA and IA3
+/// in `peft::linear_bwd`.
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd<B: Backend>(
     be: &B,
@@ -23,6 +25,9 @@ fn linear_bwd<B: Backend>(
     t: Target,
     accumulate: bool,
 ) {
+    if ad.table.peft != Peft::Lora {
+        return super::peft::linear_bwd(be, dx, grads, dy, x, l, rows, ad, p, layer, t, accumulate);
+    }
     be.matmul_bwd_x(dx, dy, &l.w, rows, l.in_dim, l.out_dim, accumulate);
     let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {

@@ -3,9 +3,10 @@
 
 use super::{AdapterState, ForwardOut, KvCache, LayerActs, Mode, Packed, Saved};
 use crate::backend::{AttnDims, Backend};
+use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
-/// `y = x Wᵀ + b + LoRA(x)` over all `rows`.
+/// `y = x Wᵀ + b + LoRA(x)` over all `rows` (DoRA and IA3: see `peft::linear_fwd`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear<B: Backend>(
     be: &B,
@@ -18,7 +19,14 @@ pub(super) fn linear<B: Backend>(
     layer: usize,
     t: Target,
 ) {
-    be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
+    if ad.table.peft != Peft::Lora {
+        return super::peft::linear_fwd(be, y, x, l, rows, ad, p, layer, t);
+    }
+    let packed = l.packed.as_ref();
+    if !packed.is_some_and(|pw| be.matmul_packed(y, x, pw, l.b.as_ref(), rows, l.in_dim, l.out_dim))
+    {
+        be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
+    }
     let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
         be.lora_fwd(y, x, ad.params, &segs, l.in_dim, l.out_dim);
@@ -206,16 +214,19 @@ pub fn forward<B: Backend>(
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
-    be.matmul_fwd(
-        &mut logits,
-        &hn,
-        w.lm_head_w(),
-        bias,
-        r,
-        d,
-        c.vocab_size,
-        false,
-    );
+    let packed = w.lm_head_packed();
+    if !packed.is_some_and(|pw| be.matmul_packed(&mut logits, &hn, pw, bias, r, d, c.vocab_size)) {
+        be.matmul_fwd(
+            &mut logits,
+            &hn,
+            w.lm_head_w(),
+            bias,
+            r,
+            d,
+            c.vocab_size,
+            false,
+        );
+    }
     ForwardOut {
         logits,
         saved: Saved {

@@ -7,6 +7,7 @@
 
 mod backward;
 mod forward;
+mod peft;
 
 pub use backward::backward;
 pub use forward::forward;

@@ -1,0 +1,70 @@
+//! Decode-path matmuls on the CPU: the f32 GEMV against the packed (Q4_1, Q8_0, bf16) kernels,
+//! at SmolLM2-135M's shapes. `cargo bench --bench decode_matmul`.
+
+use bitune_rt::backend::cpu::Cpu;
+use bitune_rt::backend::Backend;
+use bitune_rt::model::packed::PackedWeight;
+use bitune_rt::rng::Rng;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn q_blocks(rows: usize, cols: usize, bytes_per_block: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..rows * cols / 32 * bytes_per_block)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    for blk in v.chunks_exact_mut(bytes_per_block) {
+        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        if bytes_per_block == 20 {
+            blk[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+        }
+    }
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let mut rng = Rng::new(1);
+    // MLP up projection and the tied LM head of SmolLM2-135M.
+    for (name, rows, cols) in [
+        ("mlp_up_1536x576", 1536, 576),
+        ("lm_head_49152x576", 49152, 576),
+    ] {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(-0.1, 0.1)).collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let mut y = vec![0f32; rows];
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements((rows * cols) as u64));
+        g.bench_function("f32_gemv", |b| {
+            b.iter(|| Cpu.matmul_fwd(&mut y, &x, &w, None, 1, cols, rows, false))
+        });
+        let formats = [
+            (
+                "q4_1",
+                PackedWeight::Q4_1(q_blocks(rows, cols, 20, &mut rng)),
+            ),
+            (
+                "q8_0",
+                PackedWeight::Q8_0(q_blocks(rows, cols, 34, &mut rng)),
+            ),
+            (
+                "bf16",
+                PackedWeight::Bf16(
+                    w.iter()
+                        .map(|v| half::bf16::from_f32(*v).to_bits())
+                        .collect(),
+                ),
+            ),
+        ];
+        for (f, p) in formats {
+            g.bench_function(format!("{f}_packed"), |b| {
+                b.iter(|| p.matmul(&mut y, &x, 1, rows, cols, false))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,28 @@
+// Bitune's fp32 key/value mix and its backward (DESIGN §1). All offsets are element offsets
+// into one [kv_rows, width] buffer: the mix rows, the causal (C) rows and the bidirectional (B)
+// rows are disjoint row spans of the same K (or V) buffer; the host checks that.
+#include "common.cuh"
+
+// buf[mix + i] = (1-α)·buf[c + i] + α·buf[b + i]
+extern "C" __global__ void kv_mix_fwd(float* buf, unsigned long long mix, unsigned long long c,
+                                      unsigned long long b, unsigned long long n, float alpha) {
+    GRID_STRIDE(i, n) buf[mix + i] = (1.0f - alpha) * buf[c + i] + alpha * buf[b + i];
+}
+
+// dbuf[c + i] += (1-α)·g, dbuf[b + i] += α·g with g = dbuf[mix + i]; and
+// acc[0] += Σ (buf[b + i] − buf[c + i])·g in f64 (block partials, one f64 atomic per block).
+extern "C" __global__ void kv_mix_bwd(float* dbuf, const float* buf, unsigned long long mix,
+                                      unsigned long long c, unsigned long long b,
+                                      unsigned long long n, float alpha, double* acc) {
+    __shared__ double scratch[32];
+    double part = 0.0;
+    GRID_STRIDE(i, n) {
+        const float g = dbuf[mix + i];
+        // The f32 difference first, as the CPU reference does, then the f64 product.
+        part += (double)((buf[b + i] - buf[c + i]) * g);
+        dbuf[c + i] += (1.0f - alpha) * g;
+        dbuf[b + i] += alpha * g;
+    }
+    part = block_sum_d(part, scratch);
+    if (threadIdx.x == 0) atomicAdd(acc, part);
+}

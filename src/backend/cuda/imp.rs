@@ -1,0 +1,274 @@
+//! `Backend` for `CudaBackend`: every method delegates to a checked launch wrapper in `ops.rs`,
+//! `gemm.rs` or `attention.rs`.
+
+use super::{CudaBackend, CudaBuf};
+use crate::backend::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn zeros(&self, n: usize) -> CudaBuf {
+        self.alloc_zeros(n)
+    }
+    fn upload(&self, data: &[f32]) -> CudaBuf {
+        if data.is_empty() {
+            return self.alloc_zeros(0);
+        }
+        let mut b = self.alloc_zeros(data.len());
+        self.stream
+            .memcpy_htod(data, &mut b.data)
+            .unwrap_or_else(|e| panic!("cuda upload: {e:?}"));
+        b
+    }
+    fn download(&self, buf: &CudaBuf) -> Vec<f32> {
+        self.download_small(&buf.data, buf.len())
+    }
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut CudaBuf, value: f32) {
+        self.fill_buf(buf, value)
+    }
+    fn download_range(&self, buf: &CudaBuf, off: usize, n: usize) -> Vec<f32> {
+        assert!(off + n <= buf.len(), "cuda download_range: out of range");
+        if n == 0 {
+            return vec![];
+        }
+        let mut out = vec![0f32; n];
+        self.stream
+            .memcpy_dtoh(&buf.data.slice(off..off + n), &mut out)
+            .and_then(|_| self.stream.synchronize())
+            .unwrap_or_else(|e| panic!("cuda download_range: {e:?}"));
+        out
+    }
+    fn add_host(&self, buf: &mut CudaBuf, off: usize, vals: &[f32]) {
+        let v = self.upload(vals);
+        self.add_at(buf, off, &v, vals.len())
+    }
+
+    fn copy_rows(
+        &self,
+        dst: &mut CudaBuf,
+        dst_row: usize,
+        src: &CudaBuf,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        self.copy_rows_k(dst, dst_row, src, src_row, rows, width, accumulate)
+    }
+    fn gather_rows(&self, out: &mut CudaBuf, src: &CudaBuf, idx: &[usize], width: usize) {
+        self.gather(out, src, idx, width)
+    }
+    fn scatter_add_rows(&self, out: &mut CudaBuf, src: &CudaBuf, idx: &[usize], width: usize) {
+        self.scatter_add(out, src, idx, width)
+    }
+    fn add(&self, y: &mut CudaBuf, x: &CudaBuf) {
+        assert_eq!(y.len(), x.len(), "cuda add: length mismatch");
+        let n = y.len();
+        self.add_at(y, 0, x, n)
+    }
+
+    fn embedding_fwd(
+        &self,
+        out: &mut CudaBuf,
+        ids: &[u32],
+        table: &CudaBuf,
+        dim: usize,
+        scale: f32,
+    ) {
+        self.embedding(out, ids, table, dim, scale)
+    }
+
+    fn matmul_fwd(
+        &self,
+        y: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        self.matmul(y, x, w, bias, m, k, n, accumulate)
+    }
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut CudaBuf,
+        dy: &CudaBuf,
+        w: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        self.matmul_dx(dx, dy, w, m, k, n, accumulate)
+    }
+    fn lora_fwd(
+        &self,
+        y: &mut CudaBuf,
+        x: &CudaBuf,
+        params: &CudaBuf,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    ) {
+        self.lora_f(y, x, params, segs, k, n)
+    }
+    fn lora_bwd(
+        &self,
+        dx: &mut CudaBuf,
+        grads: &mut CudaBuf,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        params: &CudaBuf,
+        segs: &[LoraSeg],
+        k: usize,
+        n: usize,
+    ) {
+        self.lora_b(dx, grads, dy, x, params, segs, k, n)
+    }
+
+    fn norm_fwd(
+        &self,
+        out: &mut CudaBuf,
+        stats: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        b: Option<&CudaBuf>,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        eps: f32,
+    ) {
+        self.norm_f(out, stats, x, w, b, rows, d, kind, eps)
+    }
+    fn norm_bwd(
+        &self,
+        dx: &mut CudaBuf,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        stats: &CudaBuf,
+        w: &CudaBuf,
+        rows: usize,
+        d: usize,
+        kind: Norm,
+        accumulate: bool,
+    ) {
+        self.norm_b(dx, dy, x, stats, w, rows, d, kind, accumulate)
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        pos: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        inv_freq: &[f32],
+        inverse: bool,
+    ) {
+        self.rope_k(x, pos, heads, head_dim, rot_dim, inv_freq, inverse)
+    }
+
+    fn attention_fwd(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    ) {
+        self.attn_fwd(out, lse, q, k, v, plan, dims)
+    }
+    fn attention_bwd(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        plan: &AttnPlan,
+        dims: AttnDims,
+    ) {
+        self.attn_bwd(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+    }
+
+    fn kv_mix_fwd(
+        &self,
+        buf: &mut CudaBuf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    ) {
+        self.mix_fwd(buf, mix, c, b, n, width, alpha)
+    }
+    fn kv_mix_bwd(
+        &self,
+        dbuf: &mut CudaBuf,
+        buf: &CudaBuf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        alpha: f32,
+    ) -> f64 {
+        self.mix_bwd(dbuf, buf, mix, c, b, n, width, alpha)
+    }
+
+    fn act_fwd(&self, out: &mut CudaBuf, gate: &CudaBuf, up: Option<&CudaBuf>, act: Activation) {
+        self.act_f(out, gate, up, act)
+    }
+    fn act_bwd(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: Option<&mut CudaBuf>,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: Option<&CudaBuf>,
+        act: Activation,
+    ) {
+        self.act_b(dgate, dup, dout, gate, up, act)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut CudaBuf,
+        targets: &[u32],
+        weights: &[f32],
+        vocab: usize,
+        grad: bool,
+        logprobs: &mut [f64],
+        greedy: &mut [bool],
+    ) -> f64 {
+        self.xent(logits, targets, weights, vocab, grad, logprobs, greedy)
+    }
+
+    fn sum_sq(&self, x: &CudaBuf) -> f64 {
+        self.sum_squares(x)
+    }
+    fn scale(&self, x: &mut CudaBuf, s: f32) {
+        self.scale_buf(x, s)
+    }
+    fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, h: AdamStep) {
+        self.adamw_k(p, g, m, v, h)
+    }
+    fn sgd(&self, p: &mut CudaBuf, g: &CudaBuf, lr: f32) {
+        self.sgd_k(p, g, lr)
+    }
+}

@@ -1,0 +1,221 @@
+//! The CUDA backend: hand-written kernels (kernels/*.cu, compiled by build.rs and embedded) plus
+//! cuBLAS for the base-weight matmuls, driven through cudarc on one stream.
+//!
+//! This first version keeps **f32 buffers everywhere** (the trait's `Buf` is f32 on every
+//! backend); bf16 storage with f32 accumulation is the planned next step (DESIGN §3).
+//!
+//! Layout: `mod.rs` the backend object, its buffers and launch helpers; `imp.rs` the `Backend`
+//! impl (one-line delegations); `ops.rs` elementwise and row-movement ops; `rowwise.rs` norms,
+//! RoPE, cross-entropy, optimizers; `gemm.rs` cuBLAS, the decode GEMV and the segment GEMM;
+//! `lora.rs` LoRA on that GEMM; `attention.rs` the segment flash attention; `kernels.rs` the eager
+//! kernel table.
+
+mod attention;
+mod gemm;
+mod imp;
+mod kernels;
+mod lora;
+mod ops;
+mod rowwise;
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use kernels::Kernels;
+use std::sync::Arc;
+
+/// A device buffer of `len` f32. The allocation holds at least one element because the driver
+/// refuses zero-byte allocations, and the model asks for empty buffers (`zeros(0)`).
+pub struct CudaBuf {
+    pub(crate) data: CudaSlice<f32>,
+    len: usize,
+}
+
+impl CudaBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Cheap to clone (shared context, stream and kernels): `Engine::load` takes the backend by value.
+#[derive(Clone)]
+pub struct CudaBackend {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    #[allow(dead_code)] // kept alive for the stream, modules and allocations
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    /// None when libcublas cannot be loaded or `BITUNE_NO_CUBLAS` is set: matmuls then run on
+    /// the segment-GEMM kernel (also how the tests cover that kernel as a plain matmul).
+    blas: Option<CudaBlas>,
+    /// Dynamic shared memory the attention kernels may use (bytes; set at start).
+    attn_smem_limit: usize,
+    name: String,
+}
+
+impl std::ops::Deref for CudaBackend {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`: fails with a clear error (never a panic) when there is no driver or no
+    /// device, and loads every kernel now so a missing one fails here. Base matmuls use cuBLAS
+    /// when libcublas loads, unless `BITUNE_NO_CUBLAS` is set.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::open(ordinal, std::env::var_os("BITUNE_NO_CUBLAS").is_none())
+    }
+
+    /// [`CudaBackend::new`] choosing whether to try cuBLAS (the tests run both matmul paths).
+    pub fn open(ordinal: usize, use_cublas: bool) -> Result<Self> {
+        // SAFETY: only tries to dlopen libcuda.so; calls no CUDA function. cudarc panics on the
+        // first driver call when the library is absent, so this check has to come first.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("no CUDA driver (libcuda.so could not be loaded)");
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| anyhow!("CUDA driver present but unusable (cuInit: {e:?})"))?;
+        if count <= 0 {
+            bail!("CUDA driver present but no CUDA device visible");
+        }
+        if ordinal >= count as usize {
+            bail!("CUDA device {ordinal} requested, {count} visible");
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating CUDA context: {e:?}"))?;
+        // SAFETY: everything runs on the one stream below, so cudarc's per-buffer events (which
+        // order uses across streams) are pure overhead; no buffer exists yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let k = Kernels::load(&ctx)?;
+        let attn_smem_limit = attention::configure(&ctx, &k)?;
+        let blas = if !use_cublas {
+            None
+        } else if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            // SAFETY (above): dlopen probe only, as for libcuda.
+            Some(CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS init: {e:?}"))?)
+        } else {
+            None
+        };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| anyhow!("compute capability: {e:?}"))?;
+        let gib = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let name = format!(
+            "cuda:{ordinal} ({}, sm_{major}{minor}, {gib:.0} GiB, f32, matmul: {})",
+            ctx.name().unwrap_or_else(|_| "?".into()),
+            if blas.is_some() { "cuBLAS" } else { "seg_gemm" }
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                k,
+                blas,
+                attn_smem_limit,
+                name,
+            }),
+        })
+    }
+
+    /// Whether base matmuls go through cuBLAS (else the segment-GEMM kernel).
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    /// Waits for all queued work; surfaces asynchronous kernel faults at a known point.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("CUDA stream: {e:?}"))
+    }
+
+    pub(crate) fn alloc_zeros(&self, n: usize) -> CudaBuf {
+        let data = self
+            .stream
+            .alloc_zeros::<f32>(n.max(1))
+            .unwrap_or_else(|e| panic!("cuda: allocating {n} f32: {e:?}"));
+        CudaBuf { data, len: n }
+    }
+
+    /// Small host arrays (indices, plans, positions) for one launch.
+    pub(crate) fn upload_small<T: DeviceRepr + Copy + Default>(&self, v: &[T]) -> CudaSlice<T> {
+        let r = if v.is_empty() {
+            self.stream.clone_htod(&[T::default()])
+        } else {
+            self.stream.clone_htod(v)
+        };
+        r.unwrap_or_else(|e| panic!("cuda: upload: {e:?}"))
+    }
+
+    pub(crate) fn download_small<T: DeviceRepr + Default + Clone>(
+        &self,
+        s: &CudaSlice<T>,
+        n: usize,
+    ) -> Vec<T> {
+        if n == 0 {
+            return vec![];
+        }
+        let mut out = vec![T::default(); n];
+        self.stream
+            .memcpy_dtoh(&s.slice(0..n), &mut out)
+            .unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
+        out
+    }
+
+    /// Device attribute, for sizing launches.
+    pub(crate) fn attribute(ctx: &CudaContext, a: CUdevice_attribute) -> Result<i32> {
+        ctx.attribute(a)
+            .map_err(|e| anyhow!("device attribute {a:?}: {e:?}"))
+    }
+}
+
+/// 1-D launch for the grid-stride kernels: 256 threads, at most 2^16 blocks.
+pub(crate) fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per row (row-reduction kernels loop over rows beyond the grid).
+pub(crate) fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 1 << 16) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches kernel `$f` with the listed arguments (chained, so temporaries such as
+/// `&(n as u64)` live until the launch is queued).
+macro_rules! launch {
+    ($be:expr, $f:ident, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        #[allow(unused_imports)]
+        use cudarc::driver::PushKernelArg;
+        // SAFETY: the argument list matches the kernel's C signature in kernels/*.cu in order
+        // and type (u64 ↔ unsigned long long, i32 ↔ int, f32 ↔ float, buffers ↔ pointers, &0u64
+        // ↔ nullptr), and the calling wrapper has checked every index the kernel derives from
+        // these sizes against the buffers' lengths.
+        let r = unsafe { $be.stream.launch_builder(&$be.k.$f)$(.arg($arg))*.launch($cfg) };
+        if let Err(e) = r {
+            panic!("cuda: launching {}: {e:?}", stringify!($f));
+        }
+    }};
+}
+pub(crate) use launch;
+
+/// A null device pointer argument (optional inputs).
+pub(crate) const NULL: u64 = 0;

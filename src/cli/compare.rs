@@ -1,0 +1,617 @@
+//! `compare`: trains several methods (default `lora,bitune`) with the same budget and seeds on one
+//! task, evaluates every run through `crate::eval::run_eval`, and reports mean ± sample std over
+//! the seeds per method and metric, as the paper's Table 1 does (JSON + markdown in `--out`).
+//!
+//! Every run starts from the same loaded model and the same tokenized training set; a run differs
+//! from another of the same method only by its seed, which sets the adapter initialisation and
+//! the data order (`train::run::batch_at`). The synthetic training and evaluation data are drawn
+//! from fixed seeds, so every run sees the same examples.
+
+use super::train::{check, init_state, opt_config, TrainArgs};
+use crate::backend::cpu::Cpu;
+use crate::bitune::engine::{empty_trainable, Engine};
+use crate::bitune::plan::Method;
+use crate::bitune::step::Trainable;
+use crate::data::examples::{read_jsonl, tokenize, Pair};
+use crate::data::synth::{synth, Split, BUNDLED_N, BUNDLED_SEED};
+use crate::eval::{known_tasks, run_eval, EvalOptions};
+use crate::model::load::{resolve_model, Model};
+use crate::train::run::{train, TrainConfig};
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The untrained model as a row of the table (evaluated once: it has no seed).
+pub const BASE: &str = "base";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Comma-separated methods (train's --method names), plus `base` for the untrained model
+    #[arg(long, default_value = "lora,bitune")]
+    pub methods: String,
+    /// Number of seeds per method: --first-seed, --first-seed + 1, ...
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, default_value_t = 42)]
+    pub first_seed: u64,
+    /// Training data: synthetic:NAME (a family's train split) or synthetic:mix (all families)
+    #[arg(long, default_value = "synthetic:mix")]
+    pub train_task: String,
+    /// Synthetic training examples to draw
+    #[arg(long, default_value_t = BUNDLED_N)]
+    pub train_n: usize,
+    /// JSONL training data with instruction/response fields, instead of --train-task
+    #[arg(long, conflicts_with = "train_task")]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "instruction")]
+    pub instruction_field: String,
+    #[arg(long, default_value = "response")]
+    pub response_field: String,
+    /// Comma-separated evaluation tasks: `synthetic:NAME`, or `TASK=DATA` for the real tasks
+    /// (e.g. `arc=ARC-Challenge-test.jsonl`)
+    #[arg(long, default_value = "synthetic:mc,synthetic:lookup")]
+    pub eval_tasks: String,
+    /// Evaluate only the first N items of each task
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// Comma-separated module names (default: all attention and MLP linears)
+    #[arg(long)]
+    pub targets: Option<String>,
+    #[arg(long, default_value_t = 0.01)]
+    pub theta_init: f32,
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Receives compare.json, compare.md and runs/<method>-seed<S>/ (adapter, metrics, eval logs)
+    #[arg(long, default_value = "runs/compare")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// One evaluation task: its name and, for the real data sets, the file to read.
+struct EvalTask {
+    name: String,
+    data: Option<PathBuf>,
+}
+
+fn parse_eval_tasks(spec: &str) -> Result<Vec<EvalTask>> {
+    let known = known_tasks();
+    let mut out = Vec::new();
+    for t in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (name, data) = match t.split_once('=') {
+            Some((n, d)) => (n.to_string(), Some(PathBuf::from(d))),
+            None => (t.to_string(), None),
+        };
+        if !known.contains(&name) {
+            bail!(
+                "--eval-tasks: unknown task {name:?}; known: {}",
+                known.join(", ")
+            );
+        }
+        if data.is_none() && !name.starts_with("synthetic:") {
+            bail!("--eval-tasks: {name} needs its data set, as {name}=PATH");
+        }
+        out.push(EvalTask { name, data });
+    }
+    if out.is_empty() {
+        bail!("--eval-tasks is empty");
+    }
+    Ok(out)
+}
+
+fn parse_methods(spec: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for m in spec.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        if m != BASE {
+            Method::parse(m)?;
+        }
+        if out.iter().any(|x| x == m) {
+            bail!("--methods names {m} twice");
+        }
+        out.push(m.to_string());
+    }
+    if out.is_empty() {
+        bail!("--methods is empty");
+    }
+    Ok(out)
+}
+
+/// The training pairs: a synthetic train split (drawn from the bundled set's seed, so every run
+/// and every invocation trains on the same examples) or a JSONL file.
+fn training_pairs(a: &CompareArgs) -> Result<(String, Vec<Pair>)> {
+    if let Some(p) = &a.data {
+        let pairs = read_jsonl(p, &a.instruction_field, &a.response_field)?;
+        return Ok((p.display().to_string(), pairs));
+    }
+    let Some(name) = a.train_task.strip_prefix("synthetic:") else {
+        bail!("--train-task must be synthetic:NAME or synthetic:mix (or give --data FILE.jsonl)");
+    };
+    let family = if name == "mix" { "mixed" } else { name };
+    let pairs = synth(family, a.train_n, BUNDLED_SEED, Split::Train)?
+        .into_iter()
+        .map(|e| Pair {
+            instruction: e.instruction,
+            response: e.response,
+        })
+        .collect();
+    Ok((a.train_task.clone(), pairs))
+}
+
+/// `train`'s arguments for one run, parsed from an argument list so that every option compare
+/// does not set keeps `train`'s own default (and options added to `train` later do too).
+fn train_args(a: &CompareArgs, method: &str, seed: u64, out: &Path) -> Result<TrainArgs> {
+    #[derive(Parser)]
+    #[command(no_binary_name = true)]
+    struct Wrap {
+        #[command(flatten)]
+        t: TrainArgs,
+    }
+    let mut argv: Vec<String> = vec![
+        "--method".into(),
+        method.into(),
+        "--seed".into(),
+        seed.to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--steps".into(),
+        a.steps.to_string(),
+        // f32 Display prints the shortest text that parses back to the same value.
+        "--lr".into(),
+        a.lr.to_string(),
+        "--batch".into(),
+        a.batch.to_string(),
+        "--accum".into(),
+        a.accum.to_string(),
+        "--rank".into(),
+        a.rank.to_string(),
+        "--alpha".into(),
+        a.alpha.to_string(),
+        "--theta-init".into(),
+        a.theta_init.to_string(),
+        "--max-len".into(),
+        a.max_len.to_string(),
+        // Only the final adapter is kept: compare's runs are not meant to be resumed.
+        "--save-every".into(),
+        "0".into(),
+        "--no-samples".into(),
+    ];
+    if let Some(t) = &a.targets {
+        argv.extend(["--targets".into(), t.clone()]);
+    }
+    let t = Wrap::try_parse_from(&argv)
+        .context("building the training arguments")?
+        .t;
+    check(&t)?;
+    Ok(t)
+}
+
+/// The metric that stands for a task in the average column: accuracy for multiple choice,
+/// strict-match exact match for GSM8K-style generation, exact match otherwise.
+fn primary(metrics: &[String]) -> Option<&String> {
+    ["acc,none", "exact_match,strict-match", "exact_match,none"]
+        .iter()
+        .find_map(|p| metrics.iter().find(|m| m == p))
+        .or(metrics.first())
+}
+
+/// The metric values of `task` in a `run_eval` summary (its own entry; stderr and alias left out).
+fn task_metrics(summary: &Value, task: &str) -> Vec<(String, f64)> {
+    summary["results"][task]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| *k != "alias" && !k.contains("_stderr"))
+                .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// Sample standard deviation (n − 1), as reported over seeds; undefined for a single value.
+pub fn sample_std(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let m = mean(xs);
+    Some((xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt())
+}
+
+fn stat(values: &[f64]) -> Value {
+    json!({"values": values, "mean": num(mean(values)), "std": sample_std(values).map(num)})
+}
+
+fn num(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// An f32 setting as the number it was typed as (0.001, not 0.0010000000474974513).
+fn num32(x: f32) -> Value {
+    num(x.to_string().parse().unwrap_or(f64::NAN))
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Evaluates the trainable state on every task; the model is lent to an engine and returned.
+fn evaluate(
+    model: Model<Cpu>,
+    tr: Trainable<Cpu>,
+    tasks: &[EvalTask],
+    limit: Option<usize>,
+    dir: &Path,
+) -> Result<(Model<Cpu>, Value)> {
+    let eval_dir = dir.join("eval");
+    std::fs::create_dir_all(&eval_dir)
+        .with_context(|| format!("creating {}", eval_dir.display()))?;
+    let mut e = Engine { be: Cpu, model, tr };
+    let mut out = serde_json::Map::new();
+    for t in tasks {
+        let file = t.name.replace(':', "-");
+        let opts = EvalOptions {
+            task: t.name.clone(),
+            data: t.data.clone(),
+            limit,
+            out: Some(eval_dir.join(format!("{file}.json"))),
+            log: Some(eval_dir.join(format!("{file}.jsonl"))),
+            skip_bad_rows: false,
+        };
+        let summary = run_eval(&opts, &mut e).with_context(|| format!("evaluating {}", t.name))?;
+        let m: serde_json::Map<String, Value> = task_metrics(&summary, &t.name)
+            .into_iter()
+            .map(|(k, v)| (k, num(v)))
+            .collect();
+        out.insert(t.name.clone(), Value::Object(m));
+    }
+    Ok((e.model, Value::Object(out)))
+}
+
+/// Trains and evaluates every (method, seed), then aggregates; returns what compare.json holds.
+pub fn compare(a: &CompareArgs) -> Result<Value> {
+    let t_all = Instant::now();
+    let methods = parse_methods(&a.methods)?;
+    let tasks = parse_eval_tasks(&a.eval_tasks)?;
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let seeds: Vec<u64> = (0..a.seeds).map(|i| a.first_seed + i).collect();
+    // Validate the budget once, before anything is loaded or trained.
+    train_args(a, "lora", seeds[0], &a.out)?;
+    super::set_threads(a.threads)?;
+    let be = Cpu;
+    let path = resolve_model(a.model.as_deref())?;
+    let mut model = Model::load(&be, &path)?;
+    let cfg = &model.weights.cfg;
+    let eos = *cfg
+        .eos_token_ids
+        .first()
+        .context("the model config names no EOS token")?;
+    let (train_source, pairs) = training_pairs(a)?;
+    let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
+    eprintln!(
+        "compare: {} on {train_source} ({} examples, {} longer than {} tokens skipped); seeds {seeds:?}; eval {}",
+        methods.join(", "),
+        tok.examples.len(),
+        tok.too_long,
+        a.max_len,
+        tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let mut runs: Vec<Value> = Vec::new();
+    for method in &methods {
+        if method == BASE {
+            let dir = a.out.join("runs").join(BASE);
+            eprintln!("[{BASE}] evaluating the untrained model");
+            let t0 = Instant::now();
+            let tr = empty_trainable(&be, &model, Method::Lora);
+            let (m, metrics) = evaluate(model, tr, &tasks, a.limit, &dir)?;
+            model = m;
+            runs.push(
+                json!({"method": BASE, "seed": null, "final_loss": null, "train_s": 0.0,
+                "eval_s": t0.elapsed().as_secs_f64(), "metrics": metrics, "dir": dir}),
+            );
+            continue;
+        }
+        for &seed in &seeds {
+            let dir = a.out.join("runs").join(format!("{method}-seed{seed}"));
+            let ta = train_args(a, method, seed, &dir)?;
+            let (mut tr, meta) = init_state(&be, &model, &ta)?;
+            let tc = TrainConfig {
+                out: dir.clone(),
+                steps: ta.steps,
+                batch: ta.batch,
+                accum: ta.accum,
+                seed,
+                save_every: ta.save_every,
+                opt: opt_config(&ta),
+                progress: true,
+                base_model: path.display().to_string(),
+            };
+            eprintln!("[{method} seed {seed}] training {} steps", ta.steps);
+            let t0 = Instant::now();
+            let res = train(&be, &model, &mut tr, &meta, &tok.examples, &tc, None)?;
+            let train_s = t0.elapsed().as_secs_f64();
+            let final_loss = res.losses.last().map_or(f64::NAN, |l| l.1);
+            eprintln!(
+                "[{method} seed {seed}] final loss {final_loss:.4} ({train_s:.0} s); evaluating"
+            );
+            let t1 = Instant::now();
+            let (m, metrics) = evaluate(model, tr, &tasks, a.limit, &dir)?;
+            model = m;
+            runs.push(
+                json!({"method": method, "seed": seed, "final_loss": num(final_loss),
+                "train_s": train_s, "eval_s": t1.elapsed().as_secs_f64(), "metrics": metrics,
+                "dir": dir}),
+            );
+        }
+    }
+    let columns = columns(&runs, &tasks);
+    let table = aggregate(&methods, &runs, &columns);
+    let report = json!({
+        "date": now_utc(),
+        "commit": git_commit(),
+        "model": path.display().to_string(),
+        "device": format!("cpu ({} threads)", rayon::current_num_threads()),
+        "train": {
+            "data": train_source, "examples": tok.examples.len(), "skipped_too_long": tok.too_long,
+            "steps": a.steps, "lr": num32(a.lr), "batch": a.batch, "accum": a.accum, "rank": a.rank,
+            "alpha": num32(a.alpha), "targets": a.targets, "theta_init": num32(a.theta_init),
+            "max_len": a.max_len,
+            "optimizer": "train's defaults (AdamW, linear schedule, warmup 0.1, clip 1.0)",
+        },
+        "eval": {
+            "tasks": tasks.iter().map(|t| json!({"task": t.name, "data": t.data})).collect::<Vec<_>>(),
+            "limit": a.limit,
+        },
+        "methods": methods,
+        "seeds": seeds,
+        "columns": columns.iter().map(|c| json!({"task": c.task, "metric": c.metric, "label": c.label()})).collect::<Vec<_>>(),
+        "table": table,
+        "runs": runs,
+        "total_s": t_all.elapsed().as_secs_f64(),
+    });
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json_path = a.out.join("compare.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = a.out.join("compare.md");
+    std::fs::write(&md_path, markdown(&report))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(report)
+}
+
+/// A column of the table: one metric of one task.
+struct Column {
+    task: String,
+    metric: String,
+}
+
+impl Column {
+    fn label(&self) -> String {
+        format!(
+            "{} {}",
+            self.task,
+            self.metric.strip_suffix(",none").unwrap_or(&self.metric)
+        )
+    }
+}
+
+/// Every metric the tasks reported, in task order (a task's metrics are the same for every run).
+fn columns(runs: &[Value], tasks: &[EvalTask]) -> Vec<Column> {
+    let Some(first) = runs.first() else {
+        return vec![];
+    };
+    tasks
+        .iter()
+        .flat_map(|t| {
+            first["metrics"][&t.name]
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|metric| Column {
+                    task: t.name.clone(),
+                    metric,
+                })
+        })
+        .collect()
+}
+
+/// Per method: each column's values over the seeds with mean and sample std, the average over the
+/// tasks' primary metrics (per run, then over seeds), and the final training loss.
+fn aggregate(methods: &[String], runs: &[Value], columns: &[Column]) -> Vec<Value> {
+    let get = |r: &Value, c: &Column| {
+        r["metrics"][&c.task][&c.metric]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    methods
+        .iter()
+        .map(|m| {
+            let mine: Vec<&Value> = runs.iter().filter(|r| r["method"] == m.as_str()).collect();
+            let cells: Vec<Value> = columns
+                .iter()
+                .map(|c| {
+                    let vals: Vec<f64> = mine.iter().map(|r| get(r, c)).collect();
+                    let mut s = stat(&vals);
+                    s["label"] = json!(c.label());
+                    s
+                })
+                .collect();
+            let avg: Vec<f64> = mine
+                .iter()
+                .map(|r| {
+                    let per_task: Vec<f64> = r["metrics"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|o| o.iter())
+                        .filter_map(|(task, tm)| {
+                            let names: Vec<String> = tm.as_object()?.keys().cloned().collect();
+                            let p = primary(&names)?;
+                            r["metrics"][task][p].as_f64()
+                        })
+                        .collect();
+                    mean(&per_task)
+                })
+                .collect();
+            let losses: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r["final_loss"].as_f64())
+                .collect();
+            json!({
+                "method": m,
+                "runs": mine.len(),
+                "seeds": mine.iter().map(|r| r["seed"].clone()).collect::<Vec<_>>(),
+                "cells": cells,
+                "avg": stat(&avg),
+                "final_loss": if losses.is_empty() { Value::Null } else { stat(&losses) },
+            })
+        })
+        .collect()
+}
+
+/// `mean ± std` in percent (one decimal), as the paper prints accuracies; the mean alone when
+/// there is a single run.
+fn pct(s: &Value) -> String {
+    match (s["mean"].as_f64(), s["std"].as_f64()) {
+        (Some(m), Some(sd)) => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * sd),
+        (Some(m), None) => format!("{:.1}", 100.0 * m),
+        _ => "–".into(),
+    }
+}
+
+fn loss_cell(s: &Value) -> String {
+    match (s["mean"].as_f64(), s["std"].as_f64()) {
+        (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+        (Some(m), None) => format!("{m:.4}"),
+        _ => "–".into(),
+    }
+}
+
+/// The report as markdown: a short header with the setup, then the table.
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let t = &r["train"];
+    let _ = writeln!(
+        s,
+        "# compare: {}\n",
+        r["methods"].as_array().map_or(String::new(), |m| {
+            m.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" vs ")
+        })
+    );
+    let _ = writeln!(
+        s,
+        "model `{}`, {}, commit `{}`, {}; total {:.0} s\n",
+        r["model"].as_str().unwrap_or(""),
+        r["device"].as_str().unwrap_or(""),
+        r["commit"].as_str().unwrap_or(""),
+        r["date"].as_str().unwrap_or(""),
+        r["total_s"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        s,
+        "train: {} ({} examples), {} steps, lr {}, batch {} × accum {}, rank {}, alpha {}, θ_init {}, max len {}; seeds {}",
+        t["data"].as_str().unwrap_or(""),
+        t["examples"],
+        t["steps"],
+        t["lr"],
+        t["batch"],
+        t["accum"],
+        t["rank"],
+        t["alpha"],
+        t["theta_init"],
+        t["max_len"],
+        r["seeds"]
+    );
+    let _ = writeln!(
+        s,
+        "eval: {} (limit {}); cells are mean ± sample std over seeds, in %\n",
+        r["eval"]["tasks"].as_array().map_or(String::new(), |ts| ts
+            .iter()
+            .filter_map(|t| t["task"].as_str())
+            .collect::<Vec<_>>()
+            .join(", ")),
+        r["eval"]["limit"]
+    );
+    let labels: Vec<String> = r["columns"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["label"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "| method | runs | {} | avg | final loss |",
+        labels.join(" | ")
+    );
+    let _ = writeln!(s, "|---|---|{}---|---|", "---|".repeat(labels.len()));
+    for row in r["table"].as_array().into_iter().flatten() {
+        let cells: Vec<String> = row["cells"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(pct)
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            row["method"].as_str().unwrap_or(""),
+            row["runs"],
+            cells.join(" | "),
+            pct(&row["avg"]),
+            loss_cell(&row["final_loss"])
+        );
+    }
+    s
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let report = compare(&a)?;
+    println!("{}", markdown(&report));
+    eprintln!(
+        "wrote {} and {}",
+        a.out.join("compare.json").display(),
+        a.out.join("compare.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! CUDA matmuls (cuBLAS and the segment-GEMM fallback, the decode GEMV), segment-aware LoRA and
+//! the segment flash attention against the CPU reference, same rules as cuda_ops.rs (1e-5
+//! relative; 1e-4 for attention and for gradients summed over many rows with atomics).
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use bitune_rt::backend::cpu::Cpu;
+use bitune_rt::backend::cuda::CudaBackend;
+use bitune_rt::backend::{AttnDims, AttnGroup, AttnPlan, Backend, LoraSeg, MaskKind};
+use bitune_rt::bitune::plan::{pack, Seq, METHODS};
+use bitune_rt::rng::Rng;
+use cuda_common::*;
+
+#[test]
+fn matmul_both_paths_and_gemv() {
+    let Some(g) = gpu() else { return };
+    let paths = [Some(g.clone()), CudaBackend::open(0, false).ok()];
+    let (c, mut r) = (Cpu, Rng::new(2));
+    for be in paths.iter().flatten() {
+        for (m, k, n) in [
+            (1, 48, 40),
+            (1, 50, 33),
+            (7, 48, 40),
+            (130, 96, 72),
+            (64, 64, 64),
+        ] {
+            let (x, w, b) = (
+                rand(&mut r, m * k, 1.0),
+                rand(&mut r, n * k, 1.0),
+                rand(&mut r, n, 1.0),
+            );
+            for (acc, bias) in [(false, false), (false, true), (true, false)] {
+                let y0 = rand(&mut r, m * n, 1.0);
+                let mut want = y0.clone();
+                let mut got = if acc { be.upload(&y0) } else { nan(be, m * n) };
+                let (bc, bg) = (b.clone(), be.upload(&b));
+                c.matmul_fwd(&mut want, &x, &w, bias.then_some(&bc), m, k, n, acc);
+                be.matmul_fwd(
+                    &mut got,
+                    &be.upload(&x),
+                    &be.upload(&w),
+                    bias.then_some(&bg),
+                    m,
+                    k,
+                    n,
+                    acc,
+                );
+                close(
+                    &format!("matmul_fwd {m}x{k}x{n} {}", be.name()),
+                    &be.download(&got),
+                    &want,
+                    1e-5,
+                );
+                let dy = rand(&mut r, m * n, 1.0);
+                let dx0 = rand(&mut r, m * k, 1.0);
+                let mut want = dx0.clone();
+                let mut got = if acc { be.upload(&dx0) } else { nan(be, m * k) };
+                c.matmul_bwd_x(&mut want, &dy, &w, m, k, n, acc);
+                be.matmul_bwd_x(&mut got, &be.upload(&dy), &be.upload(&w), m, k, n, acc);
+                close(
+                    &format!("matmul_bwd_x {m}x{k}x{n} {}", be.name()),
+                    &be.download(&got),
+                    &want,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_segments_fwd_bwd() {
+    let Some(g) = gpu() else { return };
+    let (c, mut r) = (Cpu, Rng::new(3));
+    let (k, n) = (48, 40);
+    // Adapter C (rank 8) on rows 0..300 and 600..700 (shared gradients: atomics), adapter B
+    // (rank 4) on 300..600, plus an empty segment; 700 rows also exercise split-K chunks.
+    let (rc, rb) = (8, 4);
+    let (ca, cb) = (0, rc * k);
+    let (ba, bb) = (cb + n * rc, cb + n * rc + rb * k);
+    let total = bb + n * rb + 5;
+    let seg = |rows: std::ops::Range<usize>, a_off, b_off, rank, s: f32| LoraSeg {
+        rows,
+        a_off,
+        b_off,
+        rank,
+        scale_bits: s.to_bits(),
+    };
+    let segs = vec![
+        seg(0..300, ca, cb, rc, 2.0),
+        seg(300..600, ba, bb, rb, 0.5),
+        seg(600..700, ca, cb, rc, 2.0),
+        seg(700..700, ba, bb, rb, 0.5),
+    ];
+    let rows = 700;
+    let (x, params) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 0.5));
+    let y0 = rand(&mut r, rows * n, 1.0);
+    let (mut want, mut got) = (y0.clone(), g.upload(&y0));
+    c.lora_fwd(&mut want, &x, &params, &segs, k, n);
+    g.lora_fwd(&mut got, &g.upload(&x), &g.upload(&params), &segs, k, n);
+    close("lora_fwd", &g.download(&got), &want, 1e-5);
+    let dy = rand(&mut r, rows * n, 1.0);
+    let (dx0, g0) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 1.0));
+    let (mut dx_w, mut gr_w) = (dx0.clone(), g0.clone());
+    let (mut dx_g, mut gr_g) = (g.upload(&dx0), g.upload(&g0));
+    c.lora_bwd(&mut dx_w, &mut gr_w, &dy, &x, &params, &segs, k, n);
+    g.lora_bwd(
+        &mut dx_g,
+        &mut gr_g,
+        &g.upload(&dy),
+        &g.upload(&x),
+        &g.upload(&params),
+        &segs,
+        k,
+        n,
+    );
+    close("lora_bwd dx", &g.download(&dx_g), &dx_w, 1e-5);
+    close("lora_bwd grads", &g.download(&gr_g), &gr_w, 1e-4);
+}
+
+/// Realistic packed plans (every method, with and without cache rows) plus a hand-made one with
+/// an uncovered row, an anti-causal group, a group that sees no key and a 3-range group.
+fn plans(r: &mut Rng) -> Vec<(String, AttnPlan)> {
+    let mut out = vec![];
+    for method in METHODS {
+        for past in [0usize, 5] {
+            let seqs: Vec<Seq> = (0..3)
+                .map(|_| {
+                    let (np, na) = (1 + r.below(40), 1 + r.below(40));
+                    Seq {
+                        prompt: vec![1; np],
+                        answer: vec![1; na],
+                        a_pos0: (np + past) as u32,
+                        targets: vec![],
+                    }
+                })
+                .collect();
+            let past_pos: Vec<u32> = (0..past as u32).collect();
+            let (p, _) = pack(method, &seqs, &past_pos);
+            out.push((format!("{method:?} past {past}"), p.attn));
+        }
+    }
+    let q_pos: Vec<u32> = (0..40).map(|i| i % 37).collect();
+    let k_pos: Vec<u32> = (0..50).map(|i| (i * 7) % 45).collect();
+    let groups = vec![
+        AttnGroup {
+            q: 0..20,
+            kv: vec![0..20, 40..50, 20..25],
+            mask: MaskKind::Causal,
+        },
+        AttnGroup {
+            q: 20..35,
+            kv: vec![20..40],
+            mask: MaskKind::AntiCausal,
+        },
+        AttnGroup {
+            q: 35..38,
+            kv: vec![],
+            mask: MaskKind::Full,
+        },
+    ]; // row 38, 39: no group
+    out.push((
+        "hand-made".into(),
+        AttnPlan {
+            groups,
+            q_pos,
+            k_pos,
+        },
+    ));
+    out
+}
+
+#[test]
+fn segment_attention_fwd_bwd() {
+    let Some(g) = gpu() else { return };
+    let (c, mut r) = (Cpu, Rng::new(10));
+    for (hq, hkv, hd) in [
+        (4, 2, 8),
+        (3, 1, 12),
+        (2, 1, 64),
+        (4, 4, 80),
+        (6, 2, 128),
+        (2, 2, 256),
+    ] {
+        for (name, plan) in plans(&mut r) {
+            let (rows, k_rows) = (plan.q_pos.len(), plan.k_pos.len());
+            let d = AttnDims {
+                q_heads: hq,
+                kv_heads: hkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let what = format!("{name} hq {hq} hkv {hkv} hd {hd}");
+            let (q, k, v) = (
+                rand(&mut r, rows * hq * hd, 1.0),
+                rand(&mut r, k_rows * hkv * hd, 1.0),
+                rand(&mut r, k_rows * hkv * hd, 1.0),
+            );
+            let (qg, kg, vg) = (g.upload(&q), g.upload(&k), g.upload(&v));
+            let (mut o_w, mut l_w) = (vec![0f32; q.len()], vec![0f32; rows * hq]);
+            let (mut o_g, mut l_g) = (nan(&g, q.len()), nan(&g, rows * hq));
+            c.attention_fwd(&mut o_w, &mut l_w, &q, &k, &v, &plan, d);
+            g.attention_fwd(&mut o_g, &mut l_g, &qg, &kg, &vg, &plan, d);
+            close(
+                &format!("attention out {what}"),
+                &g.download(&o_g),
+                &o_w,
+                1e-4,
+            );
+            close(
+                &format!("attention lse {what}"),
+                &g.download(&l_g),
+                &l_w,
+                1e-4,
+            );
+            let dout = rand(&mut r, q.len(), 1.0);
+            let (dk0, dv0) = (rand(&mut r, k.len(), 1.0), rand(&mut r, k.len(), 1.0));
+            let (mut dq_w, mut dk_w, mut dv_w) = (vec![0f32; q.len()], dk0.clone(), dv0.clone());
+            let (mut dq_g, mut dk_g, mut dv_g) = (nan(&g, q.len()), g.upload(&dk0), g.upload(&dv0));
+            c.attention_bwd(
+                &mut dq_w, &mut dk_w, &mut dv_w, &dout, &q, &k, &v, &o_w, &l_w, &plan, d,
+            );
+            g.attention_bwd(
+                &mut dq_g,
+                &mut dk_g,
+                &mut dv_g,
+                &g.upload(&dout),
+                &qg,
+                &kg,
+                &vg,
+                &o_g,
+                &l_g,
+                &plan,
+                d,
+            );
+            close(
+                &format!("attention dq {what}"),
+                &g.download(&dq_g),
+                &dq_w,
+                1e-4,
+            );
+            close(
+                &format!("attention dk {what}"),
+                &g.download(&dk_g),
+                &dk_w,
+                1e-4,
+            );
+            close(
+                &format!("attention dv {what}"),
+                &g.download(&dv_g),
+                &dv_w,
+                1e-4,
+            );
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Helpers shared by the CUDA test binaries (cuda_ops, cuda_attention_lora, cuda_model).
+#![allow(dead_code)]
+
+use bitune_rt::backend::cuda::CudaBackend;
+use bitune_rt::backend::Backend;
+use bitune_rt::rng::Rng;
+
+/// The GPU, or None after printing why the test skips (no driver, no device).
+pub fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("SKIP: no CUDA device ({e:#})");
+            None
+        }
+    }
+}
+
+pub fn rand(rng: &mut Rng, n: usize, a: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-a, a)).collect()
+}
+
+pub fn nan(g: &CudaBackend, n: usize) -> <CudaBackend as Backend>::Buf {
+    g.upload(&vec![f32::NAN; n])
+}
+
+/// Max |got − want| relative to max(|want|, 1e-3); infinities must match exactly, NaN fails.
+#[track_caller]
+pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_finite() {
+            g.is_finite() && (g - w).abs() <= tol * scale
+        } else {
+            g == w
+        };
+        assert!(
+            ok,
+            "{what}: element {i}: cuda {g} vs cpu {w} (tolerance {tol} × {scale})"
+        );
+    }
+}
