@@ -118,7 +118,12 @@ fn check_version(nvcc: &Path) {
     let out = Command::new(nvcc)
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| fail(&format!("running {}: {e}", nvcc.display())));
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "running {}: {e} (set NVCC, or run scripts/install-nvcc.sh)",
+                nvcc.display()
+            ))
+        });
     let v = String::from_utf8_lossy(&out.stdout);
     if !v.contains(NVCC_RELEASE) {
         fail(&format!(

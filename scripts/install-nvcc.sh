@@ -14,6 +14,11 @@ installed() {
         .cuda/bin/pip show cuda-toolkit 2>/dev/null | grep -qx "Version: $VERSION"
 }
 
+# nvcc preprocesses every .cu with the host C++ compiler, even when it only emits device code.
+if ! command -v g++ >/dev/null; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
 if ! installed; then
     [ -x .cuda/bin/pip ] || python3 -m venv .cuda
     .cuda/bin/pip install --quiet --disable-pip-version-check "cuda-toolkit[nvcc,cccl]==$VERSION"

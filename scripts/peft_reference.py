@@ -44,12 +44,14 @@ def vec_name(layer, module, kind):
     return f"{PREFIX}model.layers.{layer}.{br.MODULE_PARENT[module]}.{module}.{leaf}"
 
 
-def dora_norm(W, A, B):
-    return torch.linalg.norm(W + br.SCALE * (B @ A), dim=1)
+def dora_norm(W, A, B, scale=br.SCALE):
+    return torch.linalg.norm(W + scale * (B @ A), dim=1)
 
 
 class PeftFunctional(br.Functional):
     """The functional transformer with DoRA / IA3 linears; adapters: {module path: (kind, ...)}."""
+
+    scale = br.SCALE  # LoRA alpha / r of the DoRA sets
 
     def lin(self, path, x, ad):
         W, b = self.w[path + ".weight"], self.w.get(path + ".bias")
@@ -59,8 +61,8 @@ class PeftFunctional(br.Functional):
         if a[0] == "dora":
             _, A, B, m = a
             base = x @ W.T
-            g = m / dora_norm(W, A, B).detach()
-            y = base + (g - 1) * base + g * (br.SCALE * ((x @ A.T) @ B.T))
+            g = m / dora_norm(W, A, B, self.scale).detach()
+            y = base + (g - 1) * base + g * (self.scale * ((x @ A.T) @ B.T))
             return y if b is None else y + b
         l = a[1].flatten()
         if path.rsplit(".", 1)[1] in FEEDFORWARD:
@@ -264,6 +266,8 @@ def check_rust_adapter(adapter_dir, model, models_root, ck):
         assert set(got) == set(saved), sorted(set(got) ^ set(saved))[:5]
         err = max((got[k].detach() - saved[k]).abs().max().item() for k in saved)
         cfg = json.load(open(os.path.join(d, "adapter_config.json")))
+        if cfg["peft_type"] == "LORA":
+            M.scale = cfg["lora_alpha"] / cfg["r"]
         what = f"{os.path.basename(adapter_dir.rstrip('/'))}/{sub or 'C'} ({cfg['peft_type']}, use_dora={cfg.get('use_dora')})"
         ck.check(f"{what}: {len(saved)} tensors loaded by PEFT (max |diff|)", err, 0.0)
         with torch.no_grad():

@@ -151,7 +151,7 @@ fn plans(r: &mut Rng) -> Vec<(String, AttnPlan)> {
         },
         AttnGroup {
             q: 20..35,
-            kv: vec![20..40],
+            kv: std::iter::once(20..40).collect(),
             mask: MaskKind::AntiCausal,
         },
         AttnGroup {
@@ -254,4 +254,118 @@ fn segment_attention_fwd_bwd() {
             );
         }
     }
+}
+
+/// Milliseconds per call of `f` (after a warm-up call), the GPU drained before reading the clock.
+fn time_ms(g: &CudaBackend, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    g.synchronize().unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    g.synchronize().unwrap();
+    t.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+/// Kernel timings at SmolLM2-135M shapes (9/3 heads, head_dim 64, d 576, inter 1536, vocab
+/// 49152) on one layer of a Bitune batch of 8 examples (prompt 100, answer 60 tokens): no model
+/// file needed. Run by scripts/gpu-check.sh (`--ignored`); prints `TIMING` lines.
+#[test]
+#[ignore]
+fn timings_smollm2_shapes() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(20);
+    let seqs: Vec<Seq> = (0..8)
+        .map(|_| Seq {
+            prompt: vec![1; 100],
+            answer: vec![1; 60],
+            a_pos0: 100,
+            targets: vec![],
+        })
+        .collect();
+    let (p, _) = pack(bitune_rt::bitune::plan::Method::Bitune, &seqs, &[]);
+    let (t, kr) = (p.rows(), p.kv_rows());
+    let (hq, hkv, hd, d, inter, vocab) = (9, 3, 64, 576, 1536, 49152);
+    let dims = AttnDims {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: hd,
+        scale: 0.125,
+    };
+    let q = g.upload(&rand(&mut r, t * hq * hd, 1.0));
+    let (k, v) = (
+        g.upload(&rand(&mut r, kr * hkv * hd, 1.0)),
+        g.upload(&rand(&mut r, kr * hkv * hd, 1.0)),
+    );
+    let (mut o, mut lse) = (g.zeros(t * hq * hd), g.zeros(t * hq));
+    let ms = time_ms(&g, 10, || {
+        g.attention_fwd(&mut o, &mut lse, &q, &k, &v, &p.attn, dims)
+    });
+    println!("TIMING attention_fwd T={t} kv={kr} {ms:.3} ms");
+    let (mut dq, mut dk, mut dv) = (
+        g.zeros(t * hq * hd),
+        g.zeros(kr * hkv * hd),
+        g.zeros(kr * hkv * hd),
+    );
+    let dout = g.upload(&rand(&mut r, t * hq * hd, 1.0));
+    let ms = time_ms(&g, 10, || {
+        g.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &p.attn, dims,
+        )
+    });
+    println!("TIMING attention_bwd T={t} {ms:.3} ms");
+    let x = g.upload(&rand(&mut r, t * d, 1.0));
+    let w = g.upload(&rand(&mut r, inter * d, 0.05));
+    let mut y = g.zeros(t * inter);
+    let ms = time_ms(&g, 10, || {
+        g.matmul_fwd(&mut y, &x, &w, None, t, d, inter, false)
+    });
+    println!(
+        "TIMING matmul_fwd {t}x{d}x{inter} {ms:.3} ms ({:.1} TFLOP/s)",
+        2.0 * (t * d * inter) as f64 / ms / 1e9
+    );
+    let (rank, a_n) = (8, 2 * (8 * d + d * 8));
+    let params = g.upload(&rand(&mut r, a_n, 0.1));
+    let segs: Vec<LoraSeg> = p
+        .adapter_rows
+        .iter()
+        .map(|(rows, set)| LoraSeg {
+            rows: rows.clone(),
+            a_off: set * (2 * rank * d),
+            b_off: set * (2 * rank * d) + rank * d,
+            rank,
+            scale_bits: 2.0f32.to_bits(),
+        })
+        .collect();
+    let mut yd = g.zeros(t * d);
+    let ms = time_ms(&g, 10, || g.lora_fwd(&mut yd, &x, &params, &segs, d, d));
+    println!(
+        "TIMING lora_fwd {} segs rank {rank} {t}x{d} {ms:.3} ms",
+        segs.len()
+    );
+    let (mut dx, mut grads) = (g.zeros(t * d), g.zeros(a_n));
+    let ms = time_ms(&g, 10, || {
+        g.lora_bwd(&mut dx, &mut grads, &yd, &x, &params, &segs, d, d)
+    });
+    println!("TIMING lora_bwd {ms:.3} ms");
+    let xv = g.upload(&rand(&mut r, d, 1.0));
+    let wv = g.upload(&rand(&mut r, vocab * d, 0.05));
+    let mut yv = g.zeros(vocab);
+    let ms = time_ms(&g, 20, || {
+        g.matmul_fwd(&mut yv, &xv, &wv, None, 1, d, vocab, false)
+    });
+    println!(
+        "TIMING gemv 1x{d}x{vocab} {ms:.3} ms ({:.0} GB/s)",
+        (vocab * d * 4) as f64 / ms / 1e6
+    );
+    let rows = 480;
+    let mut logits = g.upload(&rand(&mut r, rows * vocab, 4.0));
+    let tg: Vec<u32> = (0..rows).map(|_| r.below(vocab) as u32).collect();
+    let wt = vec![1.0 / rows as f32; rows];
+    let (mut lp, mut gr) = (vec![0f64; rows], vec![false; rows]);
+    let ms = time_ms(&g, 5, || {
+        g.cross_entropy(&mut logits, &tg, &wt, vocab, false, &mut lp, &mut gr);
+    });
+    println!("TIMING cross_entropy {rows}x{vocab} {ms:.3} ms");
 }

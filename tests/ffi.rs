@@ -7,10 +7,14 @@
 //! (`BITUNE_BLESS=1 cargo test --test ffi` rewrites it), and the `const` items below only compile
 //! while every declaration in it has exactly the type of its Rust definition.
 
+#[path = "ffi/agree.rs"]
+mod agree;
 #[path = "ffi/c_programs.rs"]
 mod c_programs;
 #[path = "ffi/misuse.rs"]
 mod misuse;
+#[path = "ffi/util.rs"]
+mod util;
 
 use bitune_rt::ffi;
 use std::path::{Path, PathBuf};

@@ -40,12 +40,7 @@ fn batch(kind: &str, model: &str) -> Vec<Example> {
 }
 
 /// The init adapter's values re-laid for `method`'s table (same names, same sets).
-fn trainable_for(
-    be: &Cpu,
-    m: &Model<Cpu>,
-    full: &Trainable<Cpu>,
-    method: Method,
-) -> Trainable<Cpu> {
+fn trainable_for(m: &Model<Cpu>, full: &Trainable<Cpu>, method: Method) -> Trainable<Cpu> {
     let table = ParamTable::with_peft(
         &m.weights.cfg,
         full.table.lora.clone(),
@@ -64,7 +59,6 @@ fn trainable_for(
         params[e.offset..e.offset + e.len()]
             .copy_from_slice(&full.params[src.offset..src.offset + src.len()]);
     }
-    let _ = be;
     Trainable {
         method,
         table,
@@ -141,7 +135,7 @@ fn dora_and_ia3_losses_gradients_and_adamw_steps_match_pytorch_reference() {
                 let what = format!("{kind}/{model}/{}", method.name());
                 let mut refm = TensorMap::new(path.display().to_string());
                 read_file_into(&path, &mut refm).unwrap();
-                let mut tr = trainable_for(&be, &m, &full, method);
+                let mut tr = trainable_for(&m, &full, method);
                 let mut g = vec![0f32; tr.table.total];
                 let out =
                     loss_and_grad(&be, &m.weights, &tr, &exs, exs.len(), Some(&mut g)).unwrap();

@@ -3,6 +3,7 @@
 //! the gradient of such a scale. The CPU backend calls them on its buffers; the trait's default
 //! methods call them on downloaded copies.
 
+use super::cpu::gemm::{rm, sgemm};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -60,18 +61,12 @@ pub fn col_dot(out: &mut [f32], a: &[f32], b: &[f32], rows: Range<usize>, width:
 /// `‖W_j + s·(B A)_j‖₂` for every output row j: DoRA's weight norm. `w` is `[n, k]`, `a`
 /// `[r, k]`, `b` `[n, r]` (`r` = 0 gives the plain row norms of `w`).
 pub fn dora_row_norms(w: &[f32], a: &[f32], b: &[f32], scale: f32, k: usize, n: usize) -> Vec<f32> {
-    let r = if k == 0 { 0 } else { a.len() / k };
-    (0..n)
-        .into_par_iter()
-        .map(|j| {
-            let bj = &b[j * r..(j + 1) * r];
-            let mut row = w[j * k..(j + 1) * k].to_vec();
-            for (bv, ar) in bj.iter().zip(a.chunks(k)) {
-                row.iter_mut()
-                    .zip(ar)
-                    .for_each(|(x, av)| *x += scale * bv * av);
-            }
-            row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32
-        })
+    let r = a.len().checked_div(k).unwrap_or(0);
+    // W + s·B A as one GEMM into a copy of W: [n, r]·[r, k], accumulated.
+    let mut full = w[..n * k].to_vec();
+    let sb: Vec<f32> = b[..n * r].iter().map(|v| v * scale).collect();
+    sgemm(n, k, r, rm(&sb, r), rm(a, k), &mut full, k, true);
+    full.par_chunks(k.max(1))
+        .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32)
         .collect()
 }

@@ -126,6 +126,17 @@ impl<T: Copy> OutBuf<T> {
     }
 }
 
+/// One token id, as [`check_ids`] (the message names the argument without an index).
+pub(crate) fn check_id(id: u32, vocab: usize, what: &str) -> Res<()> {
+    if id as usize >= vocab {
+        return fail(
+            BITUNE_ERR_TOKEN_RANGE,
+            format!("`{what}` = {id} is outside the model's vocabulary of {vocab}"),
+        );
+    }
+    Ok(())
+}
+
 /// Token ids must index the vocabulary: checked here so C gets `BITUNE_ERR_TOKEN_RANGE` with
 /// the position, before any engine work.
 pub(crate) fn check_ids(ids: &[u32], vocab: usize, what: &str) -> Res<()> {

@@ -2,7 +2,7 @@
 //! scoring. A cache remembers its model, so every call that takes both checks they belong
 //! together, and it remembers whether it was prefilled, so calls out of order are reported.
 
-use super::args::{check_ids, slice, Out, OutBuf};
+use super::args::{check_id, check_ids, slice, Out, OutBuf};
 use super::handles::{self, bitune_cache, bitune_model, CacheObj, Kind, Prefilled};
 use super::status::{bitune_status, bitune_status::*, engine_err, fail, guard, Res};
 use crate::bitune::sample::argmax;
@@ -124,7 +124,7 @@ pub unsafe extern "C" fn bitune_decode(
         let c = handles::cache(cache, "cache")?;
         let mut c = handles::lock_cache(&c)?;
         check_owner(model, &c)?;
-        check_ids(&[token], m.vocab, "token")?;
+        check_id(token, m.vocab, "token")?;
         check_logits(&out, m.vocab)?;
         let Some(st) = c.state.as_mut() else {
             return fail(

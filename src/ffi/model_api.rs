@@ -1,7 +1,7 @@
 //! Entry points for errors, set-up, model handles and the tokenizer (`ffi/bitune.h` documents
 //! each one for C callers; the comments here say what Rust guarantees).
 
-use super::args::{c_str, check_ids, slice, Out, OutBuf};
+use super::args::{c_str, check_id, check_ids, slice, Out, OutBuf};
 use super::handles::{self, bitune_model, Kind};
 use super::status::{bitune_status, bitune_status::*, engine_err, fail, guard, last_error_ptr};
 use crate::backend::cpu::Cpu;
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn bitune_is_eos(
         // SAFETY: the contract above.
         let out = unsafe { Out::new(out, "out") }?;
         let m = handles::model(model, "model")?;
-        check_ids(&[token], m.vocab, "token")?;
+        check_id(token, m.vocab, "token")?;
         out.set(m.engine.model.is_eos(token));
         Ok(())
     })

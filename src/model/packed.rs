@@ -15,6 +15,10 @@ pub enum PackedWeight {
     Q4_1(Vec<u8>),
     /// ggml blocks of 32: f16 scale + 32 signed bytes, value = q·d
     Q8_0(Vec<u8>),
+    /// Blocks of 32 widened from Q4_0/Q4_1 for speed: f32 scale, f32 min, 32 signed byte codes,
+    /// value = q·d + m. The same f32 operations as dequantizing the original block, so the
+    /// values are bit-identical; bytes-to-floats is cheaper than nibbles-to-floats.
+    Q8M(Vec<u8>),
     Bf16(Vec<u16>),
     F16(Vec<u16>),
 }
@@ -44,19 +48,46 @@ impl PackedWeight {
         match self {
             PackedWeight::Q4_0(_) => cols / 32 * 18,
             PackedWeight::Q4_1(_) => cols / 32 * 20,
+            PackedWeight::Q8M(_) => cols / 32 * 40,
             PackedWeight::Q8_0(_) => cols / 32 * 34,
             PackedWeight::Bf16(_) | PackedWeight::F16(_) => cols,
         }
+    }
+
+    /// Re-blocks ggml Q4_0 (`q4_1` false) or Q4_1 bytes as [`PackedWeight::Q8M`].
+    pub fn widen_q4(bytes: &[u8], q4_1: bool) -> Self {
+        let bsz = if q4_1 { 20 } else { 18 };
+        let mut out = Vec::with_capacity(bytes.len() / bsz * 40);
+        for blk in bytes.chunks_exact(bsz) {
+            let d = f16_le(blk);
+            let (m, codes, off) = if q4_1 {
+                (f16_le(&blk[2..]), &blk[4..20], 0i16)
+            } else {
+                (0.0, &blk[2..18], 8)
+            };
+            out.extend_from_slice(&d.to_le_bytes());
+            out.extend_from_slice(&m.to_le_bytes());
+            let lo = codes.iter().map(|c| ((c & 0x0F) as i16 - off) as i8 as u8);
+            let hi = codes.iter().map(|c| ((c >> 4) as i16 - off) as i8 as u8);
+            out.extend(lo.chain(hi));
+        }
+        PackedWeight::Q8M(out)
     }
 
     /// Whether this weight can serve a `[rows, cols]` matrix.
     pub fn fits(&self, rows: usize, cols: usize) -> bool {
         let blocked = matches!(
             self,
-            PackedWeight::Q4_0(_) | PackedWeight::Q4_1(_) | PackedWeight::Q8_0(_)
+            PackedWeight::Q4_0(_)
+                | PackedWeight::Q4_1(_)
+                | PackedWeight::Q8_0(_)
+                | PackedWeight::Q8M(_)
         );
         let len = match self {
-            PackedWeight::Q4_0(v) | PackedWeight::Q4_1(v) | PackedWeight::Q8_0(v) => v.len(),
+            PackedWeight::Q4_0(v)
+            | PackedWeight::Q4_1(v)
+            | PackedWeight::Q8_0(v)
+            | PackedWeight::Q8M(v) => v.len(),
             PackedWeight::Bf16(v) | PackedWeight::F16(v) => v.len(),
         };
         (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
@@ -73,6 +104,7 @@ impl PackedWeight {
         match self {
             PackedWeight::Q4_0(v) => PackedWeight::Q4_0(perm(v, rows, u, &src_of)),
             PackedWeight::Q4_1(v) => PackedWeight::Q4_1(perm(v, rows, u, &src_of)),
+            PackedWeight::Q8M(v) => PackedWeight::Q8M(perm(v, rows, u, &src_of)),
             PackedWeight::Q8_0(v) => PackedWeight::Q8_0(perm(v, rows, u, &src_of)),
             PackedWeight::Bf16(v) => PackedWeight::Bf16(perm(v, rows, u, &src_of)),
             PackedWeight::F16(v) => PackedWeight::F16(perm(v, rows, u, &src_of)),
@@ -85,6 +117,18 @@ impl PackedWeight {
     fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
         let u = self.row_units(cols);
         match self {
+            PackedWeight::Q8M(v) => {
+                for (blk, o) in v[r * u..(r + 1) * u]
+                    .chunks_exact(40)
+                    .zip(out.chunks_exact_mut(32))
+                {
+                    let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                    let m = f32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                    for (oi, &q) in o.iter_mut().zip(&blk[8..40]) {
+                        *oi = (q as i8) as f32 * d + m;
+                    }
+                }
+            }
             PackedWeight::Bf16(v) => {
                 for (o, &b) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
                     *o = bf16::from_bits(b).to_f32();
@@ -257,6 +301,20 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
                 }
             }
         }
+        PackedWeight::Q8M(v) => {
+            for (blk, o) in v[r * u..(r + 1) * u]
+                .chunks_exact(40)
+                .zip(out.chunks_exact_mut(32))
+            {
+                let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                let m = f32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                let c: &[u8; 32] = blk[8..40].try_into().expect("32 code bytes");
+                let o: &mut [f32; 32] = o.try_into().expect("a block of 32");
+                for j in 0..32 {
+                    o[j] = (c[j] as i8) as f32 * d + m;
+                }
+            }
+        }
         PackedWeight::Bf16(v) => {
             for (o, &bits) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
                 *o = f32::from_bits((bits as u32) << 16);
@@ -330,7 +388,15 @@ mod tests {
             .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)).to_bits())
             .collect();
         let x: Vec<f32> = (0..m * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        for p in [PackedWeight::Q4_1(q41), PackedWeight::Bf16(bf)] {
+        let q8m = PackedWeight::widen_q4(&q41, true);
+        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+        let q41p = PackedWeight::Q4_1(q41.clone());
+        for r in 0..rows {
+            q41p.row_into(r, cols, &mut a);
+            q8m.row_into(r, cols, &mut b);
+            assert_eq!(a, b, "Q8M re-blocking must keep every value bit for bit");
+        }
+        for p in [PackedWeight::Q4_1(q41), q8m, PackedWeight::Bf16(bf)] {
             assert!(p.fits(rows, cols));
             let mut w = vec![0f32; rows * cols];
             for r in 0..rows {

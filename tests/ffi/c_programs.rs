@@ -3,6 +3,7 @@
 //! every misuse, and both run clean under valgrind (skipped with a message where it is absent).
 
 use super::root;
+use super::util::{ADAPTER, MODEL};
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::bitune::engine::{Engine, PromptMask};
 use bitune_rt::bitune::generate::{generate, GenOptions};
@@ -10,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const MODEL: &str = "tests/fixtures/models/llama";
-const ADAPTER: &str = "tests/fixtures/bitune/llama/init";
 const PROMPT: &str = "Question: What is 7 times 6?\n\nAnswer:";
 
 /// What the static library needs from the system, from
@@ -86,6 +85,10 @@ fn c_program(name: &'static str, slot: &'static OnceLock<PathBuf>) -> &'static P
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ffi");
         std::fs::create_dir_all(&dir).unwrap();
         let exe = dir.join(name);
+        // Link to a private name, then rename: another test process (e.g. a concurrent
+        // `cargo test`) may be running the previous binary, which writing in place would hit
+        // (ETXTBSY); a rename leaves its open file intact.
+        let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let out = Command::new(&cc)
             .args(["-std=c99", "-Wall", "-Wextra", "-g", "-I"])
@@ -94,10 +97,11 @@ fn c_program(name: &'static str, slot: &'static OnceLock<PathBuf>) -> &'static P
             .arg(staticlib())
             .args(NATIVE_LIBS)
             .arg("-o")
-            .arg(&exe)
+            .arg(&tmp)
             .output()
             .unwrap_or_else(|e| panic!("running {cc}: {e}"));
         check(&format!("{cc} ffi/{name}.c"), &out);
+        std::fs::rename(&tmp, &exe).unwrap();
         exe
     })
 }
@@ -117,7 +121,7 @@ fn run(exe: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(root())
         .output()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()))
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod ops;
 use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
 use gemm::{rm, sgemm, tr};
 use rayon::prelude::*;
+use std::ops::Range;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -241,6 +242,39 @@ impl Backend for Cpu {
             let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
             sgemm(rows, k, r, rm(&u, r), rm(a, k), dxs, k, true);
         }
+    }
+
+    // DoRA/IA3 column ops on the buffers in place (the trait's defaults copy whole buffers).
+    fn mul_cols(&self, y: &mut Vec<f32>, rows: Range<usize>, w: usize, v: &Vec<f32>, off: usize) {
+        super::colops::mul_cols(y, rows, w, &v[off..off + w])
+    }
+    fn add_cols(&self, y: &mut Vec<f32>, rows: Range<usize>, w: usize, v: &Vec<f32>, off: usize) {
+        super::colops::add_cols(y, rows, w, &v[off..off + w])
+    }
+    fn col_dot(
+        &self,
+        out: &mut Vec<f32>,
+        off: usize,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        rows: Range<usize>,
+        w: usize,
+    ) {
+        super::colops::col_dot(&mut out[off..off + w], a, b, rows, w)
+    }
+    fn dora_inv_norm(
+        &self,
+        out: &mut Vec<f32>,
+        w: &Vec<f32>,
+        params: &Vec<f32>,
+        seg: &LoraSeg,
+        k: usize,
+        n: usize,
+    ) {
+        let a = &params[seg.a_off..seg.a_off + seg.rank * k];
+        let b = &params[seg.b_off..seg.b_off + n * seg.rank];
+        let norms = super::colops::dora_row_norms(w, a, b, seg.scale(), k, n);
+        out.iter_mut().zip(norms).for_each(|(o, x)| *o = 1.0 / x);
     }
 
     fn norm_fwd(

@@ -104,11 +104,14 @@ pub(super) fn linear_fwd<B: Backend>(
     match ad.table.peft {
         Peft::Dora => {
             // y = (m/n)⊙(W x + s·B A x) + b: the bias is added after the scaling.
-            be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, k, n, false);
+            be.matmul_fwd(y, x, &l.w, None, rows, k, n, false);
             be.lora_fwd(y, x, ad.params, &lora_segs(&segs), k, n);
             let f = dora_factors(be, l, ad, &segs);
             for s in &segs {
                 be.mul_cols(y, s.rows.clone(), n, factor::<B>(&f, s).1, 0);
+            }
+            if let Some(b) = &l.b {
+                be.add_cols(y, 0..rows, n, b, 0);
             }
         }
         Peft::Ia3 if is_feedforward(t) => {
