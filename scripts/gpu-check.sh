@@ -37,7 +37,7 @@ for line in sys.stdin:
     exit 0
 fi
 
-OUT="${OUT:-$PWD/gpu-check-out}"
+OUT="${OUT:-$PWD/.carry/out}"
 mkdir -p "$OUT"
 RAW="$OUT/raw.log"
 RES="$OUT/results.md"
