@@ -63,7 +63,7 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown cpu".into())
 }
 
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -73,7 +73,7 @@ fn git_commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()

@@ -251,23 +251,7 @@ fn num32(x: f32) -> Value {
     num(x.to_string().parse().unwrap_or(f64::NAN))
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
+use super::bench::{git_commit, now_utc};
 
 /// Evaluates the trainable state on every task; the model is lent to an engine and returned.
 fn evaluate(
