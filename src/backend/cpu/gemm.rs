@@ -1,4 +1,5 @@
-//! f32 GEMM through the `gemm` crate (the CPU matmul engine candle also uses), with strides.
+//! f32 GEMM through the `gemm` crate's f32 kernels (the CPU matmul engine candle also uses), with
+//! strides.
 
 /// A strided matrix view: element (i, j) is at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -48,14 +49,14 @@ pub fn sgemm(
     }
     let work = m * n * k;
     let par = if work < 1 << 16 {
-        gemm::Parallelism::None
+        gemm_common::Parallelism::None
     } else {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+        gemm_common::Parallelism::Rayon(rayon::current_num_threads())
     };
     // SAFETY: the asserts above check that every element the strided views address lies inside
     // its slice; `c` is borrowed mutably and cannot alias `a` or `b`.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
