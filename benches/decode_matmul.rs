@@ -1,4 +1,5 @@
-//! Decode-path matmuls on the CPU: the f32 GEMV against the packed (Q4_1, Q8_0, bf16) kernels,
+//! Decode-path matmuls on the CPU: the f32 GEMV against the packed (Q4_0, Q4_1 in ggml and in
+//! lane layout, Q8_0, bf16) kernels,
 //! at SmolLM2-135M's shapes. `cargo bench --bench decode_matmul`.
 
 use bitune_rt::backend::cpu::Cpu;
@@ -41,6 +42,14 @@ fn bench(c: &mut Criterion) {
                 PackedWeight::Q4_1(q_blocks(rows, cols, 20, &mut rng)),
             ),
             (
+                "q4_0",
+                PackedWeight::Q4_0(q_blocks(rows, cols, 18, &mut rng)),
+            ),
+            (
+                "q4_1_lanes",
+                PackedWeight::q4_lanes(&q_blocks(rows, cols, 20, &mut rng), true),
+            ),
+            (
                 "q8_0",
                 PackedWeight::Q8_0(q_blocks(rows, cols, 34, &mut rng)),
             ),
@@ -64,7 +73,12 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    // No plots: criterion's PDF plots need a system font, which servers often lack (it panics).
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+        .without_plots();
     targets = bench
 }
 criterion_main!(benches);

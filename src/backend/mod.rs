@@ -97,6 +97,18 @@ pub struct AdamStep {
     pub t: u64,
 }
 
+/// Runs `f` on a worker of rayon's global pool (directly when already on one). The CPU kernels
+/// split their work with rayon; called from a thread outside the pool, each of the hundreds of
+/// parallel ops in a forward pass is a cross-thread hand-off and wake-up, which cost decoding
+/// (one token: ~500 small ops) as much as its matmuls.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
 
@@ -123,6 +135,23 @@ pub trait Backend: Send + Sync {
         width: usize,
         accumulate: bool,
     );
+    /// Appends `src[src_row..src_row+rows]` (rows of `width`) to the end of `dst`. The default
+    /// reallocates; backends whose buffers can grow in place amortise it (a KV cache grows by
+    /// one row per decoded token).
+    fn append_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        let have = self.len(dst) / width;
+        let mut grown = self.zeros((have + rows) * width);
+        self.copy_rows(&mut grown, 0, dst, 0, have, width, false);
+        self.copy_rows(&mut grown, have, src, src_row, rows, width, false);
+        *dst = grown;
+    }
     /// `out[i] = src[idx[i]]`, rows of `width`.
     fn gather_rows(&self, out: &mut Self::Buf, src: &Self::Buf, idx: &[usize], width: usize);
     /// `out[idx[i]] += src[i]`, rows of `width`.

@@ -155,14 +155,9 @@ pub fn decode_step<B: Backend>(
         },
     );
     let kvd = w.cfg.kv_dim();
-    let rows = cache.rows();
     for (l, (k, v)) in out.kv.iter().enumerate() {
-        for (dst, src) in [(&mut cache.k[l], k), (&mut cache.v[l], v)] {
-            let mut grown = be.zeros((rows + 1) * kvd);
-            be.copy_rows(&mut grown, 0, dst, 0, rows, kvd, false);
-            be.copy_rows(&mut grown, rows, src, 0, 1, kvd, false);
-            *dst = grown;
-        }
+        be.append_rows(&mut cache.k[l], k, 0, 1, kvd);
+        be.append_rows(&mut cache.v[l], v, 0, 1, kvd);
     }
     cache.pos.push(pos);
     Ok(be.download(&out.logits))

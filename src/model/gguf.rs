@@ -1145,8 +1145,8 @@ fn packed_form(file: &GgufFile, info: &TensorInfo, t: &HostTensor) -> Result<Opt
             .collect()
     };
     Ok(match info.dtype {
-        GgmlType::Q4_0 => Some(PackedWeight::widen_q4(bytes, false)),
-        GgmlType::Q4_1 => Some(PackedWeight::widen_q4(bytes, true)),
+        GgmlType::Q4_0 => Some(PackedWeight::Q4_0(bytes.to_vec()).for_this_cpu()),
+        GgmlType::Q4_1 => Some(PackedWeight::Q4_1(bytes.to_vec()).for_this_cpu()),
         GgmlType::Q8_0 => Some(PackedWeight::Q8_0(bytes.to_vec())),
         GgmlType::BF16 => Some(PackedWeight::Bf16(u16s())),
         GgmlType::F16 => Some(PackedWeight::F16(u16s())),

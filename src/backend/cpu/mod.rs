@@ -63,6 +63,17 @@ impl Backend for Cpu {
         }
     }
 
+    fn append_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        dst.extend_from_slice(&src[src_row * width..(src_row + rows) * width]);
+    }
+
     fn gather_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &[usize], width: usize) {
         for (i, &r) in idx.iter().enumerate() {
             out[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
@@ -82,6 +93,7 @@ impl Backend for Cpu {
     fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
         y.par_iter_mut()
             .zip(x.par_iter())
+            .with_min_len(ops::MIN_SPLIT)
             .for_each(|(a, b)| *a += b);
     }
 
@@ -135,9 +147,10 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) -> bool {
-        if m > crate::model::packed::MAX_PACKED_ROWS
-            || std::env::var_os("BITUNE_F32_DECODE").is_some()
-        {
+        static F32_DECODE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let f32_decode =
+            *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
+        if m > crate::model::packed::MAX_PACKED_ROWS || f32_decode {
             return false;
         }
         w.matmul(&mut y[..m * n], &x[..m * k], m, n, k, false);

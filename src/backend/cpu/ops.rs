@@ -189,15 +189,21 @@ fn act_grad(a: Activation, x: f32) -> f32 {
     }
 }
 
+/// Elementwise ops split no finer than this: a decoding step's vectors (a few thousand values)
+/// then run on the calling worker instead of paying a task hand-off for microseconds of work.
+pub const MIN_SPLIT: usize = 1 << 14;
+
 pub fn act_fwd(out: &mut [f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
     match up {
         Some(u) => out
             .par_iter_mut()
             .zip(gate.par_iter().zip(u.par_iter()))
+            .with_min_len(MIN_SPLIT)
             .for_each(|(o, (&g, &u))| *o = act(a, g) * u),
         None => out
             .par_iter_mut()
             .zip(gate.par_iter())
+            .with_min_len(MIN_SPLIT)
             .for_each(|(o, &g)| *o = act(a, g)),
     }
 }
@@ -216,6 +222,7 @@ pub fn act_bwd(
                 .par_iter_mut()
                 .zip(du.par_iter_mut())
                 .enumerate()
+                .with_min_len(MIN_SPLIT)
                 .for_each(|(i, (dg, dup))| {
                     *dg = dout[i] * u[i] * act_grad(a, gate[i]);
                     *dup = dout[i] * act(a, gate[i]);
@@ -224,6 +231,7 @@ pub fn act_bwd(
         _ => dgate
             .par_iter_mut()
             .enumerate()
+            .with_min_len(MIN_SPLIT)
             .for_each(|(i, dg)| *dg = dout[i] * act_grad(a, gate[i])),
     }
 }

@@ -48,6 +48,20 @@ pub fn backward<B: Backend>(
     grads: &mut B::Buf,
     theta_init: f32,
 ) {
+    crate::backend::on_pool(|| backward_on_pool(be, w, ad, p, fwd, dlogits, grads, theta_init))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_on_pool<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    fwd: &Saved<B>,
+    dlogits: &B::Buf,
+    grads: &mut B::Buf,
+    theta_init: f32,
+) {
     let c = &w.cfg;
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());

@@ -51,6 +51,17 @@ pub fn forward<B: Backend>(
     cache: Option<&KvCache<B>>,
     mode: Mode,
 ) -> ForwardOut<B> {
+    crate::backend::on_pool(|| forward_on_pool(be, w, ad, p, cache, mode))
+}
+
+fn forward_on_pool<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    ad: &AdapterState<B>,
+    p: &Packed,
+    cache: Option<&KvCache<B>>,
+    mode: Mode,
+) -> ForwardOut<B> {
     let c = &w.cfg;
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());
@@ -171,7 +182,8 @@ pub fn forward<B: Backend>(
         be.add(&mut x_out, &mlp);
 
         if mode.keep_kv {
-            kv.push((x_copy(be, &k), x_copy(be, &v)));
+            let fresh = t + p.mix_rows();
+            kv.push((rows_copy(be, &k, fresh, kvd), rows_copy(be, &v, fresh, kvd)));
         }
         if mode.save_acts {
             acts.push(LayerActs {
@@ -236,6 +248,13 @@ pub fn forward<B: Backend>(
         },
         kv,
     }
+}
+
+/// The first `rows` rows (of `width`) of `x`.
+fn rows_copy<B: Backend>(be: &B, x: &B::Buf, rows: usize, width: usize) -> B::Buf {
+    let mut y = be.zeros(rows * width);
+    be.copy_rows(&mut y, 0, x, 0, rows, width, false);
+    y
 }
 
 fn x_copy<B: Backend>(be: &B, x: &B::Buf) -> B::Buf {

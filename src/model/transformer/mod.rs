@@ -124,7 +124,8 @@ pub struct ForwardOut<B: Backend> {
     /// `[logit_rows, vocab]`
     pub logits: B::Buf,
     pub saved: Saved<B>,
-    /// Per-layer (K_ext, V_ext) when asked to keep them (cache building).
+    /// Per-layer (K_ext, V_ext) when asked to keep them (cache building): the rows this pass
+    /// computed (the fresh rows, then the mixed ones), without the cache rows it read.
     pub kv: Vec<(B::Buf, B::Buf)>,
 }
 

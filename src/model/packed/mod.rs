@@ -1,0 +1,622 @@
+//! Weights kept in their checkpoint's compact form (ggml Q4_0/Q4_1/Q8_0 blocks, bf16, f16) for
+//! the few-row matmuls of decoding, where reading the weights is the whole cost. The values are
+//! exactly those the f32 copy holds (that copy was dequantized from the same bytes), so decoding
+//! through them changes only the order of the additions. `avx2` holds the kernels x86-64
+//! processors run; the portable loop below is their reference and the fallback elsewhere.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(test)]
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PackedWeight {
+    /// ggml blocks of 32: f16 scale + 16 bytes of nibbles, value = (q − 8)·d
+    Q4_0(Vec<u8>),
+    /// ggml blocks of 32: f16 scale, f16 min, 16 bytes of nibbles, value = q·d + m
+    Q4_1(Vec<u8>),
+    /// ggml blocks of 32: f16 scale + 32 signed bytes, value = q·d
+    Q8_0(Vec<u8>),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+    /// Q4_0/Q4_1 blocks re-laid for SIMD (`for_this_cpu`): f32 scale, f32 min, then the 32
+    /// codes as 16 bytes in lane order (see [`lane_nibble`]); value `(q − 8)·d` when `offset8`
+    /// (from Q4_0, min 0), else `q·d + m`. The codes and the (exactly widened) scales are the
+    /// checkpoint's, so the values are too.
+    Q4Lanes {
+        data: Vec<u8>,
+        offset8: bool,
+    },
+}
+
+/// Where value `i` (0..32) of a block sits in [`PackedWeight::Q4Lanes`]' 16 code bytes: 32-bit
+/// word `w`, nibble `n`. Value `8j + l` is nibble `2j` of word `l` for `l < 4`, nibble `2j + 1`
+/// of word `l − 4` otherwise, so one 128-bit load broadcast to both halves of a 256-bit
+/// register, shifted per lane by `8j` (low half) or `8j + 4` (high half) and masked, gives
+/// values `8j..8j+8` in order with shifts and ands instead of byte shuffles (see `avx2`).
+pub fn lane_nibble(i: usize) -> (usize, usize) {
+    let (j, l) = (i / 8, i % 8);
+    if l < 4 {
+        (l, 2 * j)
+    } else {
+        (l - 4, 2 * j + 1)
+    }
+}
+
+fn q4lanes_code(blk: &[u8], i: usize) -> u8 {
+    let (w, n) = lane_nibble(i);
+    let word = u32::from_le_bytes(blk[8 + 4 * w..12 + 4 * w].try_into().expect("4 bytes"));
+    ((word >> (4 * n)) & 0xF) as u8
+}
+
+/// Largest row count served by the packed path; larger matmuls go to the f32 GEMM.
+pub const MAX_PACKED_ROWS: usize = 8;
+
+/// IEEE half to f32 by bit manipulation: inlines into the kernels (the `half` crate's call
+/// does a runtime feature check per value, which dominated the block loop).
+#[inline(always)]
+fn f16_le(b: &[u8]) -> f32 {
+    let h = u16::from_le_bytes([b[0], b[1]]) as u32;
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1F;
+    let mant = h & 0x3FF;
+    let mag = match exp {
+        0 => (mant as f32) * f32::from_bits(0x3380_0000), // subnormal: mant · 2^-24
+        31 => f32::from_bits(0x7F80_0000 | (mant << 13)),
+        _ => f32::from_bits(((exp + 112) << 23) | (mant << 13)),
+    };
+    f32::from_bits(mag.to_bits() | sign)
+}
+
+impl PackedWeight {
+    /// Bytes (or u16 elements for bf16/f16) of one row of `cols` values.
+    pub fn row_units(&self, cols: usize) -> usize {
+        match self {
+            PackedWeight::Q4_0(_) => cols / 32 * 18,
+            PackedWeight::Q4_1(_) => cols / 32 * 20,
+            PackedWeight::Q8_0(_) => cols / 32 * 34,
+            PackedWeight::Q4Lanes { .. } => cols / 32 * 24,
+            PackedWeight::Bf16(_) | PackedWeight::F16(_) => cols,
+        }
+    }
+
+    /// The form this processor's kernels read fastest: Q4_0/Q4_1 become
+    /// [`PackedWeight::Q4Lanes`] where the AVX2 kernels run; everything else is kept.
+    pub fn for_this_cpu(self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return match self {
+                PackedWeight::Q4_0(v) => Self::q4_lanes(&v, false),
+                PackedWeight::Q4_1(v) => Self::q4_lanes(&v, true),
+                other => other,
+            };
+        }
+        self
+    }
+
+    /// Re-lays ggml Q4_0 (`q4_1` false) or Q4_1 blocks as [`PackedWeight::Q4Lanes`].
+    pub fn q4_lanes(bytes: &[u8], q4_1: bool) -> Self {
+        let bsz = if q4_1 { 20 } else { 18 };
+        let mut data = Vec::with_capacity(bytes.len() / bsz * 24);
+        for blk in bytes.chunks_exact(bsz) {
+            let d = f16_le(blk);
+            let (m, codes) = if q4_1 {
+                (f16_le(&blk[2..]), &blk[4..20])
+            } else {
+                (0.0, &blk[2..18])
+            };
+            data.extend_from_slice(&d.to_le_bytes());
+            data.extend_from_slice(&m.to_le_bytes());
+            let mut words = [0u32; 4];
+            for i in 0..32 {
+                let q = if i < 16 {
+                    codes[i] & 0xF
+                } else {
+                    codes[i - 16] >> 4
+                };
+                let (w, n) = lane_nibble(i);
+                words[w] |= (q as u32) << (4 * n);
+            }
+            words
+                .iter()
+                .for_each(|w| data.extend_from_slice(&w.to_le_bytes()));
+        }
+        PackedWeight::Q4Lanes {
+            data,
+            offset8: !q4_1,
+        }
+    }
+
+    /// Whether this weight can serve a `[rows, cols]` matrix.
+    pub fn fits(&self, rows: usize, cols: usize) -> bool {
+        let blocked = matches!(
+            self,
+            PackedWeight::Q4_0(_)
+                | PackedWeight::Q4_1(_)
+                | PackedWeight::Q8_0(_)
+                | PackedWeight::Q4Lanes { .. }
+        );
+        let len = match self {
+            PackedWeight::Q4_0(v)
+            | PackedWeight::Q4_1(v)
+            | PackedWeight::Q8_0(v)
+            | PackedWeight::Q4Lanes { data: v, .. } => v.len(),
+            PackedWeight::Bf16(v) | PackedWeight::F16(v) => v.len(),
+        };
+        (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
+    }
+
+    /// Reorders rows: row `i` of the result is row `src_of(i)` of `self`.
+    pub fn permute_rows(&self, rows: usize, cols: usize, src_of: impl Fn(usize) -> usize) -> Self {
+        let u = self.row_units(cols);
+        fn perm<T: Copy>(v: &[T], rows: usize, u: usize, f: &dyn Fn(usize) -> usize) -> Vec<T> {
+            (0..rows)
+                .flat_map(|i| v[f(i) * u..(f(i) + 1) * u].iter().copied())
+                .collect()
+        }
+        match self {
+            PackedWeight::Q4_0(v) => PackedWeight::Q4_0(perm(v, rows, u, &src_of)),
+            PackedWeight::Q4_1(v) => PackedWeight::Q4_1(perm(v, rows, u, &src_of)),
+            PackedWeight::Q8_0(v) => PackedWeight::Q8_0(perm(v, rows, u, &src_of)),
+            PackedWeight::Bf16(v) => PackedWeight::Bf16(perm(v, rows, u, &src_of)),
+            PackedWeight::F16(v) => PackedWeight::F16(perm(v, rows, u, &src_of)),
+            PackedWeight::Q4Lanes { data, offset8 } => PackedWeight::Q4Lanes {
+                data: perm(data, rows, u, &src_of),
+                offset8: *offset8,
+            },
+        }
+    }
+
+    /// Widens row `r` into `out` (`cols` values), scalar: the reference the kernel is tested
+    /// against.
+    #[cfg(test)]
+    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        let u = self.row_units(cols);
+        match self {
+            PackedWeight::Bf16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
+                    *o = bf16::from_bits(b).to_f32();
+                }
+            }
+            PackedWeight::F16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
+                    *o = f16::from_bits(b).to_f32();
+                }
+            }
+            PackedWeight::Q4Lanes { data, offset8 } => {
+                for (blk, o) in data[r * u..(r + 1) * u]
+                    .chunks_exact(24)
+                    .zip(out.chunks_exact_mut(32))
+                {
+                    let d = f32::from_le_bytes(blk[..4].try_into().unwrap());
+                    let m = f32::from_le_bytes(blk[4..8].try_into().unwrap());
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        let q = q4lanes_code(blk, i) as f32;
+                        *oi = if *offset8 { (q - 8.0) * d } else { q * d + m };
+                    }
+                }
+            }
+            PackedWeight::Q8_0(v) => {
+                for (blk, o) in v[r * u..(r + 1) * u]
+                    .chunks_exact(34)
+                    .zip(out.chunks_exact_mut(32))
+                {
+                    let d = f16_le(blk);
+                    for (oi, &q) in o.iter_mut().zip(&blk[2..34]) {
+                        *oi = (q as i8) as f32 * d;
+                    }
+                }
+            }
+            PackedWeight::Q4_0(v) => {
+                for (blk, o) in v[r * u..(r + 1) * u]
+                    .chunks_exact(18)
+                    .zip(out.chunks_exact_mut(32))
+                {
+                    let d = f16_le(blk);
+                    let (lo, hi) = o.split_at_mut(16);
+                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[2..18]) {
+                        *l = ((q & 0x0F) as f32 - 8.0) * d;
+                        *h = ((q >> 4) as f32 - 8.0) * d;
+                    }
+                }
+            }
+            PackedWeight::Q4_1(v) => {
+                for (blk, o) in v[r * u..(r + 1) * u]
+                    .chunks_exact(20)
+                    .zip(out.chunks_exact_mut(32))
+                {
+                    let (d, m) = (f16_le(blk), f16_le(&blk[2..]));
+                    let (lo, hi) = o.split_at_mut(16);
+                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[4..20]) {
+                        *l = (q & 0x0F) as f32 * d + m;
+                        *h = (q >> 4) as f32 * d + m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[m, rows] (+)= x[m, cols] · Wᵀ` for a few rows of `x` (at most [`MAX_PACKED_ROWS`]):
+    /// every weight block is decoded once and dotted with every input row.
+    pub fn matmul(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        m: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        assert!(
+            m <= MAX_PACKED_ROWS,
+            "packed matmul serves at most {MAX_PACKED_ROWS} rows"
+        );
+        assert!(
+            self.fits(rows, cols),
+            "packed weight is not [{rows}, {cols}]"
+        );
+        assert!(
+            x.len() >= m * cols && y.len() >= m * rows,
+            "packed matmul: short buffers"
+        );
+        // Enough chunks to balance the threads, each a few hundred KB of weights.
+        const CHUNK: usize = 64;
+        // Per-block sums of x for the min term of Q4_1 (see `avx2`).
+        let xsum: Vec<f32> = match self {
+            PackedWeight::Q4_1(_) | PackedWeight::Q4Lanes { offset8: false, .. }
+                if cols.is_multiple_of(32) =>
+            {
+                x[..m * cols]
+                    .chunks_exact(32)
+                    .map(|c| c.iter().sum())
+                    .collect()
+            }
+            _ => vec![],
+        };
+        let results: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let r0 = c * CHUNK;
+                let r1 = (r0 + CHUNK).min(rows);
+                let mut out = vec![0f32; (r1 - r0) * m];
+                rows_dispatch(self, r0, r1, cols, x, &xsum, m, &mut out);
+                (r0, out)
+            })
+            .collect();
+        for (r0, out) in results {
+            for (j, chunk) in out.chunks(m).enumerate() {
+                for (i, &v) in chunk.iter().enumerate() {
+                    let dst = &mut y[i * rows + r0 + j];
+                    *dst = if accumulate { *dst + v } else { v };
+                }
+            }
+        }
+    }
+}
+
+/// Runs the AVX2 kernel for this format and `m` when the processor has it, else the portable
+/// loop. `out` is `[r1 − r0, m]` (weight-row major).
+#[allow(clippy::too_many_arguments)]
+fn rows_dispatch(
+    w: &PackedWeight,
+    r0: usize,
+    r1: usize,
+    cols: usize,
+    x: &[f32],
+    xsum: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() && cols.is_multiple_of(32) {
+        use avx2::{rows, Bf16, Q4Lanes, F16, Q4_0, Q4_1, Q8_0};
+        type Kernel = unsafe fn(&[u8], usize, usize, usize, &[f32], &[f32], &mut [f32]);
+        fn pick<F: avx2::Block>(m: usize) -> Kernel {
+            match m {
+                1 => rows::<F, 1>,
+                2 => rows::<F, 2>,
+                3 => rows::<F, 3>,
+                4 => rows::<F, 4>,
+                5 => rows::<F, 5>,
+                6 => rows::<F, 6>,
+                7 => rows::<F, 7>,
+                _ => rows::<F, 8>,
+            }
+        }
+        fn bytes(v: &[u16]) -> &[u8] {
+            // SAFETY: u8 has no alignment or validity requirement, and the byte slice covers
+            // exactly the u16 slice's memory for the same lifetime. x86-64 is little-endian,
+            // the byte order the kernels read.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 2) }
+        }
+        let (kernel, data): (Kernel, &[u8]) = match w {
+            PackedWeight::Q4_0(v) => (pick::<Q4_0>(m), v),
+            PackedWeight::Q4_1(v) => (pick::<Q4_1>(m), v),
+            PackedWeight::Q8_0(v) => (pick::<Q8_0>(m), v),
+            PackedWeight::Bf16(v) => (pick::<Bf16>(m), bytes(v)),
+            PackedWeight::F16(v) => (pick::<F16>(m), bytes(v)),
+            PackedWeight::Q4Lanes {
+                data,
+                offset8: true,
+            } => (pick::<Q4Lanes<true>>(m), data),
+            PackedWeight::Q4Lanes {
+                data,
+                offset8: false,
+            } => (pick::<Q4Lanes<false>>(m), data),
+        };
+        // SAFETY: `available()` checked AVX2/FMA/F16C; `matmul` asserted that the weight is
+        // `[rows, cols]` (so rows `r0..r1` lie inside it), that `x` holds `m` rows of `cols`,
+        // sized `out` `(r1 − r0)·m` and, for the formats with a min (Q4_1 in either layout), `xsum`
+        // `m·cols/32`; `pick` chose the kernel for exactly `m` rows.
+        unsafe { kernel(data, r0, r1, cols, x, xsum, out) };
+        return;
+    }
+    rows_kernel(w, r0, r1, cols, x, m, out)
+}
+
+/// Widens row `r` of `w` into `out`: per block a scale (and min) and 16 or 32 integer codes,
+/// written with fixed-size arrays so the conversion vectorises.
+#[inline(always)]
+fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
+    let u = w.row_units(cols);
+    match w {
+        PackedWeight::Q4_1(v) => {
+            for (blk, o) in v[r * u..(r + 1) * u]
+                .chunks_exact(20)
+                .zip(out.chunks_exact_mut(32))
+            {
+                let (d, mn) = (f16_le(blk), f16_le(&blk[2..]));
+                let c: &[u8; 16] = blk[4..20].try_into().expect("16 code bytes");
+                let o: &mut [f32; 32] = o.try_into().expect("a block of 32");
+                for j in 0..16 {
+                    o[j] = (c[j] & 0x0F) as f32 * d + mn;
+                    o[j + 16] = (c[j] >> 4) as f32 * d + mn;
+                }
+            }
+        }
+        PackedWeight::Q4_0(v) => {
+            for (blk, o) in v[r * u..(r + 1) * u]
+                .chunks_exact(18)
+                .zip(out.chunks_exact_mut(32))
+            {
+                let d = f16_le(blk);
+                let c: &[u8; 16] = blk[2..18].try_into().expect("16 code bytes");
+                let o: &mut [f32; 32] = o.try_into().expect("a block of 32");
+                for j in 0..16 {
+                    o[j] = ((c[j] & 0x0F) as f32 - 8.0) * d;
+                    o[j + 16] = ((c[j] >> 4) as f32 - 8.0) * d;
+                }
+            }
+        }
+        PackedWeight::Q4Lanes { data, offset8 } => {
+            for (blk, o) in data[r * u..(r + 1) * u]
+                .chunks_exact(24)
+                .zip(out.chunks_exact_mut(32))
+            {
+                let d = f32::from_le_bytes(blk[..4].try_into().expect("f32 scale"));
+                let m = f32::from_le_bytes(blk[4..8].try_into().expect("f32 min"));
+                for (i, oi) in o.iter_mut().enumerate() {
+                    let q = q4lanes_code(blk, i) as f32;
+                    *oi = if *offset8 { (q - 8.0) * d } else { q * d + m };
+                }
+            }
+        }
+        PackedWeight::Q8_0(v) => {
+            for (blk, o) in v[r * u..(r + 1) * u]
+                .chunks_exact(34)
+                .zip(out.chunks_exact_mut(32))
+            {
+                let d = f16_le(blk);
+                let c: &[u8; 32] = blk[2..34].try_into().expect("32 code bytes");
+                let o: &mut [f32; 32] = o.try_into().expect("a block of 32");
+                for j in 0..32 {
+                    o[j] = (c[j] as i8) as f32 * d;
+                }
+            }
+        }
+        PackedWeight::Bf16(v) => {
+            for (o, &bits) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
+                *o = f32::from_bits((bits as u32) << 16);
+            }
+        }
+        PackedWeight::F16(v) => {
+            for (o, &bits) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
+                *o = f16_le(&bits.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// The portable kernel: widen each weight row into an L1-resident buffer, then dot it with every
+/// input row.
+fn rows_kernel(
+    w: &PackedWeight,
+    r0: usize,
+    r1: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
+    let mut wrow = vec![0f32; cols];
+    for r in r0..r1 {
+        widen_row(w, r, cols, &mut wrow);
+        for i in 0..m {
+            out[(r - r0) * m + i] = dot(&wrow, &x[i * cols..(i + 1) * cols]);
+        }
+    }
+}
+
+/// A dot product over 8 independent lanes, so it vectorises.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Random blocks of `bsz` bytes whose scale (and min) are `scales`, cycled: ordinary,
+    /// negative and subnormal f16 values, so the f16 widening is exercised on all of them.
+    fn blocks(n: usize, bsz: usize, with_min: bool, rng: &mut Rng) -> Vec<u8> {
+        let scales = [0.01f32, -0.037, 3.0e-6, 1.5];
+        let mut v: Vec<u8> = (0..n * bsz).map(|_| rng.below(256) as u8).collect();
+        for (i, blk) in v.chunks_exact_mut(bsz).enumerate() {
+            let d = f16::from_f32(scales[i % 4]);
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+            if with_min {
+                let m = f16::from_f32(-scales[(i + 1) % 4] * 4.0);
+                blk[2..4].copy_from_slice(&m.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    fn formats(rows: usize, cols: usize, rng: &mut Rng) -> Vec<PackedWeight> {
+        let nb = rows * cols / 32;
+        let halves = |rng: &mut Rng, f: fn(f32) -> u16| -> Vec<u16> {
+            (0..rows * cols)
+                .map(|_| f(rng.uniform(-2.0, 2.0)))
+                .collect()
+        };
+        let (q40, q41) = (blocks(nb, 18, false, rng), blocks(nb, 20, true, rng));
+        vec![
+            PackedWeight::q4_lanes(&q40, false),
+            PackedWeight::q4_lanes(&q41, true),
+            PackedWeight::Q4_0(q40),
+            PackedWeight::Q4_1(q41),
+            PackedWeight::Q8_0(blocks(nb, 34, false, rng)),
+            PackedWeight::Bf16(halves(rng, |x| bf16::from_f32(x).to_bits())),
+            PackedWeight::F16(halves(rng, |x| f16::from_f32(x).to_bits())),
+        ]
+    }
+
+    fn name(p: &PackedWeight) -> &'static str {
+        match p {
+            PackedWeight::Q4_0(_) => "Q4_0",
+            PackedWeight::Q4_1(_) => "Q4_1",
+            PackedWeight::Q8_0(_) => "Q8_0",
+            PackedWeight::Bf16(_) => "bf16",
+            PackedWeight::F16(_) => "f16",
+            PackedWeight::Q4Lanes { offset8: true, .. } => "Q4_0 lanes",
+            PackedWeight::Q4Lanes { offset8: false, .. } => "Q4_1 lanes",
+        }
+    }
+
+    fn widened(p: &PackedWeight, rows: usize, cols: usize) -> Vec<f32> {
+        let mut w = vec![0f32; rows * cols];
+        for r in 0..rows {
+            p.row_into(r, cols, &mut w[r * cols..(r + 1) * cols]);
+        }
+        w
+    }
+
+    /// Dotting with one-hot rows reads single weights back: the kernels (AVX2 where this
+    /// processor has it, else the portable loop) decode every value bit for bit like the
+    /// scalar reference, for every row count the dispatch distinguishes.
+    #[test]
+    fn kernels_decode_every_weight_exactly() {
+        let (rows, cols) = (70, 96);
+        let mut rng = Rng::new(4);
+        for p in formats(rows, cols, &mut rng) {
+            let w = widened(&p, rows, cols);
+            for m in 1..=MAX_PACKED_ROWS {
+                for c0 in (0..cols).step_by(m) {
+                    let mut x = vec![0f32; m * cols];
+                    let picked: Vec<usize> = (0..m).map(|i| (c0 + i) % cols).collect();
+                    for (i, &c) in picked.iter().enumerate() {
+                        x[i * cols + c] = 1.0;
+                    }
+                    let mut y = vec![f32::NAN; m * rows];
+                    p.matmul(&mut y, &x, m, rows, cols, false);
+                    for (i, &c) in picked.iter().enumerate() {
+                        for r in 0..rows {
+                            let (got, want) = (y[i * rows + r], w[r * cols + c]);
+                            // `==`: a sum starting at +0 turns a −0 weight into +0.
+                            assert_eq!(got, want, "{} m={m} r={r} c={c}", name(&p));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_lanes_keep_every_value() {
+        let (rows, cols) = (3, 64);
+        let mut rng = Rng::new(6);
+        let f = formats(rows, cols, &mut rng);
+        let mut seen = [false; 32];
+        for i in 0..32 {
+            let (w, n) = lane_nibble(i);
+            assert!(w < 4 && n < 8 && !std::mem::replace(&mut seen[w * 8 + n], true));
+        }
+        for (lanes, orig) in [(&f[0], &f[2]), (&f[1], &f[3])] {
+            assert_eq!(
+                widened(lanes, rows, cols),
+                widened(orig, rows, cols),
+                "{}",
+                name(lanes)
+            );
+            assert!(lanes.fits(rows, cols));
+        }
+    }
+
+    #[test]
+    fn packed_matmul_equals_widened_f32() {
+        let (rows, cols) = (70, 96);
+        let mut rng = Rng::new(5);
+        for p in formats(rows, cols, &mut rng) {
+            assert!(p.fits(rows, cols) && !p.fits(rows + 1, cols));
+            let w = widened(&p, rows, cols);
+            for m in 1..=MAX_PACKED_ROWS {
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let y0: Vec<f32> = (0..m * rows).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                for accumulate in [false, true] {
+                    let mut y = y0.clone();
+                    p.matmul(&mut y, &x, m, rows, cols, accumulate);
+                    let mut portable = vec![0f32; rows * m];
+                    rows_kernel(&p, 0, rows, cols, &x, m, &mut portable);
+                    for i in 0..m {
+                        for r in 0..rows {
+                            let dot: f64 = (0..cols)
+                                .map(|c| w[r * cols + c] as f64 * x[i * cols + c] as f64)
+                                .sum();
+                            let want = dot
+                                + if accumulate {
+                                    y0[i * rows + r] as f64
+                                } else {
+                                    0.0
+                                };
+                            let tol = 1e-5 * (cols as f64).sqrt() * want.abs().max(1.0);
+                            let got = y[i * rows + r] as f64;
+                            assert!(
+                                (got - want).abs() < tol,
+                                "{} m={m}: {got} vs {want}",
+                                name(&p)
+                            );
+                            let port = portable[r * m + i] as f64;
+                            assert!((port - dot).abs() < tol, "portable {port} vs {dot}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
