@@ -261,8 +261,11 @@ impl PackedWeight {
             x.len() >= m * cols && y.len() >= m * rows,
             "packed matmul: short buffers"
         );
-        // Enough chunks to balance the threads, each a few hundred KB of weights.
-        const CHUNK: usize = 64;
+        // About four chunks per thread (the small K/V projections too), at least 16 rows each.
+        let chunk = rows
+            .div_ceil(4 * rayon::current_num_threads())
+            .next_multiple_of(8)
+            .max(16);
         // Per-block sums of x for the min term of Q4_1 (see `avx2`).
         let xsum: Vec<f32> = match self {
             PackedWeight::Q4_1(_) | PackedWeight::Q4Lanes { offset8: false, .. }
@@ -275,11 +278,22 @@ impl PackedWeight {
             }
             _ => vec![],
         };
-        let results: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(CHUNK))
+        if m == 1 && !accumulate {
+            // One input row: y is `[rows]`, so each chunk writes its own slice directly.
+            y[..rows]
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    let r0 = c * chunk;
+                    rows_dispatch(self, r0, r0 + out.len(), cols, x, &xsum, 1, out);
+                });
+            return;
+        }
+        let results: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(chunk))
             .into_par_iter()
             .map(|c| {
-                let r0 = c * CHUNK;
-                let r1 = (r0 + CHUNK).min(rows);
+                let r0 = c * chunk;
+                let r1 = (r0 + chunk).min(rows);
                 let mut out = vec![0f32; (r1 - r0) * m];
                 rows_dispatch(self, r0, r1, cols, x, &xsum, m, &mut out);
                 (r0, out)
