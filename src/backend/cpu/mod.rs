@@ -193,6 +193,17 @@ impl Backend for Cpu {
             let a = &params[s.a_off..s.a_off + r * k];
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
+            if rows == 1 {
+                // A decoding step: two small dot loops; a gemm call's setup costs more than the
+                // work at m = 1.
+                let dot = crate::model::packed::dot;
+                let xa: Vec<f32> = a.chunks_exact(k).map(|aj| dot(xs, aj) * sc).collect();
+                let ys = &mut y[s.rows.start * n..s.rows.end * n];
+                for (yi, bi) in ys.iter_mut().zip(b.chunks_exact(r)) {
+                    *yi += dot(&xa, bi);
+                }
+                continue;
+            }
             let mut xa = vec![0f32; rows * r];
             sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
             xa.iter_mut().for_each(|v| *v *= sc);
