@@ -1,6 +1,6 @@
-//! Decode-path matmuls on the CPU: the f32 GEMV against the packed (Q4_0, Q4_1 in ggml and in
-//! lane layout, Q8_0, bf16) kernels,
-//! at SmolLM2-135M's shapes. `cargo bench --bench decode_matmul`.
+//! Decode-path matmuls on the CPU at SmolLM2-135M's shapes: the f32 GEMV against the packed
+//! kernels (Q4_1 lanes, Q8_0, bf16) and the portable loop that serves ggml-layout Q4 blocks on
+//! processors without AVX2. `cargo bench --bench decode_matmul`.
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::Backend;
@@ -38,11 +38,11 @@ fn bench(c: &mut Criterion) {
         });
         let formats = [
             (
-                "q4_1",
+                "q4_1_portable",
                 PackedWeight::Q4_1(q_blocks(rows, cols, 20, &mut rng)),
             ),
             (
-                "q4_0",
+                "q4_0_portable",
                 PackedWeight::Q4_0(q_blocks(rows, cols, 18, &mut rng)),
             ),
             (

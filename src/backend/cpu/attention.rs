@@ -2,6 +2,7 @@
 //! query's group that its mask admits. The backward recomputes probabilities from the saved
 //! log-sum-exp, as a flash-attention backward does.
 
+use super::ops::exp_f32 as exp;
 use crate::backend::{AttnDims, AttnGroup, AttnPlan, MaskKind};
 use rayon::prelude::*;
 
@@ -36,8 +37,6 @@ fn row_groups(plan: &AttnPlan, rows: usize) -> Vec<Option<usize>> {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::model::packed::dot(a, b)
 }
-
-use super::ops::exp_f32 as exp;
 
 pub fn forward(
     out: &mut [f32],

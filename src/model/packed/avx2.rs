@@ -7,7 +7,8 @@
 //! (`round(q·d) + m` per weight), which moves results by float rounding only; a single weight
 //! read back through a one-hot x comes out bit for bit as the f32 copy holds it. The compiler did
 //! not vectorise the scalar widening loop (it stayed one `vcvtsi2ss`/`vmulss`/`vaddss` per
-//! weight), and a widened 8-bit copy doubled the bytes read; here Q4 codes stay 4 bits in memory.
+//! weight), and a widened 8-bit copy doubled the bytes read; here Q4 codes stay 4 bits in memory,
+//! re-laid at load (`PackedWeight::for_this_cpu`) so that unpacking them needs no byte shuffles.
 
 use std::arch::x86_64::*;
 
@@ -24,23 +25,12 @@ pub(super) trait Block {
     unsafe fn decode(p: *const u8) -> ([__m256; 4], __m256, f32);
 }
 
-/// `(f16 at p, f16 at p+2)` widened (exactly) to f32: the first broadcast, the second scalar.
+/// The f16 at `p`, widened (exactly) to f32 and broadcast. Reads 4 bytes, which a Q8_0 block
+/// (34 bytes) always holds.
 #[inline(always)]
-unsafe fn two_halves(p: *const u8) -> (__m256, f32) {
+unsafe fn f16_scale(p: *const u8) -> __m256 {
     let h = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-    (_mm256_broadcastss_ps(h), _mm_cvtss_f32(_mm_movehdup_ps(h)))
-}
-
-/// Sixteen nibble bytes as two vectors of sixteen byte values: low nibbles (values 0..16 of the
-/// block) and high nibbles (16..32), as ggml lays them out.
-#[inline(always)]
-unsafe fn nibbles(p: *const u8) -> (__m128i, __m128i) {
-    let c = _mm_loadu_si128(p as *const __m128i);
-    let mask = _mm_set1_epi8(0x0F);
-    (
-        _mm_and_si128(c, mask),
-        _mm_and_si128(_mm_srli_epi16::<4>(c), mask),
-    )
+    _mm256_broadcastss_ps(h)
 }
 
 /// Sixteen signed bytes to two vectors of eight f32.
@@ -52,40 +42,6 @@ unsafe fn i8x16_to_f32(b: __m128i) -> (__m256, __m256) {
     )
 }
 
-pub(super) struct Q4_1;
-impl Block for Q4_1 {
-    const BYTES: usize = 20;
-    const SCALED: bool = true;
-    const HAS_MIN: bool = true;
-    #[inline(always)]
-    unsafe fn decode(p: *const u8) -> ([__m256; 4], __m256, f32) {
-        let (d, m) = two_halves(p);
-        let (lo, hi) = nibbles(p.add(4));
-        // Codes 0..16 read as signed bytes are the same values.
-        let (a, b) = i8x16_to_f32(lo);
-        let (c, e) = i8x16_to_f32(hi);
-        ([a, b, c, e], d, m)
-    }
-}
-
-pub(super) struct Q4_0;
-impl Block for Q4_0 {
-    const BYTES: usize = 18;
-    const SCALED: bool = true;
-    const HAS_MIN: bool = false;
-    #[inline(always)]
-    unsafe fn decode(p: *const u8) -> ([__m256; 4], __m256, f32) {
-        // Reading 4 bytes for the f16 scale stays inside the 18-byte block.
-        let (d, _) = two_halves(p);
-        let (lo, hi) = nibbles(p.add(2));
-        // q − 8 in bytes, exact, so the block is d·Σ (q − 8)·x.
-        let eight = _mm_set1_epi8(8);
-        let (a, b) = i8x16_to_f32(_mm_sub_epi8(lo, eight));
-        let (c, e) = i8x16_to_f32(_mm_sub_epi8(hi, eight));
-        ([a, b, c, e], d, 0.0)
-    }
-}
-
 pub(super) struct Q8_0;
 impl Block for Q8_0 {
     const BYTES: usize = 34;
@@ -93,7 +49,7 @@ impl Block for Q8_0 {
     const HAS_MIN: bool = false;
     #[inline(always)]
     unsafe fn decode(p: *const u8) -> ([__m256; 4], __m256, f32) {
-        let (d, _) = two_halves(p);
+        let d = f16_scale(p);
         let (a, b) = i8x16_to_f32(_mm_loadu_si128(p.add(2) as *const __m128i));
         let (c, e) = i8x16_to_f32(_mm_loadu_si128(p.add(18) as *const __m128i));
         ([a, b, c, e], d, 0.0)
@@ -102,7 +58,8 @@ impl Block for Q8_0 {
 
 /// [`super::PackedWeight::Q4Lanes`]: f32 scale and min, codes in lane order, so a block is one
 /// broadcast load and, per 8 values, a variable shift, a mask and a conversion: no byte
-/// shuffles, which all compete for one execution port and bounded the ggml-layout kernels.
+/// shuffles, which all compete for one execution port (they bounded a ggml-layout kernel at
+/// 10 G weights/s against 16 G here).
 pub(super) struct Q4Lanes<const OFFSET8: bool>;
 impl<const OFFSET8: bool> Block for Q4Lanes<OFFSET8> {
     const BYTES: usize = 24;

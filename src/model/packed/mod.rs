@@ -169,75 +169,6 @@ impl PackedWeight {
         }
     }
 
-    /// Widens row `r` into `out` (`cols` values), scalar: the reference the kernel is tested
-    /// against.
-    #[cfg(test)]
-    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
-        let u = self.row_units(cols);
-        match self {
-            PackedWeight::Bf16(v) => {
-                for (o, &b) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
-                    *o = bf16::from_bits(b).to_f32();
-                }
-            }
-            PackedWeight::F16(v) => {
-                for (o, &b) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
-                    *o = f16::from_bits(b).to_f32();
-                }
-            }
-            PackedWeight::Q4Lanes { data, offset8 } => {
-                for (blk, o) in data[r * u..(r + 1) * u]
-                    .chunks_exact(24)
-                    .zip(out.chunks_exact_mut(32))
-                {
-                    let d = f32::from_le_bytes(blk[..4].try_into().unwrap());
-                    let m = f32::from_le_bytes(blk[4..8].try_into().unwrap());
-                    for (i, oi) in o.iter_mut().enumerate() {
-                        let q = q4lanes_code(blk, i) as f32;
-                        *oi = if *offset8 { (q - 8.0) * d } else { q * d + m };
-                    }
-                }
-            }
-            PackedWeight::Q8_0(v) => {
-                for (blk, o) in v[r * u..(r + 1) * u]
-                    .chunks_exact(34)
-                    .zip(out.chunks_exact_mut(32))
-                {
-                    let d = f16_le(blk);
-                    for (oi, &q) in o.iter_mut().zip(&blk[2..34]) {
-                        *oi = (q as i8) as f32 * d;
-                    }
-                }
-            }
-            PackedWeight::Q4_0(v) => {
-                for (blk, o) in v[r * u..(r + 1) * u]
-                    .chunks_exact(18)
-                    .zip(out.chunks_exact_mut(32))
-                {
-                    let d = f16_le(blk);
-                    let (lo, hi) = o.split_at_mut(16);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[2..18]) {
-                        *l = ((q & 0x0F) as f32 - 8.0) * d;
-                        *h = ((q >> 4) as f32 - 8.0) * d;
-                    }
-                }
-            }
-            PackedWeight::Q4_1(v) => {
-                for (blk, o) in v[r * u..(r + 1) * u]
-                    .chunks_exact(20)
-                    .zip(out.chunks_exact_mut(32))
-                {
-                    let (d, m) = (f16_le(blk), f16_le(&blk[2..]));
-                    let (lo, hi) = o.split_at_mut(16);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[4..20]) {
-                        *l = (q & 0x0F) as f32 * d + m;
-                        *h = (q >> 4) as f32 * d + m;
-                    }
-                }
-            }
-        }
-    }
-
     /// `y[m, rows] (+)= x[m, cols] · Wᵀ` for a few rows of `x` (at most [`MAX_PACKED_ROWS`]):
     /// every weight block is decoded once and dotted with every input row.
     pub fn matmul(
@@ -266,16 +197,13 @@ impl PackedWeight {
             .div_ceil(4 * rayon::current_num_threads())
             .next_multiple_of(8)
             .max(16);
-        // Per-block sums of x for the min term of Q4_1 (see `avx2`).
+        // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
-            PackedWeight::Q4_1(_) | PackedWeight::Q4Lanes { offset8: false, .. }
-                if cols.is_multiple_of(32) =>
-            {
-                x[..m * cols]
-                    .chunks_exact(32)
-                    .map(|c| c.iter().sum())
-                    .collect()
-            }
+            PackedWeight::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x
+                [..m * cols]
+                .chunks_exact(32)
+                .map(|c| c.iter().sum())
+                .collect(),
             _ => vec![],
         };
         if m == 1 && !accumulate {
@@ -325,7 +253,7 @@ fn rows_dispatch(
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() && cols.is_multiple_of(32) {
-        use avx2::{rows, Bf16, Q4Lanes, F16, Q4_0, Q4_1, Q8_0};
+        use avx2::{rows, Bf16, Q4Lanes, F16, Q8_0};
         type Kernel = unsafe fn(&[u8], usize, usize, usize, &[f32], &[f32], &mut [f32]);
         fn pick<F: avx2::Block>(m: usize) -> Kernel {
             match m {
@@ -346,8 +274,10 @@ fn rows_dispatch(
             unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 2) }
         }
         let (kernel, data): (Kernel, &[u8]) = match w {
-            PackedWeight::Q4_0(v) => (pick::<Q4_0>(m), v),
-            PackedWeight::Q4_1(v) => (pick::<Q4_1>(m), v),
+            // `for_this_cpu` re-lays ggml Q4 blocks wherever this kernel set runs.
+            PackedWeight::Q4_0(_) | PackedWeight::Q4_1(_) => {
+                return rows_kernel(w, r0, r1, cols, x, m, out);
+            }
             PackedWeight::Q8_0(v) => (pick::<Q8_0>(m), v),
             PackedWeight::Bf16(v) => (pick::<Bf16>(m), bytes(v)),
             PackedWeight::F16(v) => (pick::<F16>(m), bytes(v)),
@@ -362,7 +292,7 @@ fn rows_dispatch(
         };
         // SAFETY: `available()` checked AVX2/FMA/F16C; `matmul` asserted that the weight is
         // `[rows, cols]` (so rows `r0..r1` lie inside it), that `x` holds `m` rows of `cols`,
-        // sized `out` `(r1 − r0)·m` and, for the formats with a min (Q4_1 in either layout), `xsum`
+        // sized `out` `(r1 − r0)·m` and, for the one format with a min (Q4_1 lanes), `xsum`
         // `m·cols/32`; `pick` chose the kernel for exactly `m` rows.
         unsafe { kernel(data, r0, r1, cols, x, xsum, out) };
         return;
@@ -536,7 +466,7 @@ mod tests {
     fn widened(p: &PackedWeight, rows: usize, cols: usize) -> Vec<f32> {
         let mut w = vec![0f32; rows * cols];
         for r in 0..rows {
-            p.row_into(r, cols, &mut w[r * cols..(r + 1) * cols]);
+            widen_row(p, r, cols, &mut w[r * cols..(r + 1) * cols]);
         }
         w
     }
