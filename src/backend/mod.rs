@@ -181,6 +181,29 @@ pub trait Backend: Send + Sync {
         n: usize,
         accumulate: bool,
     );
+    /// The backend's own layout of a frozen weight `[n, k]` (host f32) for products over many
+    /// rows, when it keeps one: the CPU backend's AVX-512 panels. Built once at load.
+    fn wide_form(
+        &self,
+        _w: &[f32],
+        _n: usize,
+        _k: usize,
+    ) -> Option<crate::backend::cpu::tiles::Panels> {
+        None
+    }
+    /// `y[m,n] = x[m,k] · Wᵀ (+ bias)` from [`Backend::wide_form`]'s layout; returns false
+    /// (doing nothing) when this backend does not take this path, and the caller falls back.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_wide(
+        &self,
+        _y: &mut Self::Buf,
+        _x: &Self::Buf,
+        _w: &crate::backend::cpu::tiles::Panels,
+        _bias: Option<&Self::Buf>,
+        _m: usize,
+    ) -> bool {
+        false
+    }
     /// `y[m,n] = x[m,k] · Wᵀ (+ bias)` reading the weight's compact checkpoint form; returns
     /// false (doing nothing) when this backend has no such path for these sizes, and the caller
     /// falls back to `matmul_fwd`.

@@ -29,6 +29,12 @@ pub struct BenchArgs {
     /// Also time one train step of Bitune and of the LoRA baseline
     #[arg(long)]
     pub train: bool,
+    /// Time only the train steps (implies --train): for profiling the training path
+    #[arg(long)]
+    pub train_only: bool,
+    /// Time every CPU backend op; adds a "profile" table (per phase, per op) to the JSON
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Write the JSON here (default: stdout only)
@@ -134,14 +140,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
         tr: causal,
     };
     let mut results = serde_json::Map::new();
-    for (name, tr) in [
-        ("base", None),
-        ("lora", Some(lora)),
-        ("bitune", Some(bitune)),
-    ] {
+    let mut profile = serde_json::Map::new();
+    let prof = crate::backend::cpu::prof::enable;
+    let take_profile = |profile: &mut serde_json::Map<String, serde_json::Value>, phase: &str| {
+        let t = crate::backend::cpu::prof::take();
+        if a.profile {
+            let total: f64 = t.iter().map(|e| e.1).sum();
+            let rows: Vec<_> = t
+                .iter()
+                .map(|(n, s, c)| json!({"op": n, "ms": s * 1e3, "calls": c, "share": s / total}))
+                .collect();
+            profile.insert(phase.into(), json!(rows));
+        }
+    };
+    let inference = if a.train_only {
+        vec![]
+    } else {
+        vec![
+            ("base", None),
+            ("lora", Some(lora)),
+            ("bitune", Some(bitune)),
+        ]
+    };
+    for (name, tr) in inference {
         let saved = tr.map(|t| std::mem::replace(&mut e.tr, t));
         let prefill_s = time(a.repeat, || e.prefill(&ids))?;
+        prof(a.profile);
         let (cache0, logits0) = e.prefill(&ids)?;
+        prof(false);
+        take_profile(&mut profile, &format!("{name}_prefill"));
         let mut decode_tokens = 0usize;
         let decode_s = time(a.repeat.min(2), || {
             let (mut cache, mut logits) = (clone_cache(&cache0), logits0.clone());
@@ -163,7 +190,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             e.tr = s;
         }
     }
-    if a.train {
+    if a.train || a.train_only {
         let ex: Vec<u32> = (0..a.prompt + a.answer)
             .map(|_| 100 + rng.below((vocab - 200) as usize) as u32)
             .collect();
@@ -174,7 +201,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut train = serde_json::Map::new();
         for method in [Method::Lora, Method::Bitune] {
             let tr = bitune_state(&e.be, &e.model, method, 3);
-            let s = time(a.repeat.min(2), || {
+            let step = || {
                 let mut g = vec![0f32; tr.table.total];
                 loss_and_grad(
                     &e.be,
@@ -184,7 +211,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     1,
                     Some(&mut g),
                 )
-            })?;
+            };
+            let s = time(a.repeat.min(2), step)?;
+            if a.profile {
+                prof(true);
+                step()?;
+                prof(false);
+                take_profile(&mut profile, &format!("{}_train_step", method.name()));
+            }
             train.insert(format!("{}_step_s", method.name()), json!(s));
         }
         let (n, m) = ((a.prompt - 1) as f64, (a.answer + 1) as f64);
@@ -199,6 +233,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "commit": git_commit(), "date": now_utc(), "model": path.display().to_string(), "load_s": load_s,
         "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
     });
+    let mut report = report;
+    if a.profile {
+        report["profile"] = serde_json::Value::Object(profile);
+    }
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
     if let Some(out) = &a.out {

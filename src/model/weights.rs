@@ -3,6 +3,7 @@
 use super::config::{Act, Arch, ModelConfig, NormKind};
 use super::packed::PackedWeight;
 use super::tensors::TensorMap;
+use crate::backend::cpu::tiles::Panels;
 use crate::backend::{Activation, Backend, Norm};
 use anyhow::Result;
 
@@ -76,6 +77,8 @@ pub struct Linear<B: Backend> {
     pub b: Option<B::Buf>,
     /// The checkpoint's compact form of `w` (decode matmuls), when it had one.
     pub packed: Option<PackedWeight>,
+    /// The backend's own layout of `w` for many-row products (`Backend::wide_form`).
+    pub wide: Option<Panels>,
     pub in_dim: usize,
     pub out_dim: usize,
 }
@@ -117,6 +120,8 @@ pub struct Weights<B: Backend> {
     pub embed: B::Buf,
     /// Compact form of the embedding matrix (the tied LM head reads it when decoding).
     pub embed_packed: Option<PackedWeight>,
+    /// The tied LM head's wide form (`Linear::wide`).
+    pub embed_wide: Option<Panels>,
     pub blocks: Vec<Block<B>>,
     pub final_norm: NormW<B>,
     /// None when tied to the embeddings.
@@ -145,6 +150,13 @@ impl<B: Backend> Weights<B> {
         self.lm_head.as_ref().map_or(&self.embed, |l| &l.w)
     }
 
+    pub fn lm_head_wide(&self) -> Option<&Panels> {
+        match &self.lm_head {
+            Some(l) => l.wide.as_ref(),
+            None => self.embed_wide.as_ref(),
+        }
+    }
+
     pub fn lm_head_packed(&self) -> Option<&PackedWeight> {
         match &self.lm_head {
             Some(l) => l.packed.as_ref(),
@@ -157,6 +169,11 @@ impl<B: Backend> Weights<B> {
         let c = &cfg;
         let (d, v) = (c.hidden_size, c.vocab_size);
         let (embed, embed_packed) = t.take_with_packed("model.embed_tokens.weight", &[v, d])?;
+        let embed_wide = if cfg.tie_word_embeddings {
+            be.wide_form(&embed, v, d)
+        } else {
+            None
+        };
         let embed = be.upload(&embed);
         let layer_norm = c.norm == NormKind::Layer;
         let norm = |t: &mut TensorMap, name: &str| -> Result<NormW<B>> {
@@ -171,6 +188,7 @@ impl<B: Backend> Weights<B> {
         let linear =
             |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
                 let (w, packed) = t.take_with_packed(&format!("{name}.weight"), &[o, i])?;
+                let wide = be.wide_form(&w, o, i);
                 let w = be.upload(&w);
                 let b = if bias {
                     Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
@@ -182,6 +200,7 @@ impl<B: Backend> Weights<B> {
                     w,
                     b,
                     packed,
+                    wide,
                     in_dim: i,
                     out_dim: o,
                 })
@@ -234,6 +253,7 @@ impl<B: Backend> Weights<B> {
             cfg,
             embed,
             embed_packed,
+            embed_wide,
             blocks,
             final_norm,
             lm_head,

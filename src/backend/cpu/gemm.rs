@@ -18,6 +18,7 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 }
 
 /// `c[m,n] = (accumulate ? c : 0) + a[m,k] · b[k,n]`; c is dense row-major with row stride `ldc`.
+/// Large products split over the rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
@@ -28,6 +29,37 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+) {
+    gemm_with(m, n, k, a, b, c, ldc, accumulate, true)
+}
+
+/// [`sgemm`] on the calling thread only: for callers that are already one task of a parallel
+/// loop, where a nested split would only add scheduling.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    gemm_with(m, n, k, a, b, c, ldc, accumulate, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -48,7 +80,7 @@ pub fn sgemm(
         return;
     }
     let work = m * n * k;
-    let par = if work < 1 << 16 {
+    let par = if work < 1 << 16 || !parallel {
         gemm_common::Parallelism::None
     } else {
         gemm_common::Parallelism::Rayon(rayon::current_num_threads())

@@ -4,6 +4,8 @@
 mod attention;
 pub mod gemm;
 mod ops;
+pub mod prof;
+pub mod tiles;
 
 use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
 use gemm::{rm, sgemm, tr};
@@ -13,6 +15,28 @@ use std::ops::Range;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
+/// `c[m,n] (+)= a[m,k] · b[k,n]`, all dense row-major: the AVX-512 tiles where present, else
+/// the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+    if tiles::available() {
+        tiles::matmul_nn(c, a, b, m, k, n, accumulate);
+    } else {
+        sgemm(m, n, k, rm(a, k), rm(b, n), c, n, accumulate);
+    }
+}
+
+/// The transpose of a row-major `[rows, cols]` matrix.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (i, row) in x[..rows * cols].chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * rows + i] = v;
+        }
+    }
+    t
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
@@ -20,6 +44,7 @@ impl Backend for Cpu {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
     fn zeros(&self, n: usize) -> Vec<f32> {
+        let _p = prof::scope("zeros");
         vec![0.0; n]
     }
     fn upload(&self, data: &[f32]) -> Vec<f32> {
@@ -54,6 +79,7 @@ impl Backend for Cpu {
         width: usize,
         accumulate: bool,
     ) {
+        let _p = prof::scope("copy_rows");
         let d = &mut dst[dst_row * width..(dst_row + rows) * width];
         let s = &src[src_row * width..(src_row + rows) * width];
         if accumulate {
@@ -71,16 +97,19 @@ impl Backend for Cpu {
         rows: usize,
         width: usize,
     ) {
+        let _p = prof::scope("append_rows");
         dst.extend_from_slice(&src[src_row * width..(src_row + rows) * width]);
     }
 
     fn gather_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &[usize], width: usize) {
+        let _p = prof::scope("gather_rows");
         for (i, &r) in idx.iter().enumerate() {
             out[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
         }
     }
 
     fn scatter_add_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &[usize], width: usize) {
+        let _p = prof::scope("scatter_add_rows");
         for (i, &r) in idx.iter().enumerate() {
             let s = &src[i * width..(i + 1) * width];
             out[r * width..(r + 1) * width]
@@ -91,6 +120,7 @@ impl Backend for Cpu {
     }
 
     fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
+        let _p = prof::scope("add");
         y.par_iter_mut()
             .zip(x.par_iter())
             .with_min_len(ops::MIN_SPLIT)
@@ -105,6 +135,7 @@ impl Backend for Cpu {
         dim: usize,
         scale: f32,
     ) {
+        let _p = prof::scope("embedding_fwd");
         for (i, &t) in ids.iter().enumerate() {
             let src = &table[t as usize * dim..(t as usize + 1) * dim];
             out[i * dim..(i + 1) * dim]
@@ -125,6 +156,7 @@ impl Backend for Cpu {
         n: usize,
         accumulate: bool,
     ) {
+        let _p = prof::scope("matmul_fwd");
         if m == 1 {
             ops::gemv(&mut y[..n], &x[..k], w, k, accumulate);
         } else {
@@ -147,6 +179,7 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) -> bool {
+        let _p = prof::scope("matmul_packed");
         static F32_DECODE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let f32_decode =
             *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
@@ -162,6 +195,31 @@ impl Backend for Cpu {
         true
     }
 
+    fn wide_form(&self, w: &[f32], n: usize, k: usize) -> Option<tiles::Panels> {
+        tiles::available().then(|| tiles::Panels::pack(w, n, k))
+    }
+
+    fn matmul_wide(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &tiles::Panels,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+    ) -> bool {
+        let _p = prof::scope("matmul_wide");
+        if m <= crate::model::packed::MAX_PACKED_ROWS || !tiles::available() {
+            return false;
+        }
+        tiles::matmul_nt(&mut y[..m * w.n], &x[..m * w.k], w, m, false);
+        if let Some(b) = bias {
+            y[..m * w.n]
+                .par_chunks_mut(w.n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
+        }
+        true
+    }
+
     fn matmul_bwd_x(
         &self,
         dx: &mut Vec<f32>,
@@ -172,7 +230,16 @@ impl Backend for Cpu {
         n: usize,
         accumulate: bool,
     ) {
-        sgemm(m, k, n, rm(dy, n), rm(w, k), dx, k, accumulate);
+        let _p = prof::scope("matmul_bwd_x");
+        mm(
+            &mut dx[..m * k],
+            &dy[..m * n],
+            &w[..n * k],
+            m,
+            n,
+            k,
+            accumulate,
+        );
     }
 
     fn lora_fwd(
@@ -184,6 +251,7 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
+        let _p = prof::scope("lora_fwd");
         for s in segs {
             let rows = s.rows.len();
             if rows == 0 {
@@ -205,10 +273,10 @@ impl Backend for Cpu {
                 continue;
             }
             let mut xa = vec![0f32; rows * r];
-            sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
+            mm(&mut xa, xs, &transpose(a, r, k), rows, k, r, false);
             xa.iter_mut().for_each(|v| *v *= sc);
             let ys = &mut y[s.rows.start * n..s.rows.end * n];
-            sgemm(rows, n, r, rm(&xa, r), tr(b, r), ys, n, true);
+            mm(ys, &xa, &transpose(b, n, r), rows, r, n, true);
         }
     }
 
@@ -223,6 +291,7 @@ impl Backend for Cpu {
         k: usize,
         n: usize,
     ) {
+        let _p = prof::scope("lora_bwd");
         for s in segs {
             let rows = s.rows.len();
             if rows == 0 {
@@ -233,38 +302,36 @@ impl Backend for Cpu {
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
             let dys = &dy[s.rows.start * n..s.rows.end * n];
-            // u = s·(dy B)  [rows, r]; xa = x Aᵀ [rows, r]
+            // u = s·(dy B)  [rows, r]; xa = s·(x Aᵀ) [rows, r]
             let mut u = vec![0f32; rows * r];
-            sgemm(rows, r, n, rm(dys, n), rm(b, r), &mut u, r, false);
+            mm(&mut u, dys, b, rows, n, r, false);
             u.iter_mut().for_each(|v| *v *= sc);
             let mut xa = vec![0f32; rows * r];
-            sgemm(rows, r, k, rm(xs, k), tr(a, k), &mut xa, r, false);
+            mm(&mut xa, xs, &transpose(a, r, k), rows, k, r, false);
             xa.iter_mut().for_each(|v| *v *= sc);
             // dA += uᵀ x   [r, k]
-            sgemm(
-                r,
-                k,
-                rows,
-                tr(&u, r),
-                rm(xs, k),
+            let ut = transpose(&u, rows, r);
+            mm(
                 &mut grads[s.a_off..s.a_off + r * k],
+                &ut,
+                xs,
+                r,
+                rows,
                 k,
                 true,
             );
-            // dB += dyᵀ (s·xA) [n, r]
-            sgemm(
-                n,
-                r,
-                rows,
-                tr(dys, n),
-                rm(&xa, r),
-                &mut grads[s.b_off..s.b_off + n * r],
-                r,
-                true,
-            );
+            // dB += dyᵀ xa [n, r], as (xaᵀ dy)ᵀ: the transposes then touch r-wide data only.
+            let mut dbt = vec![0f32; r * n];
+            mm(&mut dbt, &transpose(&xa, rows, r), dys, r, rows, n, false);
+            let gb = &mut grads[s.b_off..s.b_off + n * r];
+            for (j, row) in gb.chunks_exact_mut(r).enumerate() {
+                for (c, g) in row.iter_mut().enumerate() {
+                    *g += dbt[c * n + j];
+                }
+            }
             // dx += u A   [rows, k]
             let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
-            sgemm(rows, k, r, rm(&u, r), rm(a, k), dxs, k, true);
+            mm(dxs, &u, a, rows, r, k, true);
         }
     }
 
@@ -313,6 +380,7 @@ impl Backend for Cpu {
         kind: Norm,
         eps: f32,
     ) {
+        let _p = prof::scope("norm_fwd");
         ops::norm_fwd(
             &mut out[..rows * d],
             &mut stats[..rows * 2],
@@ -337,6 +405,7 @@ impl Backend for Cpu {
         kind: Norm,
         accumulate: bool,
     ) {
+        let _p = prof::scope("norm_bwd");
         ops::norm_bwd(
             &mut dx[..rows * d],
             &dy[..rows * d],
@@ -359,6 +428,7 @@ impl Backend for Cpu {
         inv_freq: &[f32],
         inverse: bool,
     ) {
+        let _p = prof::scope("rope");
         ops::rope(x, pos, heads, head_dim, rot_dim, inv_freq, inverse)
     }
 
@@ -372,6 +442,7 @@ impl Backend for Cpu {
         plan: &AttnPlan,
         dims: AttnDims,
     ) {
+        let _p = prof::scope("attention_fwd");
         attention::forward(out, lse, q, k, v, plan, dims)
     }
 
@@ -389,6 +460,7 @@ impl Backend for Cpu {
         plan: &AttnPlan,
         dims: AttnDims,
     ) {
+        let _p = prof::scope("attention_bwd");
         attention::backward(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
     }
 
@@ -402,6 +474,7 @@ impl Backend for Cpu {
         width: usize,
         alpha: f32,
     ) {
+        let _p = prof::scope("kv_mix_fwd");
         for i in 0..n * width {
             let kc = buf[c * width + i];
             let kb = buf[b * width + i];
@@ -420,6 +493,7 @@ impl Backend for Cpu {
         width: usize,
         alpha: f32,
     ) -> f64 {
+        let _p = prof::scope("kv_mix_bwd");
         let mut dalpha = 0f64;
         for i in 0..n * width {
             let g = dbuf[mix * width + i];
@@ -431,6 +505,7 @@ impl Backend for Cpu {
     }
 
     fn act_fwd(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: Option<&Vec<f32>>, act: Activation) {
+        let _p = prof::scope("act_fwd");
         ops::act_fwd(out, gate, up.map(|u| &u[..]), act)
     }
 
@@ -443,6 +518,7 @@ impl Backend for Cpu {
         up: Option<&Vec<f32>>,
         act: Activation,
     ) {
+        let _p = prof::scope("act_bwd");
         ops::act_bwd(
             dgate,
             dup.map(|u| &mut u[..]),
@@ -463,6 +539,7 @@ impl Backend for Cpu {
         logprobs: &mut [f64],
         greedy: &mut [bool],
     ) -> f64 {
+        let _p = prof::scope("cross_entropy");
         ops::cross_entropy(logits, targets, weights, vocab, grad, logprobs, greedy)
     }
 
@@ -482,6 +559,7 @@ impl Backend for Cpu {
         v: &mut Vec<f32>,
         h: AdamStep,
     ) {
+        let _p = prof::scope("adamw");
         ops::adamw(p, g, m, v, h)
     }
 

@@ -197,6 +197,7 @@ fn act(a: Activation, x: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 fn act_grad(a: Activation, x: f32) -> f32 {
     match a {
         Activation::Silu => {
@@ -266,23 +267,65 @@ pub fn act_bwd(
     up: Option<&[f32]>,
     a: Activation,
 ) {
+    // One loop per activation (as in the forward), and SiLU's sigmoid computed once for both
+    // the value and the derivative.
+    match a {
+        Activation::Silu => act_bwd_with(dgate, dup, dout, gate, up, |x| {
+            let s = 1.0 / (1.0 + exp_f32(-x));
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }),
+        Activation::GeluTanh => act_bwd_with(dgate, dup, dout, gate, up, |x| {
+            (
+                act(Activation::GeluTanh, x),
+                act_grad(Activation::GeluTanh, x),
+            )
+        }),
+        Activation::Gelu => act_bwd_with(dgate, dup, dout, gate, up, |x| {
+            (act(Activation::Gelu, x), act_grad(Activation::Gelu, x))
+        }),
+    }
+}
+
+/// `f(x)` = (act(x), act'(x)).
+fn act_bwd_with(
+    dgate: &mut [f32],
+    dup: Option<&mut [f32]>,
+    dout: &[f32],
+    gate: &[f32],
+    up: Option<&[f32]>,
+    f: impl Fn(f32) -> (f32, f32) + Sync,
+) {
+    let c = MIN_SPLIT;
     match (dup, up) {
-        (Some(du), Some(u)) => {
-            dgate
-                .par_iter_mut()
-                .zip(du.par_iter_mut())
-                .enumerate()
-                .with_min_len(MIN_SPLIT)
-                .for_each(|(i, (dg, dup))| {
-                    *dg = dout[i] * u[i] * act_grad(a, gate[i]);
-                    *dup = dout[i] * act(a, gate[i]);
-                });
-        }
+        (Some(du), Some(u)) => dgate
+            .par_chunks_mut(c)
+            .zip(du.par_chunks_mut(c))
+            .zip(
+                dout.par_chunks(c)
+                    .zip(gate.par_chunks(c))
+                    .zip(u.par_chunks(c)),
+            )
+            .for_each(|((dg, du), ((d, g), u))| {
+                for i in 0..dg
+                    .len()
+                    .min(du.len())
+                    .min(d.len())
+                    .min(g.len())
+                    .min(u.len())
+                {
+                    let (y, dy) = f(g[i]);
+                    dg[i] = d[i] * u[i] * dy;
+                    du[i] = d[i] * y;
+                }
+            }),
         _ => dgate
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(MIN_SPLIT)
-            .for_each(|(i, dg)| *dg = dout[i] * act_grad(a, gate[i])),
+            .par_chunks_mut(c)
+            .zip(dout.par_chunks(c).zip(gate.par_chunks(c)))
+            .for_each(|(dg, (d, g))| {
+                for i in 0..dg.len().min(d.len()).min(g.len()) {
+                    dg[i] = d[i] * f(g[i]).1;
+                }
+            }),
     }
 }
 
@@ -300,16 +343,23 @@ pub fn cross_entropy(
         .zip(targets.par_iter().zip(weights.par_iter()))
         .map(|(row, (&t, &w))| {
             let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+            let target = row[t as usize];
+            // exp(v - max) in f32 (within 2 ulp, vectorised), summed in f64: libm's f64 exp per
+            // vocabulary entry was most of this op's time. With `grad` the exps stay in the
+            // row, which becomes the gradient; without, the logits are left as they were.
+            let sum: f64 = if grad {
+                row.iter_mut().for_each(|v| *v = exp_f32(*v - mx));
+                row.iter().map(|&e| e as f64).sum()
+            } else {
+                row.iter().map(|&v| exp_f32(v - mx) as f64).sum()
+            };
             let lse = mx as f64 + sum.ln();
-            let lp = row[t as usize] as f64 - lse;
-            let is_greedy = row[t as usize] >= mx;
+            let lp = target as f64 - lse;
+            let is_greedy = target >= mx;
             if grad {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let p = (*v as f64 - lse).exp();
-                    let onehot = if j == t as usize { 1.0 } else { 0.0 };
-                    *v = (w as f64 * (p - onehot)) as f32;
-                }
+                let scale = (w as f64 / sum) as f32;
+                row.iter_mut().for_each(|e| *e *= scale);
+                row[t as usize] -= w;
             }
             (-lp * w as f64, lp, is_greedy)
         })

@@ -23,7 +23,9 @@ pub(super) fn linear<B: Backend>(
         return super::peft::linear_fwd(be, y, x, l, rows, ad, p, layer, t);
     }
     let packed = l.packed.as_ref();
+    let wide = l.wide.as_ref();
     if !packed.is_some_and(|pw| be.matmul_packed(y, x, pw, l.b.as_ref(), rows, l.in_dim, l.out_dim))
+        && !wide.is_some_and(|ww| be.matmul_wide(y, x, ww, l.b.as_ref(), rows))
     {
         be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
     }
@@ -227,7 +229,11 @@ fn forward_on_pool<B: Backend>(
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
     let packed = w.lm_head_packed();
-    if !packed.is_some_and(|pw| be.matmul_packed(&mut logits, &hn, pw, bias, r, d, c.vocab_size)) {
+    if !packed.is_some_and(|pw| be.matmul_packed(&mut logits, &hn, pw, bias, r, d, c.vocab_size))
+        && !w
+            .lm_head_wide()
+            .is_some_and(|ww| be.matmul_wide(&mut logits, &hn, ww, bias, r))
+    {
         be.matmul_fwd(
             &mut logits,
             &hn,
