@@ -192,9 +192,10 @@ unsafe fn tile_rows(
 /// How to cut an `m × ncol_tiles` output into parallel tasks: column-tile chunks first (each
 /// task then reads only its part of B), row chunks (whole tiles of MR rows) when there are too
 /// few column tiles to keep every thread busy.
-fn split(m: usize, col_tiles: usize) -> (usize, usize) {
+fn split(m: usize, k: usize, col_tiles: usize) -> (usize, usize) {
     let threads = rayon::current_num_threads();
-    let want = if m * col_tiles * NR < 1 << 14 {
+    // Below ~2^20 multiply-adds (tens of microseconds) a split costs more than it saves.
+    let want = if m * k * col_tiles * NR < 1 << 20 {
         1
     } else {
         4 * threads
@@ -208,10 +209,11 @@ fn split(m: usize, col_tiles: usize) -> (usize, usize) {
 /// Runs `f(rows, col_tiles)` over the task grid in parallel.
 fn grid(
     m: usize,
+    k: usize,
     col_tiles: usize,
     f: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
 ) {
-    let (cc, rc) = split(m, col_tiles);
+    let (cc, rc) = split(m, k, col_tiles);
     let row_tiles = m.div_ceil(MR);
     (0..cc * rc).into_par_iter().for_each(|t| {
         let (ci, ri) = (t % cc, t / cc);
@@ -233,29 +235,35 @@ pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &Panels, m: usize, accumulate: boo
         return;
     }
     let out = Out(y.as_mut_ptr());
-    grid(m, n.div_ceil(NR), |rows, cols| {
-        for p in cols {
-            let ncols = NR.min(n - p * NR);
-            let b = w.data[p * k * NR..].as_ptr();
-            for i0 in rows.clone().step_by(MR) {
-                let r = MR.min(rows.end - i0);
-                // SAFETY: AVX-512F checked above; x holds rows i0..i0+r of k values, the panel
-                // k rows of 32, y rows i0..i0+r of n values; this task alone writes the tile
-                // (rows i0.., columns of panel p).
-                unsafe {
-                    tile_rows(
-                        r,
-                        x.as_ptr().add(i0 * k),
-                        k,
-                        b,
-                        NR,
-                        k,
-                        out.at(i0 * n + p * NR),
-                        n,
-                        ncols,
-                        accumulate,
-                    )
-                };
+    grid(m, k, n.div_ceil(NR), |rows, cols| {
+        // Reduction blocks of KC steps: the panel's block (KC·128 bytes) then stays in L1
+        // while every row tile of the task passes over it.
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for p in cols.clone() {
+                let ncols = NR.min(n - p * NR);
+                let b = w.data[(p * k + k0) * NR..].as_ptr();
+                for i0 in rows.clone().step_by(MR) {
+                    let r = MR.min(rows.end - i0);
+                    // SAFETY: AVX-512F checked above; x holds rows i0..i0+r of k values (read:
+                    // columns k0..k0+kc), the panel k rows of 32 (read: rows k0..k0+kc), y rows
+                    // i0..i0+r of n values; this task alone writes the tile (rows i0.., columns
+                    // of panel p).
+                    unsafe {
+                        tile_rows(
+                            r,
+                            x.as_ptr().add(i0 * k + k0),
+                            k,
+                            b,
+                            NR,
+                            kc,
+                            out.at(i0 * n + p * NR),
+                            n,
+                            ncols,
+                            accumulate || k0 > 0,
+                        )
+                    };
+                }
             }
         }
     });
@@ -286,25 +294,32 @@ pub fn matmul_nn(
         return;
     }
     let out = Out(c.as_mut_ptr());
-    grid(m, n.div_ceil(NR), |rows, cols| {
+    grid(m, k, n.div_ceil(NR), |rows, cols| {
         // Reduction blocks of KC rows of b: a 32-column strip of a tall b (the LM head's 49152
         // rows) would otherwise leave L2 between one row tile and the next.
+        let mut strip = vec![0f32; KC.min(k) * NR];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             for p in cols.clone() {
                 let ncols = NR.min(n - p * NR);
+                // The strip of b this column tile reads, made contiguous once for all the row
+                // tiles: b's rows are n apart, which the hardware prefetchers do not follow.
+                for (kk, dst) in strip.chunks_exact_mut(NR).take(kc).enumerate() {
+                    let src = &b[(k0 + kk) * n + p * NR..][..ncols];
+                    dst[..ncols].copy_from_slice(src);
+                }
                 for i0 in rows.clone().step_by(MR) {
                     let r = MR.min(rows.end - i0);
                     // SAFETY: AVX-512F checked above; a holds rows i0..i0+r of k values (read:
-                    // columns k0..k0+kc), b k rows of n values (read: rows k0..k0+kc, columns
-                    // [32p, 32p+ncols)), c rows i0..i0+r of n; this task alone writes the tile.
+                    // columns k0..k0+kc), the strip kc rows of 32 (read: the first ncols), c
+                    // rows i0..i0+r of n; this task alone writes the tile.
                     unsafe {
                         tile_rows(
                             r,
                             a.as_ptr().add(i0 * k + k0),
                             k,
-                            b.as_ptr().add(k0 * n + p * NR),
-                            n,
+                            strip.as_ptr(),
+                            NR,
                             kc,
                             out.at(i0 * n + p * NR),
                             n,
