@@ -206,6 +206,14 @@ fn split(m: usize, k: usize, col_tiles: usize) -> (usize, usize) {
     (col_chunks, row_chunks)
 }
 
+/// The row tiles of `rows` as (first row, rows), as even as possible: 50 rows run as 5 × 10,
+/// not 4 × 12 + 2, whose last tile would do two rows of work for nearly the loads of twelve.
+fn row_tiles(rows: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
+    let (s, len) = (rows.start, rows.len());
+    let t = len.div_ceil(MR);
+    (0..t).map(move |i| (s + i * len / t, (i + 1) * len / t - i * len / t))
+}
+
 /// Runs `f(rows, col_tiles)` over the task grid in parallel.
 fn grid(
     m: usize,
@@ -243,8 +251,7 @@ pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &Panels, m: usize, accumulate: boo
             for p in cols.clone() {
                 let ncols = NR.min(n - p * NR);
                 let b = w.data[(p * k + k0) * NR..].as_ptr();
-                for i0 in rows.clone().step_by(MR) {
-                    let r = MR.min(rows.end - i0);
+                for (i0, r) in row_tiles(rows.clone()) {
                     // SAFETY: AVX-512F checked above; x holds rows i0..i0+r of k values (read:
                     // columns k0..k0+kc), the panel k rows of 32 (read: rows k0..k0+kc), y rows
                     // i0..i0+r of n values; this task alone writes the tile (rows i0.., columns
@@ -308,8 +315,7 @@ pub fn matmul_nn(
                     let src = &b[(k0 + kk) * n + p * NR..][..ncols];
                     dst[..ncols].copy_from_slice(src);
                 }
-                for i0 in rows.clone().step_by(MR) {
-                    let r = MR.min(rows.end - i0);
+                for (i0, r) in row_tiles(rows.clone()) {
                     // SAFETY: AVX-512F checked above; a holds rows i0..i0+r of k values (read:
                     // columns k0..k0+kc), the strip kc rows of 32 (read: the first ncols), c
                     // rows i0..i0+r of n; this task alone writes the tile.
@@ -374,8 +380,7 @@ pub fn gemm_serial(
         let kc = KC.min(k - k0);
         for p in 0..n.div_ceil(NR) {
             let ncols = NR.min(n - p * NR);
-            for i0 in (0..m).step_by(MR) {
-                let r = MR.min(m - i0);
+            for (i0, r) in row_tiles(0..m) {
                 // SAFETY: AVX-512F checked above; the asserts bound every row the tile reads
                 // (a: rows i0..i0+r, columns k0..k0+kc; b: rows k0..k0+kc, columns of panel p)
                 // and writes (c: rows i0..i0+r, columns of panel p); `c` is a unique borrow.
