@@ -181,11 +181,11 @@ pub trait Backend: Send + Sync {
         n: usize,
         accumulate: bool,
     );
-    /// The backend's own layout of a frozen weight `[n, k]` (host f32) for products over many
-    /// rows, when it keeps one: the CPU backend's AVX-512 panels. Built once at load.
+    /// The backend's own layout of a frozen weight `[n, k]` for products over many rows, when it
+    /// keeps one: the CPU backend's AVX-512 panels. Built once per weight, on first use.
     fn wide_form(
         &self,
-        _w: &[f32],
+        _w: &Self::Buf,
         _n: usize,
         _k: usize,
     ) -> Option<crate::backend::cpu::tiles::Panels> {

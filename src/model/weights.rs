@@ -6,6 +6,7 @@ use super::tensors::TensorMap;
 use crate::backend::cpu::tiles::Panels;
 use crate::backend::{Activation, Backend, Norm};
 use anyhow::Result;
+use std::sync::OnceLock;
 
 /// The linear layers an adapter can target, in a fixed order per block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,10 +78,20 @@ pub struct Linear<B: Backend> {
     pub b: Option<B::Buf>,
     /// The checkpoint's compact form of `w` (decode matmuls), when it had one.
     pub packed: Option<PackedWeight>,
-    /// The backend's own layout of `w` for many-row products (`Backend::wide_form`).
-    pub wide: Option<Panels>,
+    /// The backend's own layout of `w` for many-row products (`Backend::wide_form`), built on
+    /// the first such product: decoding alone never pays its memory.
+    pub wide: OnceLock<Option<Panels>>,
     pub in_dim: usize,
     pub out_dim: usize,
+}
+
+impl<B: Backend> Linear<B> {
+    /// The wide form, built now if this backend keeps one and it does not exist yet.
+    pub fn wide(&self, be: &B) -> Option<&Panels> {
+        self.wide
+            .get_or_init(|| be.wide_form(&self.w, self.out_dim, self.in_dim))
+            .as_ref()
+    }
 }
 
 pub struct NormW<B: Backend> {
@@ -121,7 +132,7 @@ pub struct Weights<B: Backend> {
     /// Compact form of the embedding matrix (the tied LM head reads it when decoding).
     pub embed_packed: Option<PackedWeight>,
     /// The tied LM head's wide form (`Linear::wide`).
-    pub embed_wide: Option<Panels>,
+    pub embed_wide: OnceLock<Option<Panels>>,
     pub blocks: Vec<Block<B>>,
     pub final_norm: NormW<B>,
     /// None when tied to the embeddings.
@@ -150,10 +161,16 @@ impl<B: Backend> Weights<B> {
         self.lm_head.as_ref().map_or(&self.embed, |l| &l.w)
     }
 
-    pub fn lm_head_wide(&self) -> Option<&Panels> {
+    /// The LM head's wide form, built now if this backend keeps one and it does not exist yet.
+    pub fn lm_head_wide(&self, be: &B) -> Option<&Panels> {
         match &self.lm_head {
-            Some(l) => l.wide.as_ref(),
-            None => self.embed_wide.as_ref(),
+            Some(l) => l.wide(be),
+            None => self
+                .embed_wide
+                .get_or_init(|| {
+                    be.wide_form(&self.embed, self.cfg.vocab_size, self.cfg.hidden_size)
+                })
+                .as_ref(),
         }
     }
 
@@ -169,11 +186,6 @@ impl<B: Backend> Weights<B> {
         let c = &cfg;
         let (d, v) = (c.hidden_size, c.vocab_size);
         let (embed, embed_packed) = t.take_with_packed("model.embed_tokens.weight", &[v, d])?;
-        let embed_wide = if cfg.tie_word_embeddings {
-            be.wide_form(&embed, v, d)
-        } else {
-            None
-        };
         let embed = be.upload(&embed);
         let layer_norm = c.norm == NormKind::Layer;
         let norm = |t: &mut TensorMap, name: &str| -> Result<NormW<B>> {
@@ -188,7 +200,6 @@ impl<B: Backend> Weights<B> {
         let linear =
             |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
                 let (w, packed) = t.take_with_packed(&format!("{name}.weight"), &[o, i])?;
-                let wide = be.wide_form(&w, o, i);
                 let w = be.upload(&w);
                 let b = if bias {
                     Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
@@ -200,7 +211,7 @@ impl<B: Backend> Weights<B> {
                     w,
                     b,
                     packed,
-                    wide,
+                    wide: OnceLock::new(),
                     in_dim: i,
                     out_dim: o,
                 })
@@ -253,7 +264,7 @@ impl<B: Backend> Weights<B> {
             cfg,
             embed,
             embed_packed,
-            embed_wide,
+            embed_wide: OnceLock::new(),
             blocks,
             final_norm,
             lm_head,

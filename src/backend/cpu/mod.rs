@@ -195,7 +195,7 @@ impl Backend for Cpu {
         true
     }
 
-    fn wide_form(&self, w: &[f32], n: usize, k: usize) -> Option<tiles::Panels> {
+    fn wide_form(&self, w: &Vec<f32>, n: usize, k: usize) -> Option<tiles::Panels> {
         tiles::available().then(|| tiles::Panels::pack(w, n, k))
     }
 
