@@ -123,22 +123,43 @@ fn head(m: &[f32], r: usize, width: usize, c: usize, hd: usize) -> &[f32] {
 
 /// Scores to probabilities in place, one row: masked entries become 0; returns the log-sum-exp
 /// (−∞ when nothing is visible).
+#[inline(always)]
 fn softmax_row(s: &mut [f32], mask: Option<&[bool]>, scale: f32) -> f32 {
-    let mut mx = f32::NEG_INFINITY;
-    for (j, x) in s.iter_mut().enumerate() {
-        *x = if mask.is_none_or(|m| m[j]) {
-            *x * scale
-        } else {
-            f32::NEG_INFINITY
-        };
-        mx = mx.max(*x);
+    // Branch-free passes with lane-wise maxima and sums, so each vectorises.
+    match mask {
+        Some(m) => s
+            .iter_mut()
+            .zip(m)
+            .for_each(|(x, &v)| *x = if v { *x * scale } else { f32::NEG_INFINITY }),
+        None => s.iter_mut().for_each(|x| *x *= scale),
     }
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = s.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let mx = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if mx == f32::NEG_INFINITY {
         s.fill(0.0);
         return f32::NEG_INFINITY;
     }
-    let mut sum = 0f32;
-    for x in s.iter_mut() {
+    let mut sums = [0f32; 16];
+    let mut chunks = s.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (l, x) in sums.iter_mut().zip(c.iter_mut()) {
+            let e = exp(*x - mx);
+            *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+            *l += *x;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
         *x = if *x == f32::NEG_INFINITY {
             0.0
         } else {
@@ -219,10 +240,16 @@ pub fn forward(
                     nk,
                     false,
                 );
-                for i in 0..nb {
-                    let mrow = mask.as_ref().map(|m| &m[i * nk..(i + 1) * nk]);
-                    lb[i * hq + h] = softmax_row(&mut s[i * nk..(i + 1) * nk], mrow, d.scale);
-                }
+                super::simd::vectorize(
+                    #[inline(always)]
+                    || {
+                        for i in 0..nb {
+                            let mrow = mask.as_ref().map(|m| &m[i * nk..(i + 1) * nk]);
+                            lb[i * hq + h] =
+                                softmax_row(&mut s[i * nk..(i + 1) * nk], mrow, d.scale);
+                        }
+                    },
+                );
                 mm(
                     nb,
                     nk,
@@ -337,29 +364,34 @@ pub fn backward(
                 let (qh, doh) = (&q[r0 * qw + h * hd..], &dout[r0 * qw + h * hd..]);
                 mm(nb, hd, nk, qh, qw, &kt[tc..], nk, &mut p, nk, false);
                 mm(nb, hd, nk, doh, qw, &vt[tc..], nk, &mut ds, nk, false);
-                for i in 0..nb {
-                    let l = lse[(r0 + i) * hq + h];
-                    let prow = &mut p[i * nk..(i + 1) * nk];
-                    let dsrow = &mut ds[i * nk..(i + 1) * nk];
-                    if l == f32::NEG_INFINITY {
-                        prow.fill(0.0);
-                        dsrow.fill(0.0);
-                        continue;
-                    }
-                    let mrow = mask.as_ref().map(|m| &m[i * nk..(i + 1) * nk]);
-                    let dsum = dot(
-                        head(dout, r0 + i, qw, h * hd, hd),
-                        head(out, r0 + i, qw, h * hd, hd),
-                    );
-                    for (j, (pj, dj)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
-                        *pj = if mrow.is_none_or(|m| m[j]) {
-                            exp(*pj * d.scale - l)
-                        } else {
-                            0.0
-                        };
-                        *dj = *pj * (*dj - dsum) * d.scale;
-                    }
-                }
+                super::simd::vectorize(
+                    #[inline(always)]
+                    || {
+                        for i in 0..nb {
+                            let l = lse[(r0 + i) * hq + h];
+                            let prow = &mut p[i * nk..(i + 1) * nk];
+                            let dsrow = &mut ds[i * nk..(i + 1) * nk];
+                            if l == f32::NEG_INFINITY {
+                                prow.fill(0.0);
+                                dsrow.fill(0.0);
+                                continue;
+                            }
+                            let mrow = mask.as_ref().map(|m| &m[i * nk..(i + 1) * nk]);
+                            let dsum = dot(
+                                head(dout, r0 + i, qw, h * hd, hd),
+                                head(out, r0 + i, qw, h * hd, hd),
+                            );
+                            for (j, (pj, dj)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
+                                *pj = if mrow.is_none_or(|m| m[j]) {
+                                    exp(*pj * d.scale - l)
+                                } else {
+                                    0.0
+                                };
+                                *dj = *pj * (*dj - dsum) * d.scale;
+                            }
+                        }
+                    },
+                );
                 // dQ_h = dS K_h; dK_h += dSᵀ Q_h; dV_h += Pᵀ dO_h.
                 mm(
                     nb,

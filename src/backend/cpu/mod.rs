@@ -5,6 +5,7 @@ mod attention;
 pub mod gemm;
 mod ops;
 pub mod prof;
+pub mod simd;
 pub mod tiles;
 
 use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};

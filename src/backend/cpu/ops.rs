@@ -1,5 +1,6 @@
 //! Row-wise CPU kernels: GEMV, norms, RoPE, activations, cross-entropy, AdamW.
 
+use super::simd::vectorize;
 use crate::backend::{Activation, AdamStep, Norm};
 use rayon::prelude::*;
 
@@ -40,23 +41,28 @@ pub fn norm_fwd(
         .zip(stats.par_chunks_mut(2))
         .zip(x.par_chunks(d))
         .for_each(|((o, st), xr)| {
-            let mean = if kind == Norm::Layer {
-                xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64
-            } else {
-                0.0
-            };
-            let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-            let rstd = 1.0 / (var + eps as f64).sqrt();
-            st[0] = mean as f32;
-            st[1] = rstd as f32;
-            for i in 0..d {
-                let xh = ((xr[i] as f64 - mean) * rstd) as f32;
-                o[i] = match kind {
-                    Norm::Rms => xh * w[i],
-                    Norm::RmsPlusOne => xh * (1.0 + w[i]),
-                    Norm::Layer => xh * w[i] + b.map_or(0.0, |b| b[i]),
-                };
-            }
+            vectorize(
+                #[inline(always)]
+                || {
+                    let mean = if kind == Norm::Layer {
+                        xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64
+                    } else {
+                        0.0
+                    };
+                    let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                    let rstd = 1.0 / (var + eps as f64).sqrt();
+                    st[0] = mean as f32;
+                    st[1] = rstd as f32;
+                    for i in 0..d {
+                        let xh = ((xr[i] as f64 - mean) * rstd) as f32;
+                        o[i] = match kind {
+                            Norm::Rms => xh * w[i],
+                            Norm::RmsPlusOne => xh * (1.0 + w[i]),
+                            Norm::Layer => xh * w[i] + b.map_or(0.0, |b| b[i]),
+                        };
+                    }
+                },
+            )
         });
 }
 
@@ -75,31 +81,36 @@ pub fn norm_bwd(
         .zip(dy.par_chunks(d))
         .zip(x.par_chunks(d).zip(stats.par_chunks(2)))
         .for_each(|((dxr, dyr), (xr, st))| {
-            let (mean, rstd) = (st[0] as f64, st[1] as f64);
-            let g = |i: usize| match kind {
-                Norm::RmsPlusOne => 1.0 + w[i] as f64,
-                _ => w[i] as f64,
-            };
-            // dxh = dy ⊙ g; for RMS: dx = r·dxh − x̂·r·mean(dxh ⊙ x̂); LayerNorm also subtracts mean(dxh).
-            let mut m1 = 0f64;
-            let mut m2 = 0f64;
-            for i in 0..d {
-                let xh = (xr[i] as f64 - mean) * rstd;
-                let dxh = dyr[i] as f64 * g(i);
-                m1 += dxh;
-                m2 += dxh * xh;
-            }
-            m1 /= d as f64;
-            m2 /= d as f64;
-            if kind != Norm::Layer {
-                m1 = 0.0;
-            }
-            for i in 0..d {
-                let xh = (xr[i] as f64 - mean) * rstd;
-                let dxh = dyr[i] as f64 * g(i);
-                let v = (rstd * (dxh - m1 - xh * m2)) as f32;
-                dxr[i] = if accumulate { dxr[i] + v } else { v };
-            }
+            vectorize(
+                #[inline(always)]
+                || {
+                    let (mean, rstd) = (st[0] as f64, st[1] as f64);
+                    let g = |i: usize| match kind {
+                        Norm::RmsPlusOne => 1.0 + w[i] as f64,
+                        _ => w[i] as f64,
+                    };
+                    // dxh = dy ⊙ g; for RMS: dx = r·dxh − x̂·r·mean(dxh ⊙ x̂); LayerNorm also subtracts mean(dxh).
+                    let mut m1 = 0f64;
+                    let mut m2 = 0f64;
+                    for i in 0..d {
+                        let xh = (xr[i] as f64 - mean) * rstd;
+                        let dxh = dyr[i] as f64 * g(i);
+                        m1 += dxh;
+                        m2 += dxh * xh;
+                    }
+                    m1 /= d as f64;
+                    m2 /= d as f64;
+                    if kind != Norm::Layer {
+                        m1 = 0.0;
+                    }
+                    for i in 0..d {
+                        let xh = (xr[i] as f64 - mean) * rstd;
+                        let dxh = dyr[i] as f64 * g(i);
+                        let v = (rstd * (dxh - m1 - xh * m2)) as f32;
+                        dxr[i] = if accumulate { dxr[i] + v } else { v };
+                    }
+                },
+            )
         });
 }
 
@@ -226,9 +237,27 @@ pub const MIN_SPLIT: usize = 1 << 14;
 pub fn act_fwd(out: &mut [f32], gate: &[f32], up: Option<&[f32]>, a: Activation) {
     // One loop per activation, so each inner loop is straight-line arithmetic that vectorises.
     match a {
-        Activation::Silu => act_fwd_with(out, gate, up, |x| act(Activation::Silu, x)),
-        Activation::GeluTanh => act_fwd_with(out, gate, up, |x| act(Activation::GeluTanh, x)),
-        Activation::Gelu => act_fwd_with(out, gate, up, |x| act(Activation::Gelu, x)),
+        Activation::Silu => act_fwd_with(
+            out,
+            gate,
+            up,
+            #[inline(always)]
+            |x| act(Activation::Silu, x),
+        ),
+        Activation::GeluTanh => act_fwd_with(
+            out,
+            gate,
+            up,
+            #[inline(always)]
+            |x| act(Activation::GeluTanh, x),
+        ),
+        Activation::Gelu => act_fwd_with(
+            out,
+            gate,
+            up,
+            #[inline(always)]
+            |x| act(Activation::Gelu, x),
+        ),
     }
 }
 
@@ -244,17 +273,27 @@ fn act_fwd_with(
             .par_chunks_mut(MIN_SPLIT)
             .zip(gate.par_chunks(MIN_SPLIT).zip(u.par_chunks(MIN_SPLIT)))
             .for_each(|(o, (g, u))| {
-                for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
-                    *o = act(g) * u;
-                }
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
+                            *o = act(g) * u;
+                        }
+                    },
+                )
             }),
         None => out
             .par_chunks_mut(MIN_SPLIT)
             .zip(gate.par_chunks(MIN_SPLIT))
             .for_each(|(o, g)| {
-                for (o, &g) in o.iter_mut().zip(g) {
-                    *o = act(g);
-                }
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for (o, &g) in o.iter_mut().zip(g) {
+                            *o = act(g);
+                        }
+                    },
+                )
             }),
     }
 }
@@ -270,19 +309,41 @@ pub fn act_bwd(
     // One loop per activation (as in the forward), and SiLU's sigmoid computed once for both
     // the value and the derivative.
     match a {
-        Activation::Silu => act_bwd_with(dgate, dup, dout, gate, up, |x| {
-            let s = 1.0 / (1.0 + exp_f32(-x));
-            (x * s, s * (1.0 + x * (1.0 - s)))
-        }),
-        Activation::GeluTanh => act_bwd_with(dgate, dup, dout, gate, up, |x| {
-            (
-                act(Activation::GeluTanh, x),
-                act_grad(Activation::GeluTanh, x),
-            )
-        }),
-        Activation::Gelu => act_bwd_with(dgate, dup, dout, gate, up, |x| {
-            (act(Activation::Gelu, x), act_grad(Activation::Gelu, x))
-        }),
+        Activation::Silu => act_bwd_with(
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            #[inline(always)]
+            |x| {
+                let s = 1.0 / (1.0 + exp_f32(-x));
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            },
+        ),
+        Activation::GeluTanh => act_bwd_with(
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            #[inline(always)]
+            |x| {
+                (
+                    act(Activation::GeluTanh, x),
+                    act_grad(Activation::GeluTanh, x),
+                )
+            },
+        ),
+        Activation::Gelu => act_bwd_with(
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            #[inline(always)]
+            |x| (act(Activation::Gelu, x), act_grad(Activation::Gelu, x)),
+        ),
     }
 }
 
@@ -322,9 +383,14 @@ fn act_bwd_with(
             .par_chunks_mut(c)
             .zip(dout.par_chunks(c).zip(gate.par_chunks(c)))
             .for_each(|(dg, (d, g))| {
-                for i in 0..dg.len().min(d.len()).min(g.len()) {
-                    dg[i] = d[i] * f(g[i]).1;
-                }
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for i in 0..dg.len().min(d.len()).min(g.len()) {
+                            dg[i] = d[i] * f(g[i]).1;
+                        }
+                    },
+                )
             }),
     }
 }
@@ -342,26 +408,31 @@ pub fn cross_entropy(
         .par_chunks_mut(vocab)
         .zip(targets.par_iter().zip(weights.par_iter()))
         .map(|(row, (&t, &w))| {
-            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let target = row[t as usize];
-            // exp(v - max) in f32 (within 2 ulp, vectorised), summed in f64: libm's f64 exp per
-            // vocabulary entry was most of this op's time. With `grad` the exps stay in the
-            // row, which becomes the gradient; without, the logits are left as they were.
-            let sum: f64 = if grad {
-                row.iter_mut().for_each(|v| *v = exp_f32(*v - mx));
-                row.iter().map(|&e| e as f64).sum()
-            } else {
-                row.iter().map(|&v| exp_f32(v - mx) as f64).sum()
-            };
-            let lse = mx as f64 + sum.ln();
-            let lp = target as f64 - lse;
-            let is_greedy = target >= mx;
-            if grad {
-                let scale = (w as f64 / sum) as f32;
-                row.iter_mut().for_each(|e| *e *= scale);
-                row[t as usize] -= w;
-            }
-            (-lp * w as f64, lp, is_greedy)
+            vectorize(
+                #[inline(always)]
+                || {
+                    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let target = row[t as usize];
+                    // exp(v - max) in f32 (within 2 ulp, vectorised), summed in f64: libm's f64 exp per
+                    // vocabulary entry was most of this op's time. With `grad` the exps stay in the
+                    // row, which becomes the gradient; without, the logits are left as they were.
+                    let sum: f64 = if grad {
+                        row.iter_mut().for_each(|v| *v = exp_f32(*v - mx));
+                        row.iter().map(|&e| e as f64).sum()
+                    } else {
+                        row.iter().map(|&v| exp_f32(v - mx) as f64).sum()
+                    };
+                    let lse = mx as f64 + sum.ln();
+                    let lp = target as f64 - lse;
+                    let is_greedy = target >= mx;
+                    if grad {
+                        let scale = (w as f64 / sum) as f32;
+                        row.iter_mut().for_each(|e| *e *= scale);
+                        row[t as usize] -= w;
+                    }
+                    (-lp * w as f64, lp, is_greedy)
+                },
+            )
         })
         .collect();
     let mut loss = 0f64;
