@@ -9,6 +9,7 @@
 
 use super::gemm::{sgemm_serial, Mat};
 use super::ops::exp_f32 as exp;
+use super::transpose;
 use crate::backend::{AttnDims, AttnGroup, AttnPlan, MaskKind};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -298,17 +299,6 @@ fn gather_t(src: &[f32], keys: &[usize], kv_heads: usize, hd: usize) -> Vec<f32>
         }
     }
     out
-}
-
-/// The transpose of a row-major `[rows, cols]` matrix.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; rows * cols];
-    for (i, row) in x[..rows * cols].chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            t[j * rows + i] = v;
-        }
-    }
-    t
 }
 
 fn view(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {

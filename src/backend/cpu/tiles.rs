@@ -62,10 +62,6 @@ impl Panels {
             });
         Panels { data, n, k }
     }
-
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
-    }
 }
 
 /// A raw output pointer shared by tasks that write disjoint tiles of it.
