@@ -209,9 +209,6 @@ impl Backend for Cpu {
         m: usize,
     ) -> bool {
         let _p = prof::scope("matmul_wide");
-        if m <= crate::model::packed::MAX_PACKED_ROWS || !tiles::available() {
-            return false;
-        }
         tiles::matmul_nt(&mut y[..m * w.n], &x[..m * w.k], w, m, false);
         if let Some(b) = bias {
             y[..m * w.n]

@@ -227,6 +227,50 @@ fn grid(
     });
 }
 
+/// Every tile of the output rows `rows` × column tiles `cols`, reduction blocks outermost: for
+/// each block of KC steps and each column tile, `b_block(p, k0, kc, ncols)` gives the B rows to
+/// read (pointer, row stride), which every row tile then passes over while they sit in L1.
+///
+/// # Safety
+/// AVX-512F is present. A holds the rows `rows` of `k` values at stride `lda`; `out` the same rows
+/// of the column tiles' columns at stride `ldc`, written by no one else meanwhile; the pointer
+/// `b_block` returns addresses `kc` rows of `ncols` values at its stride.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sweep(
+    a: *const f32,
+    lda: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+    out: Out,
+    ldc: usize,
+    accumulate: bool,
+    mut b_block: impl FnMut(usize, usize, usize, usize) -> (*const f32, usize),
+) {
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for p in cols.clone() {
+            let ncols = NR.min(n - p * NR);
+            let (b, ldb) = b_block(p, k0, kc, ncols);
+            for (i0, r) in row_tiles(rows.clone()) {
+                tile_rows(
+                    r,
+                    a.add(i0 * lda + k0),
+                    lda,
+                    b,
+                    ldb,
+                    kc,
+                    out.at(i0 * ldc + p * NR),
+                    ldc,
+                    ncols,
+                    accumulate || k0 > 0,
+                )
+            }
+        }
+    }
+}
+
 /// `y[m, n] (+)= x[m, k] · Wᵀ` with W as panels.
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &Panels, m: usize, accumulate: bool) {
     let (n, k) = (w.n, w.k);
@@ -240,34 +284,22 @@ pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &Panels, m: usize, accumulate: boo
     }
     let out = Out(y.as_mut_ptr());
     grid(m, k, n.div_ceil(NR), |rows, cols| {
-        // Reduction blocks of KC steps: the panel's block (KC·128 bytes) then stays in L1
-        // while every row tile of the task passes over it.
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            for p in cols.clone() {
-                let ncols = NR.min(n - p * NR);
-                let b = w.data[(p * k + k0) * NR..].as_ptr();
-                for (i0, r) in row_tiles(rows.clone()) {
-                    // SAFETY: AVX-512F checked above; x holds rows i0..i0+r of k values (read:
-                    // columns k0..k0+kc), the panel k rows of 32 (read: rows k0..k0+kc), y rows
-                    // i0..i0+r of n values; this task alone writes the tile (rows i0.., columns
-                    // of panel p).
-                    unsafe {
-                        tile_rows(
-                            r,
-                            x.as_ptr().add(i0 * k + k0),
-                            k,
-                            b,
-                            NR,
-                            kc,
-                            out.at(i0 * n + p * NR),
-                            n,
-                            ncols,
-                            accumulate || k0 > 0,
-                        )
-                    };
-                }
-            }
+        // SAFETY: AVX-512F checked above; x holds m rows of k values and y m rows of n; grid
+        // gives this task its own rows × column tiles; a panel block is kc rows of 32 inside the
+        // panel (KC·128 bytes, which stays in L1 across the row tiles).
+        unsafe {
+            sweep(
+                x.as_ptr(),
+                k,
+                rows,
+                cols,
+                k,
+                n,
+                out,
+                n,
+                accumulate,
+                |p, k0, _, _| (w.data[(p * k + k0) * NR..].as_ptr(), NR),
+            )
         }
     });
 }
@@ -298,39 +330,31 @@ pub fn matmul_nn(
     }
     let out = Out(c.as_mut_ptr());
     grid(m, k, n.div_ceil(NR), |rows, cols| {
-        // Reduction blocks of KC rows of b: a 32-column strip of a tall b (the LM head's 49152
-        // rows) would otherwise leave L2 between one row tile and the next.
+        // The strip of b a column tile reads in one reduction block, made contiguous once for
+        // all the row tiles: b's rows are n apart, which the hardware prefetchers do not follow,
+        // and a 32-column strip of a tall b (the LM head's 49152 rows) would leave L2 between
+        // one row tile and the next.
         let mut strip = vec![0f32; KC.min(k) * NR];
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            for p in cols.clone() {
-                let ncols = NR.min(n - p * NR);
-                // The strip of b this column tile reads, made contiguous once for all the row
-                // tiles: b's rows are n apart, which the hardware prefetchers do not follow.
-                for (kk, dst) in strip.chunks_exact_mut(NR).take(kc).enumerate() {
-                    let src = &b[(k0 + kk) * n + p * NR..][..ncols];
-                    dst[..ncols].copy_from_slice(src);
-                }
-                for (i0, r) in row_tiles(rows.clone()) {
-                    // SAFETY: AVX-512F checked above; a holds rows i0..i0+r of k values (read:
-                    // columns k0..k0+kc), the strip kc rows of 32 (read: the first ncols), c
-                    // rows i0..i0+r of n; this task alone writes the tile.
-                    unsafe {
-                        tile_rows(
-                            r,
-                            a.as_ptr().add(i0 * k + k0),
-                            k,
-                            strip.as_ptr(),
-                            NR,
-                            kc,
-                            out.at(i0 * n + p * NR),
-                            n,
-                            ncols,
-                            accumulate || k0 > 0,
-                        )
-                    };
-                }
-            }
+        // SAFETY: AVX-512F checked above; a holds m rows of k values and c m rows of n; grid
+        // gives this task its own rows × column tiles; the strip holds kc rows of 32.
+        unsafe {
+            sweep(
+                a.as_ptr(),
+                k,
+                rows,
+                cols,
+                k,
+                n,
+                out,
+                n,
+                accumulate,
+                |p, k0, kc, ncols| {
+                    for (kk, dst) in strip.chunks_exact_mut(NR).take(kc).enumerate() {
+                        dst[..ncols].copy_from_slice(&b[(k0 + kk) * n + p * NR..][..ncols]);
+                    }
+                    (strip.as_ptr(), NR)
+                },
+            )
         }
     });
 }
@@ -372,30 +396,21 @@ pub fn gemm_serial(
         }
         return;
     }
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        for p in 0..n.div_ceil(NR) {
-            let ncols = NR.min(n - p * NR);
-            for (i0, r) in row_tiles(0..m) {
-                // SAFETY: AVX-512F checked above; the asserts bound every row the tile reads
-                // (a: rows i0..i0+r, columns k0..k0+kc; b: rows k0..k0+kc, columns of panel p)
-                // and writes (c: rows i0..i0+r, columns of panel p); `c` is a unique borrow.
-                unsafe {
-                    tile_rows(
-                        r,
-                        a.as_ptr().add(i0 * lda + k0),
-                        lda,
-                        b.as_ptr().add(k0 * ldb + p * NR),
-                        ldb,
-                        kc,
-                        c.as_mut_ptr().add(i0 * ldc + p * NR),
-                        ldc,
-                        ncols,
-                        accumulate || k0 > 0,
-                    )
-                };
-            }
-        }
+    // SAFETY: AVX-512F checked above; the asserts bound every row of a, b and c the tiles
+    // address; `c` is a unique borrow, so nothing else writes it.
+    unsafe {
+        sweep(
+            a.as_ptr(),
+            lda,
+            0..m,
+            0..n.div_ceil(NR),
+            k,
+            n,
+            Out(c.as_mut_ptr()),
+            ldc,
+            accumulate,
+            |p, k0, _, _| (b.as_ptr().add(k0 * ldb + p * NR), ldb),
+        )
     }
 }
 
