@@ -228,12 +228,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         train.insert("ideal_ratio".into(), json!((2.0 * n + m) / (n + m)));
         results.insert("train".into(), serde_json::Value::Object(train));
     }
-    let report = json!({
+    let mut report = json!({
         "bench": "bitune-rt", "device": format!("cpu: {} ({} threads)", cpu_name(), rayon::current_num_threads()),
         "commit": git_commit(), "date": now_utc(), "model": path.display().to_string(), "load_s": load_s,
         "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
     });
-    let mut report = report;
     if a.profile {
         report["profile"] = serde_json::Value::Object(profile);
     }
