@@ -42,7 +42,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS)
     attention_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
                   const int* plan, int ranges_off, int items_off, int qpos_off, int kpos_off,
                   int hq, int hkv, int hd, float scale) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int ks = hd | 1;
     float* Ks = smem;             // [KT][ks]
     float* Vs = Ks + KT * ks;     // [KT][hd]
@@ -120,7 +120,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS)
                      const float* v, const float* out, const float* lse, const int* plan,
                      int ranges_off, int items_off, int qpos_off, int kpos_off, int hq, int hkv,
                      int hd, float scale) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int ks = hd | 1;
     float* Ks = smem;              // [KT][ks]
     float* Vs = Ks + KT * ks;      // [KT][ks]
@@ -203,7 +203,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS)
                       const float* v, const float* lse, const float* dsum, const int* plan,
                       int items_off, int qpos_off, int kpos_off, int hq, int hkv, int hd,
                       float scale) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int ks = hd | 1;
     float* Qs = smem;              // [KT][ks]
     float* dOs = Qs + KT * ks;     // [KT][ks]

@@ -5,6 +5,15 @@
 
 #define FULL_MASK 0xffffffffu
 
+// A kernel's dynamic shared memory (the launch's shared_mem_bytes) as `type name[]`. In the CUDA
+// simulator (BITUNE_SIM, see docs/ARCHITECTURE.md) it is a pointer to exactly that many bytes with
+// guard pages around them.
+#ifdef BITUNE_SIM
+#define DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::sim::tl_block->dyn_smem)
+#else
+#define DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 // Grid-stride loop over [0, n): kernels are launched with a capped grid and cover any n.
 #define GRID_STRIDE(i, n)                                                            \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n); \

@@ -5,10 +5,18 @@ use bitune_rt::backend::cuda::CudaBackend;
 use bitune_rt::backend::Backend;
 use bitune_rt::rng::Rng;
 
-/// The GPU, or None after printing why the test skips (no driver, no device).
+/// The GPU or the simulator (BITUNE_CUDA_SIM=1), or None after printing why the test skips (no
+/// driver, no device). Skipping is refused where CUDA must run: under the simulator, and with
+/// BITUNE_CUDA_REQUIRED=1 (scripts/test.sh sets both, so CI never passes a CUDA test unrun).
 pub fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(g) => Some(g),
+        Err(e) if bitune_rt::backend::cuda::sim::requested() => {
+            panic!("the CUDA simulator did not open: {e:#}")
+        }
+        Err(e) if std::env::var_os("BITUNE_CUDA_REQUIRED").is_some_and(|v| v == "1") => {
+            panic!("BITUNE_CUDA_REQUIRED=1 but CUDA did not open: {e:#}")
+        }
         Err(e) => {
             eprintln!("SKIP: no CUDA device ({e:#})");
             None

@@ -17,6 +17,7 @@ mod kernels;
 mod lora;
 mod ops;
 mod rowwise;
+pub mod sim;
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::CudaBlas;
@@ -48,7 +49,6 @@ pub struct CudaBackend {
 }
 
 pub struct Inner {
-    #[allow(dead_code)] // kept alive for the stream, modules and allocations
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
@@ -77,6 +77,7 @@ impl CudaBackend {
 
     /// [`CudaBackend::new`] choosing whether to try cuBLAS (the tests run both matmul paths).
     pub fn open(ordinal: usize, use_cublas: bool) -> Result<Self> {
+        sim::activate()?;
         // SAFETY: only tries to dlopen libcuda.so; calls no CUDA function. cudarc panics on the
         // first driver call when the library is absent, so this check has to come first.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -124,6 +125,16 @@ impl CudaBackend {
                 name,
             }),
         })
+    }
+
+    /// The driver context (tests load extra modules, such as the simulator's probes, into it).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The one stream every op of this backend is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     /// Whether base matmuls go through cuBLAS (else the segment-GEMM kernel).
@@ -219,3 +230,12 @@ pub(crate) use launch;
 
 /// A null device pointer argument (optional inputs).
 pub(crate) const NULL: u64 = 0;
+
+/// The fatbin build.rs made from `kernels/<name>.cu`, for loading modules outside the kernel
+/// table (the simulator's probe kernels).
+pub fn module_image(name: &str) -> Option<&'static [u8]> {
+    kernels::MODULES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, image)| *image)
+}
