@@ -95,6 +95,11 @@ extern "C" __global__ void probe_atomics(float* f, double* d, unsigned* u, int* 
     } while (old != seen);
 }
 
+// f32 atomic adds of arbitrary values: the result depends on the order the adds land in.
+extern "C" __global__ void probe_fsum(float* acc, const float* vals) {
+    atomicAdd(acc, vals[blockIdx.x * blockDim.x + threadIdx.x]);
+}
+
 // Warp and block reductions of common.cuh over rows (one block per row).
 extern "C" __global__ void probe_reduce(double* sums, float* maxes, const float* x, int width) {
     __shared__ double scratch[32];

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Mutation check of the CUDA tests on the simulator (docs/ARCHITECTURE.md, "CUDA without a
+# GPU"): for each kernel family, break one line of its kernel (a mask off by one, a missing
+# barrier, a wrong stride, a wrong sign, ...), rebuild, and run the test that should catch it.
+# Every mutation must make its test fail; the kernel file is restored after each one (also on
+# interruption). Prints one line per mutation and exits non-zero if any mutation survived.
+# About 40 s per mutation on 2 cores (the rebuild recompiles the kernels). Not part of CI.
+# Usage: scripts/mutation-check.sh [NAME_FILTER]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+filter="${1:-}"
+
+# name | file | test binary | test name | occurrence | old line fragment | replacement
+mutations=$(cat <<'EOF'
+attention_fwd mask off by one|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|1|visible(mask, qp, k_pos[j])|visible(mask, qp + 1, k_pos[j])
+attention_fwd softmax not rescaled|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|1|l = l * corr + warp_sum(p);|l = l + warp_sum(p);
+attention_bwd_dq missing barrier|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|1|load_rows(Vs, ks, v, t0, nk, kw, kh * hd, hd);\n            __syncthreads();|load_rows(Vs, ks, v, t0, nk, kw, kh * hd, hd);
+attention_bwd_dq mask off by one|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|2|visible(mask, qp, k_pos[j])|visible(mask, qp, k_pos[j] + 1)
+attention_bwd_dkv wrong head stride|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|1|atomicAdd(&dv[j * kw + kh * hd + d], gv[c]);|atomicAdd(&dv[j * kw + h * hd + d], gv[c]);
+attention_bwd_dkv missing barrier|kernels/attention.cu|cuda_attention_lora|segment_attention_fwd_bwd|1|            Ds[threadIdx.x] = dsum[(size_t)(i0 + threadIdx.x) * hq + h];\n        }\n        __syncthreads();|            Ds[threadIdx.x] = dsum[(size_t)(i0 + threadIdx.x) * hq + h];\n        }
+lora seg_gemm missing barrier|kernels/lora.cu|cuda_attention_lora|lora_segments_fwd_bwd|1|        __syncthreads();\n    }|    }
+lora seg_gemm wrong A stride|kernels/lora.cu|cuda_attention_lora|lora_segments_fwd_bwd|1|A[gm * a_rs + gk * a_cs]|A[gm * a_rs + gk]
+kv_mix_bwd sign of dtheta|kernels/kv_mix.cu|cuda_ops|kv_mix_fwd_bwd|1|(buf[b + i] - buf[c + i]) * g|(buf[c + i] - buf[b + i]) * g
+kv_mix_fwd weights swapped|kernels/kv_mix.cu|cuda_ops|kv_mix_fwd_bwd|1|(1.0f - alpha) * buf[c + i] + alpha * buf[b + i]|alpha * buf[c + i] + (1.0f - alpha) * buf[b + i]
+norm_fwd LayerNorm mean|kernels/norm.cu|cuda_ops|norms_fwd_bwd|1|mean = block_sum_d(s, scratch) / d;|mean = block_sum_d(s, scratch) / (d - 1);
+norm_bwd projection term|kernels/norm.cu|cuda_ops|norms_fwd_bwd|1|m2 = block_sum_d(m2, scratch) / d;|m2 = block_sum_d(m2, scratch);
+rope position off by one|kernels/rope.cu|cuda_ops|rope_partial_and_inverse|1|(float)pos[row] * inv_freq[i]|(float)(pos[row] + 1) * inv_freq[i]
+cross_entropy missing barrier|kernels/cross_entropy.cu|cuda_ops|cross_entropy_fused|1|const float lt = lr[t];  // every thread reads it before any thread overwrites the row\n        __syncthreads();|const float lt = lr[t];
+cross_entropy gradient target|kernels/cross_entropy.cu|cuda_ops|cross_entropy_fused|1|(j == (int)t ? 1.0 : 0.0)|(j == (int)t + 1 ? 1.0 : 0.0)
+adamw second moment|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|(1.0f - beta2) * gi * gi|(1.0f - beta2) * gi
+sum_sq block partials|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|if (threadIdx.x == 0) atomicAdd(acc, s);|if (threadIdx.x == 1) atomicAdd(acc, s);
+gather_rows wrong stride|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = src[(size_t)idx[i] * width + c];|out[e] = src[(size_t)idx[i] * (width - 1) + c];
+scatter_add_rows plain store|kernels/rows.cu|cuda_ops|row_ops|1|atomicAdd(&out[(size_t)idx[i] * width + c], src[e]);|out[(size_t)idx[i] * width + c] += src[e];
+act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
+gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
+EOF
+)
+
+restore() { [ -n "${saved:-}" ] && cp "$saved" "$file" && rm -f "$saved"; saved=""; }
+trap restore EXIT INT TERM
+
+survived=0
+while IFS='|' read -r name file bin test occ old new; do
+    [ -z "$name" ] && continue
+    [[ -n "$filter" && "$name" != *"$filter"* ]] && continue
+    saved="$(mktemp)"
+    cp "$file" "$saved"
+    python3 - "$file" "$occ" "$old" "$new" <<'PY'
+import sys
+path, occ, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+old, new = old.replace("\\n", "\n"), new.replace("\\n", "\n")
+s = open(path).read()
+at = -1
+for _ in range(occ):
+    at = s.find(old, at + 1)
+    if at < 0:
+        sys.exit(f"mutation does not apply: occurrence {occ} of {old!r} not in {path}")
+open(path, "w").write(s[:at] + new + s[at + len(old):])
+PY
+    log="$(mktemp)"
+    if BITUNE_CUDA_SIM=1 BITUNE_CUDA_SIM_QUIET=1 cargo test -q --features cuda --test "$bin" -- --exact "$test" >"$log" 2>&1; then
+        echo "SURVIVED  $name ($file, $bin::$test)"
+        survived=$((survived + 1))
+    else
+        why=$(grep -m1 -E "panicked at|^error" -A1 "$log" | tail -1 | cut -c1-160)
+        echo "caught    $name ($bin::$test): $why"
+    fi
+    rm -f "$log"
+    restore
+done <<<"$mutations"
+# Rebuild the unmutated kernels so the tree's build matches its sources again.
+cargo build -q --features cuda --tests >/dev/null 2>&1 || true
+[ "$survived" -eq 0 ] && echo "every mutation was caught" || { echo "$survived mutation(s) survived"; exit 1; }
