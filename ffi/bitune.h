@@ -50,7 +50,7 @@ typedef enum bitune_status {
     BITUNE_ERR_WRONG_MODEL = 7,      /* a cache used with a model it was not made for */
     BITUNE_ERR_STATE = 8,            /* call out of order (decode before prefill, ...) */
     BITUNE_ERR_BUSY = 9,             /* a cache used by two threads at once */
-    BITUNE_ERR_UNSUPPORTED = 10,     /* e.g. device "cuda" in a CPU-only build */
+    BITUNE_ERR_UNSUPPORTED = 10,     /* e.g. device "cuda" without CUDA support or device */
     BITUNE_ERR_LOAD = 11,            /* the model or adapter could not be read */
     BITUNE_ERR_ENGINE = 12,          /* the engine failed (e.g. a prompt over the context) */
     BITUNE_ERR_PANIC = 13            /* an internal error, caught at the boundary */
@@ -76,8 +76,11 @@ const char *bitune_status_name(int status);
  * afterwards BITUNE_ERR_STATE. */
 bitune_status bitune_set_threads(size_t n_threads);
 
-/* Loads a model: a Hugging Face checkpoint folder or a .gguf file. device is "cpu" ("cuda"
- * returns BITUNE_ERR_UNSUPPORTED in this build). adapter_path is NULL (the base model, causal)
+/* Loads a model: a Hugging Face checkpoint folder or a .gguf file. device is "cpu", "cuda" or
+ * "cuda:N" (a library built with the cuda feature; BITUNE_CUDA_SIM=1 runs it on the simulator);
+ * "cuda" returns BITUNE_ERR_UNSUPPORTED without CUDA support, a driver or a device, with the
+ * reason in bitune_last_error(). A device failure later (out of device memory, a failed kernel)
+ * is BITUNE_ERR_ENGINE with the op and sizes in the message. adapter_path is NULL (the base model, causal)
  * or an adapter folder written by `bitune-rt train`: with a Bitune adapter, prefill reads the
  * prompt causally and bidirectionally and mixes the two passes' keys/values. *out is set to
  * NULL first and to the new handle on success. Free with bitune_model_free. */

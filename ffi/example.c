@@ -2,8 +2,10 @@
  * example.c: greedy generation with bitune-rt from C.
  *
  *   cc -Iffi ffi/example.c target/release/libbitune_rt.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
- *   ./a.out MODEL ADAPTER|- "PROMPT" [MAX_NEW]
+ *   ./a.out MODEL ADAPTER|- "PROMPT" [MAX_NEW [DEVICE]]
  *
+ * DEVICE is "cpu" (default) or "cuda" (a library built with --features cuda; BITUNE_CUDA_SIM=1
+ * runs it on the simulator).
  * Loads the model (and the adapter folder unless it is "-"), tokenizes the prompt, runs the
  * Bitune prefill, decodes up to MAX_NEW (default 16) tokens greedily, stopping before an
  * end-of-sequence token, and prints the new token ids on one line, then the decoded text on
@@ -27,14 +29,15 @@
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s MODEL ADAPTER|- PROMPT [MAX_NEW]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL ADAPTER|- PROMPT [MAX_NEW [DEVICE]]\n", argv[0]);
         return 2;
     }
     const char *adapter = argv[2][0] == '-' && argv[2][1] == 0 ? NULL : argv[2];
     size_t max_new = argc > 4 ? (size_t)strtoul(argv[4], NULL, 10) : 16;
+    const char *device = argc > 5 ? argv[5] : "cpu"; /* "cuda" on the GPU backend */
 
     bitune_model *model = NULL;
-    CHECK(bitune_model_load(argv[1], "cpu", adapter, &model));
+    CHECK(bitune_model_load(argv[1], device, adapter, &model));
 
     /* Ask for the prompt's length first, then tokenize into a buffer of that size. */
     size_t n_prompt = 0;

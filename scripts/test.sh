@@ -18,7 +18,7 @@ cargo test --all-targets 2>&1
 # on two OS threads in a shuffled order, which must give the same results up to the order of
 # float atomics. The other tests do not change with the feature; rebuilding them cost minutes.
 scripts/install-nvcc.sh
-cuda_tests=(--test cuda_sim --test cuda_sim_mma --test cuda_ops --test cuda_attention_lora --test cuda_model)
+cuda_tests=(--test cuda_sim --test cuda_sim_mma --test cuda_ops --test cuda_attention_lora --test cuda_model --test cuda_transfers --test cuda_cli)
 BITUNE_CUDA_SIM=1 BITUNE_CUDA_REQUIRED=1 cargo test --features cuda "${cuda_tests[@]}" 2>&1
 BITUNE_CUDA_SIM=1 BITUNE_CUDA_REQUIRED=1 BITUNE_CUDA_SIM_THREADS=2 BITUNE_CUDA_SIM_SEED=7 BITUNE_CUDA_SIM_QUIET=1 \
     cargo test --features cuda "${cuda_tests[@]}" 2>&1

@@ -5,6 +5,7 @@
 // CUDA_ERROR_INVALID_VALUE and a message naming the call, the address and where it falls.
 // Stream-ordered calls run at submission (or are recorded while the stream captures).
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -18,6 +19,11 @@ using namespace simdrv;
 namespace simdrv {
 
 namespace {
+// What the process asked the device for: copies each way and allocations, counted when the call
+// is accepted (bitune_sim_counters; tests assert that a decode or train step copies nothing to
+// the host that was not asked for).
+std::atomic<unsigned long long> n_dtoh{0}, n_htod{0}, n_allocs{0};
+
 std::mutex& owned_mutex() {
     static std::mutex m;
     return m;
@@ -89,6 +95,7 @@ CUresult do_alloc(const char* call, CUdeviceptr* dptr, size_t bytes, void** out)
                         " in use (capacity: BITUNE_CUDA_SIM_MEM)");
     *dptr = static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
     if (out) *out = p;
+    n_allocs.fetch_add(1, std::memory_order_relaxed);
     return CUDA_SUCCESS;
 }
 
@@ -140,6 +147,11 @@ CUresult memset_sync(const char* call, CUdeviceptr dst, unsigned value, size_t e
 // ---- copies ----------------------------------------------------------------------------------------
 enum Kind { HtoD, DtoH, DtoD, Any };
 
+void count_copy(Kind k) {
+    if (k == DtoH) n_dtoh.fetch_add(1, std::memory_order_relaxed);
+    if (k == HtoD) n_htod.fetch_add(1, std::memory_order_relaxed);
+}
+
 // For cuMemcpy/cuMemcpyAsync (unified addressing): a pointer inside a live allocation is device
 // memory and must fit it; anything else is taken as host memory.
 CUresult check_unified(const char* call, const char* role, const void* p, size_t n) {
@@ -169,6 +181,7 @@ CUresult copy_op(const char* call, Kind k, void* dst, const void* src, size_t n)
 
 CUresult copy_async(const char* call, Kind k, void* dst, const void* src, size_t n, CUstream s) {
     if (CUresult r = copy_check(call, k, dst, src, n)) return r;
+    count_copy(k);
     std::string what = std::string(call) + " of " + std::to_string(n) + " bytes " + hex(src) + " -> " + hex(dst);
     return submit(s, call, [=] { return copy_op(call, k, dst, src, n); }, what);
 }
@@ -176,7 +189,9 @@ CUresult copy_async(const char* call, Kind k, void* dst, const void* src, size_t
 CUresult copy_sync(const char* call, Kind k, void* dst, const void* src, size_t n) {
     if (CUresult r = forbid_during_capture(call)) return r;
     std::lock_guard<std::recursive_mutex> g(exec_mutex());
-    return copy_op(call, k, dst, src, n);
+    CUresult r = copy_op(call, k, dst, src, n);
+    if (r == CUDA_SUCCESS) count_copy(k);
+    return r;
 }
 
 std::mutex& host_mutex() {
@@ -328,4 +343,13 @@ EXPORT CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext, CUdeviceptr src, C
 }
 EXPORT CUresult cuMemcpyPeer(CUdeviceptr dst, CUcontext, CUdeviceptr src, CUcontext, size_t n) {
     return copy_sync("cuMemcpyPeer", DtoD, ptr(dst), ptr(src), n);
+}
+
+// Copies device-to-host and host-to-device, and device allocations, since the process started
+// (any pointer may be null).
+EXPORT void bitune_sim_counters(unsigned long long* dtoh_copies, unsigned long long* htod_copies,
+                                unsigned long long* allocs) {
+    if (dtoh_copies) *dtoh_copies = n_dtoh.load();
+    if (htod_copies) *htod_copies = n_htod.load();
+    if (allocs) *allocs = n_allocs.load();
 }

@@ -1,12 +1,14 @@
 //! The `bitune-rt` command line: one thin function per subcommand; the work lives in the library.
 
 use anyhow::{bail, Result};
-use bitune_rt::backend::cpu::Cpu;
+use bitune_rt::backend::Backend;
 use bitune_rt::bitune::engine::{Engine, PromptMask};
 use bitune_rt::bitune::generate::{generate, GenOptions};
 use bitune_rt::cli;
+use bitune_rt::cli::device::Device;
 use bitune_rt::model::load::resolve_model;
-use clap::{Parser, Subcommand, ValueEnum};
+use bitune_rt::on_device;
+use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,12 +23,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Device {
-    Cpu,
-    Cuda,
-}
-
 #[derive(clap::Args)]
 struct ModelArgs {
     /// Hugging Face checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)
@@ -38,7 +34,8 @@ struct ModelArgs {
     /// How the base model reads the prompt (no adapter)
     #[arg(long, value_enum, default_value_t = PromptMask::Causal)]
     prompt_mask: PromptMask,
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    /// cpu, cuda or cuda:N (a build with `--features cuda`; BITUNE_CUDA_SIM=1 simulates one)
+    #[arg(long, default_value = "cpu")]
     device: Device,
     /// CPU threads (default: all cores)
     #[arg(long)]
@@ -92,17 +89,20 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
 }
 
-fn cpu_engine(m: &ModelArgs) -> Result<Engine<Cpu>> {
-    if m.device == Device::Cuda {
-        bail!("--device cuda: this build has no CUDA backend yet (CPU only); use --device cpu");
-    }
+fn engine<B: Backend>(be: B, m: &ModelArgs) -> Result<Engine<B>> {
     cli::set_threads(m.threads)?;
     let path = resolve_model(m.model.as_deref())?;
-    Engine::load(Cpu, &path, m.adapter.as_deref(), m.prompt_mask)
+    Engine::load(be, &path, m.adapter.as_deref(), m.prompt_mask)
 }
 
-fn cmd_generate(m: &ModelArgs, prompt: &str, o: GenOptions, chat: bool) -> Result<()> {
-    let e = cpu_engine(m)?;
+fn cmd_generate<B: Backend>(
+    be: B,
+    m: &ModelArgs,
+    prompt: &str,
+    o: &GenOptions,
+    chat: bool,
+) -> Result<()> {
+    let e = engine(be, m)?;
     let text = if chat {
         bitune_rt::model::chat::apply_chat_template(e.model.chat_template.as_deref(), prompt)?
     } else {
@@ -113,7 +113,7 @@ fn cmd_generate(m: &ModelArgs, prompt: &str, o: GenOptions, chat: bool) -> Resul
         bail!("the prompt is empty after tokenization: nothing to generate from");
     }
     let mut out = std::io::stdout();
-    let g = generate(&e, &ids, &o, |piece| {
+    let g = generate(&e, &ids, o, |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })?;
@@ -152,7 +152,7 @@ fn run() -> Result<()> {
                 seed,
                 stops: vec![],
             };
-            cmd_generate(&m, &prompt, o, chat)
+            on_device!(m.device, |be| cmd_generate(be, &m, &prompt, &o, chat))
         }
         Cmd::Score {
             m,
@@ -160,13 +160,12 @@ fn run() -> Result<()> {
             continuation,
             requests,
         } => {
-            let e = cpu_engine(&m)?;
             let reqs = match (context, continuation, requests) {
                 (Some(c), Some(x), None) => vec![(c, x)],
                 (None, None, Some(path)) => cli::score::read_requests(&path)?,
                 _ => bail!("give --context and --continuation, or --requests FILE.jsonl"),
             };
-            cli::score::run(&e, &reqs)
+            on_device!(m.device, |be| cli::score::run(&engine(be, &m)?, &reqs))
         }
         Cmd::Train(a) => cli::train::run(*a),
         Cmd::Eval(a) => cli::eval::run(a),

@@ -109,10 +109,33 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Device memory a backend has handed out (bytes), for reports (`bench --device cuda`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub in_use_bytes: u64,
+    pub peak_bytes: u64,
+    /// Allocations made so far.
+    pub allocations: u64,
+}
+
 pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
 
     fn name(&self) -> String;
+    /// Waits until every queued op has finished (timing an asynchronous device); a no-op on the
+    /// CPU, whose ops finish before they return.
+    fn synchronize(&self) {}
+    /// Device memory in use and at its peak, where the backend tracks it.
+    fn memory(&self) -> Option<MemoryStats> {
+        None
+    }
+    /// A copy of `buf`, made where the buffer lives.
+    fn duplicate(&self, buf: &Self::Buf) -> Self::Buf {
+        let n = self.len(buf);
+        let mut d = self.zeros(n);
+        self.copy_rows(&mut d, 0, buf, 0, 1, n, false);
+        d
+    }
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, data: &[f32]) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;

@@ -97,11 +97,13 @@ impl<B: Backend> Trainable<B> {
         }
     }
 
-    pub fn state(&self, be: &B) -> AdapterState<'_, B> {
+    /// The adapters for one forward; α is read only when the plan mixes (`mixes`), so a
+    /// decoding step or a scoring pass over a cache copies nothing from a device.
+    pub fn state(&self, be: &B, mixes: bool) -> AdapterState<'_, B> {
         AdapterState {
             params: &self.params,
             table: &self.table,
-            alphas: self.alphas(be),
+            alphas: if mixes { self.alphas(be) } else { vec![] },
         }
     }
 }
@@ -144,7 +146,7 @@ pub fn loss_and_grad<B: Backend>(
         .map(|e| train_seq(tr.method, e, denom))
         .collect();
     let (p, tg) = pack(tr.method, &seqs, &[]);
-    let ad = tr.state(be);
+    let ad = tr.state(be, p.mix.is_some());
     let mode = Mode {
         save_acts: grads.is_some(),
         keep_kv: false,

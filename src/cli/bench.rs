@@ -1,7 +1,7 @@
 //! `bench`: prefill (dual vs causal-only), decode and end-to-end latency, and train-step time
 //! (Bitune vs the LoRA baseline), as JSON with device, commit and date.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::bitune::engine::{empty_trainable, Engine};
 use crate::bitune::params::LoraSpec;
 use crate::bitune::plan::{Example, Method};
@@ -18,8 +18,9 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: super::device::Device,
     #[arg(long, default_value_t = 50)]
     pub prompt: usize,
     #[arg(long, default_value_t = 200)]
@@ -88,7 +89,7 @@ pub(crate) fn now_utc() -> String {
 }
 
 /// A Bitune adapter as training would leave it: random A, small random B, θ at θ_init.
-fn bitune_state(be: &Cpu, model: &Model<Cpu>, method: Method, seed: u64) -> Trainable<Cpu> {
+fn bitune_state<B: Backend>(be: &B, model: &Model<B>, method: Method, seed: u64) -> Trainable<B> {
     let lora = LoraSpec {
         rank: 8,
         alpha: 1.0,
@@ -99,29 +100,28 @@ fn bitune_state(be: &Cpu, model: &Model<Cpu>, method: Method, seed: u64) -> Trai
     };
     let mut tr = Trainable::init(be, &model.weights, method, lora, 0.01, seed);
     let mut rng = Rng::new(seed + 1);
+    let mut host = be.download(&tr.params);
     for e in tr.table.entries.clone() {
         if e.kind == crate::bitune::params::Kind::LoraB {
-            tr.params[e.offset..e.offset + e.len()]
+            host[e.offset..e.offset + e.len()]
                 .iter_mut()
                 .for_each(|v| *v = rng.uniform(-0.01, 0.01));
         }
     }
+    tr.params = be.upload(&host);
     tr
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.device != "cpu" {
-        bail!(
-            "--device {}: this build benchmarks the CPU backend only",
-            a.device
-        );
-    }
     if a.prompt < 2 || a.answer == 0 || a.repeat == 0 {
         bail!("--prompt >= 2, --answer >= 1 and --repeat >= 1");
     }
+    crate::on_device!(a.device, |be| run_on(be, a))
+}
+
+fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let path = resolve_model(a.model.as_deref())?;
-    let be = Cpu;
     let t_load = Instant::now();
     let model = Model::load(&be, &path)?;
     let load_s = t_load.elapsed().as_secs_f64();
@@ -171,7 +171,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         take_profile(&mut profile, &format!("{name}_prefill"));
         let mut decode_tokens = 0usize;
         let decode_s = time(a.repeat.min(2), || {
-            let (mut cache, mut logits) = (clone_cache(&cache0), logits0.clone());
+            let (mut cache, mut logits) = (clone_cache(&e.be, &cache0), logits0.clone());
             for _ in 0..a.answer {
                 let next = crate::bitune::sample::argmax(&logits);
                 logits = e.decode(&mut cache, next)?;
@@ -202,15 +202,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for method in [Method::Lora, Method::Bitune] {
             let tr = bitune_state(&e.be, &e.model, method, 3);
             let step = || {
-                let mut g = vec![0f32; tr.table.total];
-                loss_and_grad(
+                let mut g = e.be.zeros(tr.table.total);
+                let out = loss_and_grad(
                     &e.be,
                     &e.model.weights,
                     &tr,
                     std::slice::from_ref(&example),
                     1,
                     Some(&mut g),
-                )
+                );
+                // The backward is queued after the loss came back: wait for it, so a device
+                // step is timed whole.
+                e.be.synchronize();
+                out
             };
             let s = time(a.repeat.min(2), step)?;
             if a.profile {
@@ -228,13 +232,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         train.insert("ideal_ratio".into(), json!((2.0 * n + m) / (n + m)));
         results.insert("train".into(), serde_json::Value::Object(train));
     }
+    let device = match a.device {
+        super::device::Device::Cpu => format!(
+            "cpu: {} ({} threads)",
+            cpu_name(),
+            rayon::current_num_threads()
+        ),
+        _ => e.be.name(),
+    };
     let mut report = json!({
-        "bench": "bitune-rt", "device": format!("cpu: {} ({} threads)", cpu_name(), rayon::current_num_threads()),
+        "bench": "bitune-rt", "device": device,
         "commit": git_commit(), "date": now_utc(), "model": path.display().to_string(), "load_s": load_s,
         "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
     });
     if a.profile {
         report["profile"] = serde_json::Value::Object(profile);
+    }
+    if let Some(m) = e.be.memory() {
+        report["device_memory"] = json!({"peak_bytes": m.peak_bytes, "peak_mib": m.peak_bytes as f64 / (1u64 << 20) as f64,
+            "in_use_bytes": m.in_use_bytes, "allocations": m.allocations});
     }
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
@@ -244,12 +260,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn clone_cache(
-    c: &crate::model::transformer::KvCache<Cpu>,
-) -> crate::model::transformer::KvCache<Cpu> {
+/// A copy of a cache made on the device (each timed decode starts from the same prefill).
+fn clone_cache<B: Backend>(
+    be: &B,
+    c: &crate::model::transformer::KvCache<B>,
+) -> crate::model::transformer::KvCache<B> {
     crate::model::transformer::KvCache {
-        k: c.k.clone(),
-        v: c.v.clone(),
+        k: c.k.iter().map(|b| be.duplicate(b)).collect(),
+        v: c.v.iter().map(|b| be.duplicate(b)).collect(),
         pos: c.pos.clone(),
     }
 }

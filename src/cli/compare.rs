@@ -8,7 +8,7 @@
 //! from fixed seeds, so every run sees the same examples.
 
 use super::train::{check, init_state, opt_config, TrainArgs};
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::bitune::engine::{empty_trainable, Engine};
 use crate::bitune::plan::Method;
 use crate::bitune::step::Trainable;
@@ -84,6 +84,9 @@ pub struct CompareArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: super::device::Device,
 }
 
 /// One evaluation task: its name and, for the real data sets, the file to read.
@@ -254,17 +257,22 @@ fn num32(x: f32) -> Value {
 use super::bench::{git_commit, now_utc};
 
 /// Evaluates the trainable state on every task; the model is lent to an engine and returned.
-fn evaluate(
-    model: Model<Cpu>,
-    tr: Trainable<Cpu>,
+fn evaluate<B: Backend + Clone>(
+    be: &B,
+    model: Model<B>,
+    tr: Trainable<B>,
     tasks: &[EvalTask],
     limit: Option<usize>,
     dir: &Path,
-) -> Result<(Model<Cpu>, Value)> {
+) -> Result<(Model<B>, Value)> {
     let eval_dir = dir.join("eval");
     std::fs::create_dir_all(&eval_dir)
         .with_context(|| format!("creating {}", eval_dir.display()))?;
-    let mut e = Engine { be: Cpu, model, tr };
+    let mut e = Engine {
+        be: be.clone(),
+        model,
+        tr,
+    };
     let mut out = serde_json::Map::new();
     for t in tasks {
         let file = t.name.replace(':', "-");
@@ -288,6 +296,10 @@ fn evaluate(
 
 /// Trains and evaluates every (method, seed), then aggregates; returns what compare.json holds.
 pub fn compare(a: &CompareArgs) -> Result<Value> {
+    crate::on_device!(a.device, |be| compare_on(be, a))
+}
+
+fn compare_on<B: Backend + Clone>(be: B, a: &CompareArgs) -> Result<Value> {
     let t_all = Instant::now();
     let methods = parse_methods(&a.methods)?;
     let tasks = parse_eval_tasks(&a.eval_tasks)?;
@@ -298,7 +310,6 @@ pub fn compare(a: &CompareArgs) -> Result<Value> {
     // Validate the budget once, before anything is loaded or trained.
     train_args(a, "lora", seeds[0], &a.out)?;
     super::set_threads(a.threads)?;
-    let be = Cpu;
     let path = resolve_model(a.model.as_deref())?;
     let mut model = Model::load(&be, &path)?;
     let cfg = &model.weights.cfg;
@@ -323,7 +334,7 @@ pub fn compare(a: &CompareArgs) -> Result<Value> {
             eprintln!("[{BASE}] evaluating the untrained model");
             let t0 = Instant::now();
             let tr = empty_trainable(&be, &model, Method::Lora);
-            let (m, metrics) = evaluate(model, tr, &tasks, a.limit, &dir)?;
+            let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
             model = m;
             runs.push(
                 json!({"method": BASE, "seed": null, "final_loss": null, "train_s": 0.0,
@@ -355,7 +366,7 @@ pub fn compare(a: &CompareArgs) -> Result<Value> {
                 "[{method} seed {seed}] final loss {final_loss:.4} ({train_s:.0} s); evaluating"
             );
             let t1 = Instant::now();
-            let (m, metrics) = evaluate(model, tr, &tasks, a.limit, &dir)?;
+            let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
             model = m;
             runs.push(
                 json!({"method": method, "seed": seed, "final_loss": num(final_loss),
@@ -370,7 +381,7 @@ pub fn compare(a: &CompareArgs) -> Result<Value> {
         "date": now_utc(),
         "commit": git_commit(),
         "model": path.display().to_string(),
-        "device": format!("cpu ({} threads)", rayon::current_num_threads()),
+        "device": be.name(),
         "train": {
             "data": train_source, "examples": tok.examples.len(), "skipped_too_long": tok.too_long,
             "steps": a.steps, "lr": num32(a.lr), "batch": a.batch, "accum": a.accum, "rank": a.rank,

@@ -33,6 +33,9 @@ pub struct EvalArgs {
     pub skip_bad_rows: bool,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: super::device::Device,
 }
 
 impl<B: Backend> LmScorer for Engine<B> {
@@ -69,14 +72,13 @@ impl<B: Backend> LmScorer for Engine<B> {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    crate::on_device!(a.device, |be| run_on(be, a))
+}
+
+fn run_on<B: Backend>(be: B, a: EvalArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let path = crate::model::load::resolve_model(a.model.as_deref())?;
-    let mut e = Engine::load(
-        crate::backend::cpu::Cpu,
-        &path,
-        a.adapter.as_deref(),
-        PromptMask::Causal,
-    )?;
+    let mut e = Engine::load(be, &path, a.adapter.as_deref(), PromptMask::Causal)?;
     let opts = EvalOptions {
         task: a.task,
         data: a.data,

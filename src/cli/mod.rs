@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod compare;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod score;
 pub mod train;

@@ -1,6 +1,6 @@
 //! `train`: arguments, data loading, adapter init or resume, the loop, before/after samples.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::bitune::adapter_io::{read_meta, AdapterMeta};
 use crate::bitune::engine::{load_adapter, Engine};
 use crate::bitune::generate::{generate, GenOptions};
@@ -92,6 +92,9 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N (adapters and checkpoints are the same files on either)
+    #[arg(long, default_value = "cpu")]
+    pub device: super::device::Device,
     /// No before/after samples
     #[arg(long)]
     pub no_samples: bool,
@@ -154,13 +157,18 @@ fn load_pairs(a: &TrainArgs) -> Result<Vec<Pair>> {
     }
 }
 
-fn sample(
-    model: Model<Cpu>,
-    tr: Trainable<Cpu>,
+fn sample<B: Backend + Clone>(
+    be: &B,
+    model: Model<B>,
+    tr: Trainable<B>,
     instruction: &str,
     label: &str,
-) -> Result<(Model<Cpu>, Trainable<Cpu>)> {
-    let e = Engine { be: Cpu, model, tr };
+) -> Result<(Model<B>, Trainable<B>)> {
+    let e = Engine {
+        be: be.clone(),
+        model,
+        tr,
+    };
     let ids = e.model.encode(&prompt_text(instruction), true)?;
     let o = GenOptions {
         max_new: 40,
@@ -176,11 +184,11 @@ fn sample(
 
 /// The adapters a run starts from: `--init-adapter`'s, or freshly initialised from the seed
 /// (`compare` calls this for each of its runs on one loaded model).
-pub(crate) fn init_state(
-    be: &Cpu,
-    model: &Model<Cpu>,
+pub(crate) fn init_state<B: Backend>(
+    be: &B,
+    model: &Model<B>,
     a: &TrainArgs,
-) -> Result<(Trainable<Cpu>, AdapterMeta)> {
+) -> Result<(Trainable<B>, AdapterMeta)> {
     let cfg = &model.weights.cfg;
     let method = Method::parse(&a.method)?;
     Ok(match &a.init_adapter {
@@ -255,8 +263,11 @@ pub(crate) fn opt_config(a: &TrainArgs) -> OptConfig {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     check(&a)?;
+    crate::on_device!(a.device, |be| run_on(be, a))
+}
+
+fn run_on<B: Backend + Clone>(be: B, a: TrainArgs) -> Result<()> {
     crate::cli::set_threads(a.threads)?;
-    let be = Cpu;
     let path = resolve_model(a.model.as_deref())?;
     let model = Model::load(&be, &path)?;
     let cfg = &model.weights.cfg;
@@ -300,7 +311,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .unwrap_or_default();
     let mut model = model;
     if !a.no_samples && a.resume.is_none() {
-        (model, tr) = sample(model, tr, &probe, "before")?;
+        (model, tr) = sample(&be, model, tr, &probe, "before")?;
     }
     let res = train(
         &be,
@@ -312,7 +323,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.resume.as_deref(),
     )?;
     if !a.no_samples {
-        sample(model, tr, &probe, "after")?;
+        sample(&be, model, tr, &probe, "after")?;
     }
     let last = res.losses.last().map_or(f64::NAN, |l| l.1);
     eprintln!(

@@ -9,6 +9,8 @@
 use super::status::{bitune_status::*, fail, Failure, Res};
 use crate::backend::cpu::Cpu;
 use crate::bitune::engine::Engine;
+#[cfg(feature = "cuda")]
+use crate::cli::device::catch_device_failure;
 use crate::model::transformer::KvCache;
 use std::collections::BTreeMap;
 use std::marker::{PhantomData, PhantomPinned};
@@ -53,15 +55,92 @@ impl Kind {
     }
 }
 
+/// An engine on the device `bitune_model_load` named: the C API is one set of functions over
+/// either backend, so the handle holds one of the monomorphised engines.
+pub(crate) enum AnyEngine {
+    Cpu(Engine<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(Engine<crate::backend::cuda::CudaBackend>),
+}
+
+/// A KV cache of the matching backend (a cache only ever meets the model it was made for).
+pub(crate) enum AnyKv {
+    Cpu(KvCache<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(KvCache<crate::backend::cuda::CudaBackend>),
+}
+
+impl AnyEngine {
+    pub fn prefill(&self, ids: &[u32]) -> anyhow::Result<(AnyKv, Vec<f32>)> {
+        match self {
+            AnyEngine::Cpu(e) => e.prefill(ids).map(|(kv, l)| (AnyKv::Cpu(kv), l)),
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => {
+                catch_device_failure(|| e.prefill(ids)).map(|(kv, l)| (AnyKv::Cuda(kv), l))
+            }
+        }
+    }
+
+    pub fn decode(&self, kv: &mut AnyKv, token: u32) -> anyhow::Result<Vec<f32>> {
+        match (self, kv) {
+            (AnyEngine::Cpu(e), AnyKv::Cpu(kv)) => e.decode(kv, token),
+            #[cfg(feature = "cuda")]
+            (AnyEngine::Cuda(e), AnyKv::Cuda(kv)) => catch_device_failure(|| e.decode(kv, token)),
+            #[cfg(feature = "cuda")]
+            _ => anyhow::bail!("the cache was filled on another device than the model's"),
+        }
+    }
+
+    pub fn score(&self, ctx: &[u32], conts: &[Vec<u32>]) -> anyhow::Result<Vec<(Vec<f64>, bool)>> {
+        match self {
+            AnyEngine::Cpu(e) => e.score(ctx, conts),
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => catch_device_failure(|| e.score(ctx, conts)),
+        }
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        match self {
+            AnyEngine::Cpu(e) => e.model.is_eos(id),
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => e.model.is_eos(id),
+        }
+    }
+
+    pub fn encode(&self, text: &str, add_special: bool) -> anyhow::Result<Vec<u32>> {
+        match self {
+            AnyEngine::Cpu(e) => e.model.encode(text, add_special),
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => e.model.encode(text, add_special),
+        }
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> anyhow::Result<String> {
+        match self {
+            AnyEngine::Cpu(e) => e.model.decode(ids),
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => e.model.decode(ids),
+        }
+    }
+
+    pub fn vocab(&self) -> usize {
+        match self {
+            AnyEngine::Cpu(e) => e.model.weights.cfg.vocab_size,
+            #[cfg(feature = "cuda")]
+            AnyEngine::Cuda(e) => e.model.weights.cfg.vocab_size,
+        }
+    }
+}
+
 /// A loaded model: immutable after load, so it is shared by reference across threads.
 pub(crate) struct ModelObj {
-    pub engine: Engine<Cpu>,
+    pub engine: AnyEngine,
     pub vocab: usize,
 }
 
 /// What a prefill left: the KV cache and the logits for the next token.
 pub(crate) struct Prefilled {
-    pub kv: KvCache<Cpu>,
+    pub kv: AnyKv,
     pub logits: Vec<f32>,
 }
 
@@ -154,8 +233,8 @@ fn insert(kind: Kind, obj: Obj) -> Res<usize> {
 }
 
 /// Registers a loaded model and returns its handle.
-pub(crate) fn insert_model(engine: Engine<Cpu>) -> Res<*mut bitune_model> {
-    let vocab = engine.model.weights.cfg.vocab_size;
+pub(crate) fn insert_model(engine: AnyEngine) -> Res<*mut bitune_model> {
+    let vocab = engine.vocab();
     let addr = insert(
         Kind::Model,
         Obj::Model(Arc::new(ModelObj { engine, vocab })),

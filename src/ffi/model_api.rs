@@ -2,10 +2,14 @@
 //! each one for C callers; the comments here say what Rust guarantees).
 
 use super::args::{c_str, check_id, check_ids, slice, Out, OutBuf};
+use super::handles::AnyEngine;
 use super::handles::{self, bitune_model, Kind};
 use super::status::{bitune_status, bitune_status::*, engine_err, fail, guard, last_error_ptr};
 use crate::backend::cpu::Cpu;
 use crate::bitune::engine::{Engine, PromptMask};
+use crate::cli::device::Device;
+#[cfg(feature = "cuda")]
+use crate::cli::device::{catch_device_failure, open_cuda};
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 
@@ -69,28 +73,44 @@ pub unsafe extern "C" fn bitune_model_load(
         } else {
             Some(unsafe { c_str(adapter_path, "adapter_path") }?)
         };
-        match device {
-            "cpu" => {}
-            "cuda" => {
+        let load = |be| {
+            Engine::load(
+                be,
+                Path::new(path),
+                adapter.map(Path::new),
+                PromptMask::Causal,
+            )
+            .map_err(engine_err(BITUNE_ERR_LOAD))
+        };
+        let engine = match device.parse::<Device>() {
+            Ok(Device::Cpu) => AnyEngine::Cpu(load(Cpu)?),
+            #[cfg(feature = "cuda")]
+            Ok(Device::Cuda(n)) => {
+                let be = open_cuda(n).map_err(engine_err(BITUNE_ERR_UNSUPPORTED))?;
+                AnyEngine::Cuda(
+                    catch_device_failure(|| {
+                        Engine::load(
+                            be,
+                            Path::new(path),
+                            adapter.map(Path::new),
+                            PromptMask::Causal,
+                        )
+                    })
+                    .map_err(engine_err(BITUNE_ERR_LOAD))?,
+                )
+            }
+            #[cfg(not(feature = "cuda"))]
+            Ok(Device::Cuda(_)) => {
                 return fail(
                     BITUNE_ERR_UNSUPPORTED,
-                    "device \"cuda\": this build has no CUDA backend yet (CPU only)",
+                    format!(
+                        "device {device:?}: this library was built without CUDA \
+                         (cargo build --features cuda)"
+                    ),
                 )
             }
-            d => {
-                return fail(
-                    BITUNE_ERR_INVALID_ARGUMENT,
-                    format!("unknown device {d:?} (expected \"cpu\" or \"cuda\")"),
-                )
-            }
-        }
-        let engine = Engine::load(
-            Cpu,
-            Path::new(path),
-            adapter.map(Path::new),
-            PromptMask::Causal,
-        )
-        .map_err(engine_err(BITUNE_ERR_LOAD))?;
+            Err(e) => return fail(BITUNE_ERR_INVALID_ARGUMENT, e),
+        };
         out.set(handles::insert_model(engine)?);
         Ok(())
     })
@@ -140,7 +160,7 @@ pub unsafe extern "C" fn bitune_is_eos(
         let out = unsafe { Out::new(out, "out") }?;
         let m = handles::model(model, "model")?;
         check_id(token, m.vocab, "token")?;
-        out.set(m.engine.model.is_eos(token));
+        out.set(m.engine.is_eos(token));
         Ok(())
     })
 }
@@ -165,7 +185,6 @@ pub unsafe extern "C" fn bitune_tokenize(
         let m = handles::model(model, "model")?;
         let toks = m
             .engine
-            .model
             .encode(text, add_special)
             .map_err(engine_err(BITUNE_ERR_INVALID_ARGUMENT))?;
         n_out.set(toks.len());
@@ -204,8 +223,7 @@ pub unsafe extern "C" fn bitune_detokenize(
         check_ids(ids, m.vocab, "ids")?;
         let s = m
             .engine
-            .model
-            .decode(ids)
+            .detokenize(ids)
             .map_err(engine_err(BITUNE_ERR_ENGINE))?;
         len.set(s.len());
         match buf {

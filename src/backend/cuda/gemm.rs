@@ -118,7 +118,7 @@ impl CudaBackend {
         // writable slots. Entries with mode Set/Add write disjoint rows (callers' contract:
         // LoRA segments do not overlap), Atomic entries may share outputs.
         if let Err(e) = unsafe { b.launch(cfg) } {
-            panic!("cuda: launching seg_gemm: {e:?}");
+            self.fail("launching kernel seg_gemm", e);
         }
     }
 
@@ -174,7 +174,7 @@ impl CudaBackend {
             };
             // SAFETY: the sizes checked above bound every element cuBLAS reads or writes.
             unsafe { blas.gemm(cfg, &w.data, &x.data, &mut y.data) }
-                .unwrap_or_else(|e| panic!("cuBLAS sgemm: {e:?}"));
+                .unwrap_or_else(|e| self.fail("cuBLAS sgemm", e));
         } else {
             let e = Entry {
                 m,
@@ -233,7 +233,7 @@ impl CudaBackend {
             };
             // SAFETY: the sizes checked above bound every element cuBLAS reads or writes.
             unsafe { blas.gemm(cfg, &w.data, &dy.data, &mut dx.data) }
-                .unwrap_or_else(|e| panic!("cuBLAS sgemm: {e:?}"));
+                .unwrap_or_else(|e| self.fail("cuBLAS sgemm", e));
         } else {
             let e = Entry {
                 m,

@@ -2,7 +2,9 @@
 //! `gemm.rs` or `attention.rs`.
 
 use super::{CudaBackend, CudaBuf};
-use crate::backend::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
+use crate::backend::{
+    Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, MemoryStats, Norm,
+};
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
@@ -10,9 +12,22 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.name.clone()
     }
+    fn synchronize(&self) {
+        CudaBackend::synchronize(self).unwrap_or_else(|e| self.fail("synchronizing", e))
+    }
+    fn memory(&self) -> Option<MemoryStats> {
+        Some(self.memory_stats())
+    }
+    fn duplicate(&self, buf: &CudaBuf) -> CudaBuf {
+        let mut d = self.alloc_zeros(buf.len());
+        self.copy_rows_k(&mut d, 0, buf, 0, 1, buf.len(), false);
+        d
+    }
+    #[track_caller]
     fn zeros(&self, n: usize) -> CudaBuf {
         self.alloc_zeros(n)
     }
+    #[track_caller]
     fn upload(&self, data: &[f32]) -> CudaBuf {
         if data.is_empty() {
             return self.alloc_zeros(0);
@@ -20,7 +35,7 @@ impl Backend for CudaBackend {
         let mut b = self.alloc_zeros(data.len());
         self.stream
             .memcpy_htod(data, &mut b.data)
-            .unwrap_or_else(|e| panic!("cuda upload: {e:?}"));
+            .unwrap_or_else(|e| self.fail(&format!("uploading {} f32", data.len()), e));
         b
     }
     fn download(&self, buf: &CudaBuf) -> Vec<f32> {
@@ -41,7 +56,7 @@ impl Backend for CudaBackend {
         self.stream
             .memcpy_dtoh(&buf.data.slice(off..off + n), &mut out)
             .and_then(|_| self.stream.synchronize())
-            .unwrap_or_else(|e| panic!("cuda download_range: {e:?}"));
+            .unwrap_or_else(|e| self.fail(&format!("downloading {n} f32"), e));
         out
     }
     fn add_host(&self, buf: &mut CudaBuf, off: usize, vals: &[f32]) {
@@ -60,6 +75,28 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) {
         self.copy_rows_k(dst, dst_row, src, src_row, rows, width, accumulate)
+    }
+    /// Grows `dst` in place while its allocation has room; otherwise moves it once into an
+    /// allocation with room for as many rows again (at least 64 rows), so a KV cache growing by
+    /// one row per decoded token is copied O(log n) times, not every step.
+    fn append_rows(
+        &self,
+        dst: &mut CudaBuf,
+        src: &CudaBuf,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        let have = dst.len() / width.max(1);
+        let need = (have + rows) * width;
+        if need > dst.capacity() {
+            let cap_rows = (have + rows).max(2 * have).max(64);
+            let mut grown = self.alloc_with_capacity(dst.len(), cap_rows * width);
+            self.copy_rows_k(&mut grown, 0, dst, 0, have, width, false);
+            *dst = grown;
+        }
+        dst.set_len(need);
+        self.copy_rows_k(dst, have, src, src_row, rows, width, false);
     }
     fn gather_rows(&self, out: &mut CudaBuf, src: &CudaBuf, idx: &[usize], width: usize) {
         self.gather(out, src, idx, width)

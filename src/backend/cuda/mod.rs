@@ -19,18 +19,22 @@ mod ops;
 mod rowwise;
 pub mod sim;
 
+use crate::cli::device::device_failure;
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use kernels::Kernels;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A device buffer of `len` f32. The allocation holds at least one element because the driver
+/// A device buffer of `len` f32 in an allocation of `capacity() >= len` (a KV cache grows into
+/// its spare rows in place). The allocation holds at least one element because the driver
 /// refuses zero-byte allocations, and the model asks for empty buffers (`zeros(0)`).
 pub struct CudaBuf {
     pub(crate) data: CudaSlice<f32>,
     len: usize,
+    mem: Arc<MemTracker>,
 }
 
 impl CudaBuf {
@@ -40,6 +44,46 @@ impl CudaBuf {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Elements the allocation holds.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+    /// Grows (or shrinks) the buffer within its allocation; new elements keep what the
+    /// allocation held (zeros from `alloc_with_capacity`).
+    pub(crate) fn set_len(&mut self, n: usize) {
+        assert!(n <= self.capacity(), "cuda: length {n} over capacity");
+        self.len = n;
+    }
+}
+
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        self.mem
+            .in_use
+            .fetch_sub(4 * self.data.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Bytes the backend's live buffers hold, and the most they ever held (bench's peak memory).
+#[derive(Default)]
+pub(crate) struct MemTracker {
+    in_use: AtomicU64,
+    peak: AtomicU64,
+    allocs: AtomicU64,
+}
+
+impl MemTracker {
+    fn stats(&self) -> crate::backend::MemoryStats {
+        crate::backend::MemoryStats {
+            in_use_bytes: self.in_use.load(Ordering::Relaxed),
+            peak_bytes: self.peak.load(Ordering::Relaxed),
+            allocations: self.allocs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// Cheap to clone (shared context, stream and kernels): `Engine::load` takes the backend by value.
@@ -58,6 +102,7 @@ pub struct Inner {
     /// Dynamic shared memory the attention kernels may use (bytes; set at start).
     attn_smem_limit: usize,
     name: String,
+    mem: Arc<MemTracker>,
 }
 
 impl std::ops::Deref for CudaBackend {
@@ -123,6 +168,7 @@ impl CudaBackend {
                 blas,
                 attn_smem_limit,
                 name,
+                mem: Arc::default(),
             }),
         })
     }
@@ -149,12 +195,50 @@ impl CudaBackend {
             .map_err(|e| anyhow!("CUDA stream: {e:?}"))
     }
 
+    /// A zeroed buffer of `n` f32. Out of device memory is a [`device_failure`] naming the size,
+    /// the memory in use and the caller (the model line that asked: `#[track_caller]`).
+    #[track_caller]
     pub(crate) fn alloc_zeros(&self, n: usize) -> CudaBuf {
-        let data = self
-            .stream
-            .alloc_zeros::<f32>(n.max(1))
-            .unwrap_or_else(|e| panic!("cuda: allocating {n} f32: {e:?}"));
-        CudaBuf { data, len: n }
+        self.alloc_with_capacity(n, n)
+    }
+
+    /// [`CudaBuf`] of `n` zeros in an allocation of `cap >= n` elements (zeroed too).
+    #[track_caller]
+    pub(crate) fn alloc_with_capacity(&self, n: usize, cap: usize) -> CudaBuf {
+        let cap = cap.max(n).max(1);
+        let bytes = 4 * cap as u64;
+        // Taken here: a closure does not inherit `#[track_caller]`.
+        let at = std::panic::Location::caller();
+        let data = self.stream.alloc_zeros::<f32>(cap).unwrap_or_else(|e| {
+            let what = format!("{e:?}");
+            let cause = if what.contains("OUT_OF_MEMORY") {
+                "out of device memory"
+            } else {
+                "device allocation failed"
+            };
+            device_failure(format!(
+                "CUDA: {cause} allocating {cap} f32 ({bytes} bytes, {}) for {}:{} ({what}); \
+                 this process holds {} of device memory (peak {})",
+                mib(bytes),
+                at.file(),
+                at.line(),
+                mib(self.mem.in_use.load(Ordering::Relaxed)),
+                mib(self.mem.peak.load(Ordering::Relaxed)),
+            ))
+        });
+        let now = self.mem.in_use.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.mem.peak.fetch_max(now, Ordering::Relaxed);
+        self.mem.allocs.fetch_add(1, Ordering::Relaxed);
+        CudaBuf {
+            data,
+            len: n,
+            mem: self.mem.clone(),
+        }
+    }
+
+    /// Device memory this backend's buffers hold now and at most.
+    pub fn memory_stats(&self) -> crate::backend::MemoryStats {
+        self.mem.stats()
     }
 
     /// Small host arrays (indices, plans, positions) for one launch.
@@ -164,7 +248,13 @@ impl CudaBackend {
         } else {
             self.stream.clone_htod(v)
         };
-        r.unwrap_or_else(|e| panic!("cuda: upload: {e:?}"))
+        r.unwrap_or_else(|e| {
+            device_failure(format!(
+                "CUDA: uploading {} values of {} bytes failed: {e:?}",
+                v.len().max(1),
+                std::mem::size_of::<T>()
+            ))
+        })
     }
 
     pub(crate) fn download_small<T: DeviceRepr + Default + Clone>(
@@ -178,11 +268,19 @@ impl CudaBackend {
         let mut out = vec![T::default(); n];
         self.stream
             .memcpy_dtoh(&s.slice(0..n), &mut out)
-            .unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
-        self.stream
-            .synchronize()
-            .unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
+            .and_then(|_| self.stream.synchronize())
+            .unwrap_or_else(|e| self.fail("downloading a result", e));
         out
+    }
+
+    /// A failed copy, synchronisation or launch as a [`device_failure`]: a kernel fault surfaces
+    /// at the next synchronising call, so the message adds what the simulator or driver said.
+    pub(crate) fn fail(&self, what: &str, e: impl std::fmt::Debug) -> ! {
+        let detail = sim::last_error()
+            .filter(|s| !s.is_empty())
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        device_failure(format!("CUDA: {what} failed: {e:?}{detail}"))
     }
 
     /// Device attribute, for sizing launches.
@@ -222,7 +320,7 @@ macro_rules! launch {
         // these sizes against the buffers' lengths.
         let r = unsafe { $be.stream.launch_builder(&$be.k.$f)$(.arg($arg))*.launch($cfg) };
         if let Err(e) = r {
-            panic!("cuda: launching {}: {e:?}", stringify!($f));
+            $be.fail(concat!("launching kernel ", stringify!($f)), e);
         }
     }};
 }

@@ -87,3 +87,43 @@ pub fn last_error() -> Option<String> {
         (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
     }
 }
+
+/// What the process has asked of the simulated device so far (see [`counters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Device-to-host copies (each one a synchronisation point on a GPU).
+    pub dtoh_copies: u64,
+    pub htod_copies: u64,
+    /// Device allocations.
+    pub allocs: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            dtoh_copies: self.dtoh_copies - o.dtoh_copies,
+            htod_copies: self.htod_copies - o.htod_copies,
+            allocs: self.allocs - o.allocs,
+        }
+    }
+}
+
+/// The simulator's copy and allocation counters since the process started, or None without the
+/// simulator: tests take the difference around one decode or train step.
+pub fn counters() -> Option<Counters> {
+    let libs = LIBS.get()?.as_ref().ok()?;
+    let (mut d, mut h, mut a) = (0u64, 0u64, 0u64);
+    // SAFETY: the stand-in exports this with exactly this signature (sim/driver_mem.cpp); it
+    // writes one integer through each non-null pointer, all three valid for the call.
+    unsafe {
+        let f: libloading::os::unix::Symbol<unsafe extern "C" fn(*mut u64, *mut u64, *mut u64)> =
+            libs[0].get(b"bitune_sim_counters\0").ok()?;
+        f(&mut d, &mut h, &mut a);
+    }
+    Some(Counters {
+        dtoh_copies: d,
+        htod_copies: h,
+        allocs: a,
+    })
+}

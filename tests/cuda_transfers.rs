@@ -1,0 +1,133 @@
+//! What crosses between host and device: the simulator counts every device-to-host copy
+//! (`sim::counters`), and a decode step or a train step may make only the copies listed here.
+//! Also: cached decoding on the device equals recomputation, across the KV cache's growth.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use bitune_rt::backend::cpu::Cpu;
+use bitune_rt::backend::cuda::{sim, CudaBackend};
+use bitune_rt::backend::Backend;
+use bitune_rt::bitune::engine::{Engine, PromptMask};
+use bitune_rt::bitune::plan::Example;
+use bitune_rt::bitune::step::loss_and_grad;
+use std::path::PathBuf;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// The counters are the process's: every test here holds this lock, so no other test's copies
+/// land between a test's two readings.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const LLAMA: &str = "tests/fixtures/models/llama";
+const ADAPTER: &str = "tests/fixtures/bitune/llama/init";
+
+fn engines(adapter: Option<&str>) -> Option<(Engine<Cpu>, Engine<CudaBackend>)> {
+    let g = cuda_common::gpu()?;
+    let a = adapter.map(fixture);
+    let load = |be| Engine::load(be, &fixture(LLAMA), a.as_deref(), PromptMask::Causal);
+    let c = Engine::load(Cpu, &fixture(LLAMA), a.as_deref(), PromptMask::Causal).unwrap();
+    Some((c, load(g).unwrap()))
+}
+
+/// One decoding step with a Bitune adapter copies exactly one thing to the host: the logits the
+/// caller samples from. (No α, no θ, no KV cache round trip.)
+#[test]
+fn decode_step_copies_only_the_logits() {
+    let _g = serial();
+    if !sim::requested() {
+        return; // the counters are the simulator's
+    }
+    let (_, e) = engines(Some(ADAPTER)).unwrap();
+    let prompt: Vec<u32> = (0..12).map(|i| 40 + 7 * i).collect();
+    let (mut cache, _) = e.prefill(&prompt).unwrap();
+    for step in 0..3 {
+        e.be.synchronize().unwrap();
+        let before = sim::counters().unwrap();
+        e.decode(&mut cache, 50 + step).unwrap();
+        let d = sim::counters().unwrap() - before;
+        assert_eq!(
+            d.dtoh_copies, 1,
+            "decode step {step}: {d:?} (one device-to-host copy expected: the logits)"
+        );
+    }
+}
+
+/// One Bitune train step (forward, loss, backward) copies to the host the loss with the
+/// per-token statistics and greedy flags of the cross-entropy (2 copies) and, still, what the
+/// kv-mix's f32 α argument and the θ gradient need: θ_K and θ_V once for the forward's α and
+/// once for the backward's dα/dθ (4 copies) and each layer's two mix sums (2 per layer).
+/// Any other copy fails this test.
+#[test]
+fn train_step_copies_only_the_listed_values() {
+    let _g = serial();
+    if !sim::requested() {
+        return;
+    }
+    let (_, e) = engines(Some(ADAPTER)).unwrap();
+    let layers = e.model.weights.cfg.num_layers as u64;
+    let ex = Example {
+        ids: (0..20).map(|i| 30 + 5 * i).collect(),
+        prompt_len: 12,
+    };
+    let mut g = e.be.zeros(e.tr.table.total);
+    e.be.synchronize().unwrap();
+    let before = sim::counters().unwrap();
+    loss_and_grad(
+        &e.be,
+        &e.model.weights,
+        &e.tr,
+        std::slice::from_ref(&ex),
+        1,
+        Some(&mut g),
+    )
+    .unwrap();
+    e.be.synchronize().unwrap();
+    let d = sim::counters().unwrap() - before;
+    let allowed = 2 + 4 + 2 * layers;
+    assert_eq!(
+        d.dtoh_copies, allowed,
+        "train step: {d:?}; allowed: 2 (loss) + 4 (θ) + 2 × {layers} (mix sums)"
+    );
+}
+
+/// Decoding from the cache, one token at a time past the cache's first capacity (64 rows),
+/// gives the logits a fresh prefill of the whole sequence gives (base model, causal), and a
+/// Bitune adapter's decode gives the CPU's logits step for step.
+#[test]
+fn cached_decoding_equals_recomputation_across_cache_growth() {
+    let _g = serial();
+    let Some((_, e)) = engines(None) else {
+        return;
+    };
+    let prompt: Vec<u32> = (0..60).map(|i| 20 + (i * 13) % 170).collect();
+    let (mut cache, _) = e.prefill(&prompt).unwrap();
+    let mut seq = prompt.clone();
+    for step in 0..8u32 {
+        let tok = 33 + 3 * step;
+        let cached = e.decode(&mut cache, tok).unwrap();
+        seq.push(tok);
+        let (_, fresh) = e.prefill(&seq).unwrap();
+        cuda_common::close(&format!("step {step}"), &cached, &fresh, 1e-4);
+    }
+    assert_eq!(cache.rows(), 68);
+
+    let (c, g) = engines(Some(ADAPTER)).unwrap();
+    let prompt: Vec<u32> = (0..10).map(|i| 50 + 9 * i).collect();
+    let (mut kc, _) = c.prefill(&prompt).unwrap();
+    let (mut kg, _) = g.prefill(&prompt).unwrap();
+    for step in 0..70u32 {
+        let tok = 40 + step % 150;
+        let want = c.decode(&mut kc, tok).unwrap();
+        let got = g.decode(&mut kg, tok).unwrap();
+        cuda_common::close(&format!("bitune step {step}"), &got, &want, 1e-4);
+    }
+}
