@@ -269,25 +269,31 @@ fn metrics(dir: &Path) -> Value {
 const TIMINGS: &[&str] = &["step_s", "tokens_per_s"];
 
 #[test]
-fn train_losses_and_adapter_match_cpu_for_bitune_and_lora() {
+fn train_losses_and_adapter_match_cpu_for_bitune_lora_dora_ia3() {
     if !have_cuda() {
         return;
     }
-    for method in ["bitune", "lora"] {
-        let dir = tmp(&format!("train-{method}"));
+    for (method, peft) in [
+        ("bitune", "lora"),
+        ("lora", "lora"),
+        ("bitune", "dora"),
+        ("bitune", "ia3"),
+    ] {
+        let what = format!("{method} {peft}");
+        let dir = tmp(&format!("train-{method}-{peft}"));
         let (c, g) = (dir.join("cpu"), dir.join("cuda"));
         let (cs, gs) = (c.display().to_string(), g.display().to_string());
         let mut a = train_args(method, &cs, "3");
-        a.extend(["--device", "cpu"]);
+        a.extend(["--peft", peft, "--device", "cpu"]);
         run(&a);
         let mut a = train_args(method, &gs, "3");
-        a.extend(["--device", "cuda"]);
+        a.extend(["--peft", peft, "--device", "cuda"]);
         let out = run(&a);
         assert!(String::from_utf8_lossy(&out.stderr).contains("before:"));
-        same_json(method, &metrics(&g), &metrics(&c), 1e-4, TIMINGS);
+        same_json(&what, &metrics(&g), &metrics(&c), 1e-4, TIMINGS);
         same_adapter(&g, &c, 1e-4);
         for f in ["loss.png", "checkpoints/step-2/trainer_state.json"] {
-            assert!(g.join(f).exists(), "{method}: cuda run lacks {f}");
+            assert!(g.join(f).exists(), "{what}: cuda run lacks {f}");
         }
     }
 }

@@ -303,3 +303,80 @@ fn optimizers_and_sum_sq() {
     g.sgd(&mut pg, &g.upload(&gr), 0.1);
     close("sgd", &g.download(&pg), &pw, 1e-5);
 }
+
+/// The kv-mix that reads θ from the parameter buffer (forward) and accumulates dθ into the
+/// gradient buffer (backward), for θ > 0, θ < 0 and θ = 0 (dα/dθ = 0 there).
+#[test]
+fn kv_mix_theta_fwd_bwd() {
+    let Some(g) = gpu() else { return };
+    let (c, mut r) = (Cpu, Rng::new(16));
+    let (w, rows) = (24, 30);
+    for th in [0.013f32, -0.4, 0.0] {
+        let params = {
+            let mut p = rand(&mut r, 9, 1.0);
+            p[5] = th;
+            p
+        };
+        let pg = g.upload(&params);
+        let buf = rand(&mut r, rows * w, 1.0);
+        let (mut want, mut got) = (buf.clone(), g.upload(&buf));
+        c.kv_mix_fwd_theta(&mut want, 20, 0, 8, 8, w, &params, 5, 0.01);
+        g.kv_mix_fwd_theta(&mut got, 20, 0, 8, 8, w, &pg, 5, 0.01);
+        close("kv_mix_fwd_theta", &g.download(&got), &want, 1e-6);
+        let d = rand(&mut r, rows * w, 1.0);
+        let grads = rand(&mut r, 9, 1.0);
+        let (mut dw, mut dg) = (d.clone(), g.upload(&d));
+        let (mut gw, mut gg) = (grads.clone(), g.upload(&grads));
+        c.kv_mix_bwd_theta(&mut dw, &want, 20, 0, 8, 8, w, &params, 5, 0.01, &mut gw);
+        g.kv_mix_bwd_theta(&mut dg, &got, 20, 0, 8, 8, w, &pg, 5, 0.01, &mut gg);
+        close("kv_mix_bwd_theta dbuf", &g.download(&dg), &dw, 1e-6);
+        close("kv_mix_bwd_theta grads", &g.download(&gg), &gw, 1e-6);
+        if th != 0.0 {
+            assert_ne!(gw[5], grads[5], "θ = {th}: no gradient reached θ");
+        }
+    }
+}
+
+/// DoRA's and IA3's column ops on a row range, and DoRA's inverted weight-row norms.
+#[test]
+fn column_ops_and_dora_norms() {
+    let Some(g) = gpu() else { return };
+    let (c, mut r) = (Cpu, Rng::new(17));
+    let (w, rows) = (33, 21);
+    let y = rand(&mut r, rows * w, 2.0);
+    let v = rand(&mut r, w + 7, 1.5);
+    let vg = g.upload(&v);
+    for add in [false, true] {
+        let (mut want, mut got) = (y.clone(), g.upload(&y));
+        if add {
+            c.add_cols(&mut want, 4..17, w, &v, 7);
+            g.add_cols(&mut got, 4..17, w, &vg, 7);
+        } else {
+            c.mul_cols(&mut want, 4..17, w, &v, 7);
+            g.mul_cols(&mut got, 4..17, w, &vg, 7);
+        }
+        close(&format!("cols add={add}"), &g.download(&got), &want, 1e-6);
+    }
+    let b = rand(&mut r, rows * w, 1.0);
+    let out = rand(&mut r, w + 5, 1.0);
+    let (mut want, mut got) = (out.clone(), g.upload(&out));
+    c.col_dot(&mut want, 5, &y, &b, 3..19, w);
+    g.col_dot(&mut got, 5, &g.upload(&y), &g.upload(&b), 3..19, w);
+    close("col_dot", &g.download(&got), &want, 1e-5);
+
+    let (k, n, rank) = (29, 13, 3);
+    let wt = rand(&mut r, n * k, 1.0);
+    let params = rand(&mut r, 4 + rank * k + n * rank, 0.5);
+    let seg = bitune_rt::backend::LoraSeg {
+        rows: 0..1,
+        a_off: 4,
+        b_off: 4 + rank * k,
+        rank,
+        scale_bits: 0.7f32.to_bits(),
+    };
+    let mut want = vec![0f32; n];
+    let mut got = nan(&g, n);
+    c.dora_inv_norm(&mut want, &wt, &params, &seg, k, n);
+    g.dora_inv_norm(&mut got, &g.upload(&wt), &g.upload(&params), &seg, k, n);
+    close("dora_inv_norm", &g.download(&got), &want, 1e-5);
+}

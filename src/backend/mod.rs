@@ -438,6 +438,49 @@ pub trait Backend: Send + Sync {
         alpha: f32,
     ) -> f64;
 
+    /// [`Backend::kv_mix_fwd`] with `α = |θ| / (|θ| + theta_init)`, θ = `params[theta]`, read
+    /// where the parameters live (a device keeps θ on the device).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_mix_fwd_theta(
+        &self,
+        buf: &mut Self::Buf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        params: &Self::Buf,
+        theta: usize,
+        theta_init: f32,
+    ) {
+        let th = self.download_range(params, theta, 1)[0];
+        let a = crate::bitune::params::alpha(th, theta_init);
+        self.kv_mix_fwd(buf, mix, c, b, n, width, a);
+    }
+    /// [`Backend::kv_mix_bwd`] with α from θ = `params[theta]`, whose gradient
+    /// `dα/dθ · Σ (K_B − K_C) ⊙ dmix` it accumulates into `grads[theta]` (in f64, then f32).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_mix_bwd_theta(
+        &self,
+        dbuf: &mut Self::Buf,
+        buf: &Self::Buf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        params: &Self::Buf,
+        theta: usize,
+        theta_init: f32,
+        grads: &mut Self::Buf,
+    ) {
+        let th = self.download_range(params, theta, 1)[0];
+        let a = crate::bitune::params::alpha(th, theta_init);
+        let s = self.kv_mix_bwd(dbuf, buf, mix, c, b, n, width, a);
+        let d = crate::bitune::params::dalpha_dtheta(th, theta_init) as f64 * s;
+        self.add_host(grads, theta, &[d as f32]);
+    }
+
     /// `out = act(gate) ⊙ up` (gated) or `out = act(gate)` (`up` = None).
     fn act_fwd(
         &self,

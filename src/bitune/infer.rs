@@ -49,7 +49,7 @@ pub fn prefill<B: Backend>(
     let (mut p, _) = pack(method, std::slice::from_ref(&seq), &[]);
     let t = p.rows();
     p.logit_rows = vec![t - 1];
-    let ad = tr.state(be, p.mix.is_some());
+    let ad = tr.state();
     let out = forward(
         be,
         w,
@@ -142,7 +142,7 @@ pub fn decode_step<B: Backend>(
     };
     let (mut p, _) = pack(Method::Lora, &[seq], &cache.pos);
     p.logit_rows = vec![0];
-    let ad = tr.state(be, p.mix.is_some());
+    let ad = tr.state();
     let out = forward(
         be,
         w,
@@ -200,7 +200,7 @@ pub fn score_continuations<B: Backend>(
     }
     let (p, tg) = pack(Method::Lora, &seqs, &cache.pos);
     if !tg.tokens.is_empty() {
-        let ad = tr.state(be, p.mix.is_some());
+        let ad = tr.state();
         let out = forward(be, w, &ad, &p, Some(&cache), Mode::default());
         let mut logits = out.logits;
         let r = tg.tokens.len();

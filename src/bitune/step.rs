@@ -97,13 +97,12 @@ impl<B: Backend> Trainable<B> {
         }
     }
 
-    /// The adapters for one forward; α is read only when the plan mixes (`mixes`), so a
-    /// decoding step or a scoring pass over a cache copies nothing from a device.
-    pub fn state(&self, be: &B, mixes: bool) -> AdapterState<'_, B> {
+    /// The adapters for one forward (α is computed from θ on the device, by the kv-mix).
+    pub fn state(&self) -> AdapterState<'_, B> {
         AdapterState {
             params: &self.params,
             table: &self.table,
-            alphas: if mixes { self.alphas(be) } else { vec![] },
+            theta_init: self.theta_init,
         }
     }
 }
@@ -146,7 +145,7 @@ pub fn loss_and_grad<B: Backend>(
         .map(|e| train_seq(tr.method, e, denom))
         .collect();
     let (p, tg) = pack(tr.method, &seqs, &[]);
-    let ad = tr.state(be, p.mix.is_some());
+    let ad = tr.state();
     let mode = Mode {
         save_acts: grads.is_some(),
         keep_kv: false,

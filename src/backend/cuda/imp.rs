@@ -268,6 +268,81 @@ impl Backend for CudaBackend {
         self.mix_bwd(dbuf, buf, mix, c, b, n, width, alpha)
     }
 
+    fn kv_mix_fwd_theta(
+        &self,
+        buf: &mut CudaBuf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        params: &CudaBuf,
+        theta: usize,
+        theta_init: f32,
+    ) {
+        self.mix_fwd_theta(buf, mix, c, b, n, width, params, theta, theta_init)
+    }
+    fn kv_mix_bwd_theta(
+        &self,
+        dbuf: &mut CudaBuf,
+        buf: &CudaBuf,
+        mix: usize,
+        c: usize,
+        b: usize,
+        n: usize,
+        width: usize,
+        params: &CudaBuf,
+        theta: usize,
+        theta_init: f32,
+        grads: &mut CudaBuf,
+    ) {
+        self.mix_bwd_theta(
+            dbuf, buf, mix, c, b, n, width, params, theta, theta_init, grads,
+        )
+    }
+    fn mul_cols(
+        &self,
+        y: &mut CudaBuf,
+        rows: std::ops::Range<usize>,
+        width: usize,
+        v: &CudaBuf,
+        v_off: usize,
+    ) {
+        self.cols_k(false, y, rows, width, v, v_off)
+    }
+    fn add_cols(
+        &self,
+        y: &mut CudaBuf,
+        rows: std::ops::Range<usize>,
+        width: usize,
+        v: &CudaBuf,
+        v_off: usize,
+    ) {
+        self.cols_k(true, y, rows, width, v, v_off)
+    }
+    fn col_dot(
+        &self,
+        out: &mut CudaBuf,
+        out_off: usize,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        rows: std::ops::Range<usize>,
+        width: usize,
+    ) {
+        self.col_dot_k(out, out_off, a, b, rows, width)
+    }
+    fn dora_inv_norm(
+        &self,
+        out: &mut CudaBuf,
+        w: &CudaBuf,
+        params: &CudaBuf,
+        seg: &LoraSeg,
+        k: usize,
+        n: usize,
+    ) {
+        self.dora_inv_norm_k(out, w, params, seg, k, n)
+    }
+
     fn act_fwd(&self, out: &mut CudaBuf, gate: &CudaBuf, up: Option<&CudaBuf>, act: Activation) {
         self.act_f(out, gate, up, act)
     }

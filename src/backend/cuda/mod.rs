@@ -11,6 +11,7 @@
 //! kernel table.
 
 mod attention;
+mod cols;
 mod gemm;
 mod imp;
 mod kernels;

@@ -123,7 +123,7 @@ impl CudaBackend {
 
     /// Checks that the three row spans of a kv-mix are in bounds and pairwise disjoint (each
     /// thread then owns the elements it writes).
-    fn check_mix(len: usize, mix: usize, c: usize, b: usize, n: usize, width: usize) {
+    pub(super) fn check_mix(len: usize, mix: usize, c: usize, b: usize, n: usize, width: usize) {
         let spans = [mix, c, b];
         assert!(
             spans.iter().all(|&s| (s + n) * width <= len),

@@ -4,7 +4,6 @@
 use super::forward::attn_dims;
 use super::{AdapterState, Packed, Saved};
 use crate::backend::Backend;
-use crate::bitune::params::dalpha_dtheta;
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
@@ -94,7 +93,6 @@ fn backward_on_pool<B: Backend>(
     let mut dx = be.zeros(t * d);
     be.scatter_add_rows(&mut dx, &dxr, &p.logit_rows, d);
 
-    let mut dtheta = vec![(0f64, 0f64); c.num_layers];
     for (l, blk) in w.blocks.iter().enumerate().rev() {
         let a = &fwd.acts[l];
         // MLP branch.
@@ -205,10 +203,11 @@ fn backward_on_pool<B: Backend>(
             &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims,
         );
         if let Some(m) = &p.mix {
-            let (ak, av) = ad.alphas[l];
-            let sk = be.kv_mix_bwd(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, ak);
-            let sv = be.kv_mix_bwd(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, av);
-            dtheta[l] = (sk, sv);
+            // dθ is accumulated into `grads` where they live (no sum comes back to the host).
+            let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
+            let (pa, th0) = (ad.params, theta_init);
+            be.kv_mix_bwd_theta(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, pa, tk + l, th0, grads);
+            be.kv_mix_bwd_theta(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, pa, tv + l, th0, grads);
         }
         be.rope(
             &mut dq,
@@ -286,19 +285,5 @@ fn backward_on_pool<B: Backend>(
             true,
         );
         dx = dx_mid;
-    }
-
-    if let (Some((tk, tv)), true) = (ad.table.theta(), p.mix.is_some()) {
-        let n = c.num_layers;
-        let th_k = be.download_range(ad.params, tk, n);
-        let th_v = be.download_range(ad.params, tv, n);
-        let gk: Vec<f32> = (0..n)
-            .map(|l| (dalpha_dtheta(th_k[l], theta_init) as f64 * dtheta[l].0) as f32)
-            .collect();
-        let gv: Vec<f32> = (0..n)
-            .map(|l| (dalpha_dtheta(th_v[l], theta_init) as f64 * dtheta[l].1) as f32)
-            .collect();
-        be.add_host(grads, tk, &gk);
-        be.add_host(grads, tv, &gv);
     }
 }

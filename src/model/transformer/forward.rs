@@ -124,9 +124,11 @@ fn forward_on_pool<B: Backend>(
             false,
         );
         if let Some(m) = &p.mix {
-            let (ak, av) = ad.alphas[l];
-            be.kv_mix_fwd(&mut k, t, m.c, m.b, m.n, kvd, ak);
-            be.kv_mix_fwd(&mut v, t, m.c, m.b, m.n, kvd, av);
+            // α is computed from θ where θ lives: nothing leaves the device.
+            let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
+            let th0 = ad.theta_init;
+            be.kv_mix_fwd_theta(&mut k, t, m.c, m.b, m.n, kvd, ad.params, tk + l, th0);
+            be.kv_mix_fwd_theta(&mut v, t, m.c, m.b, m.n, kvd, ad.params, tv + l, th0);
         }
         if let Some(cache) = cache {
             let at = t + p.mix_rows();

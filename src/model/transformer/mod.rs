@@ -52,12 +52,12 @@ impl Packed {
     }
 }
 
-/// Adapters and mixing for a forward: the flat parameter buffer, its table, α per layer.
+/// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init.
 pub struct AdapterState<'a, B: Backend> {
     pub params: &'a B::Buf,
     pub table: &'a ParamTable,
-    /// (α_K, α_V) per layer; empty when the plan has no mix.
-    pub alphas: Vec<(f32, f32)>,
+    /// θ_init of α = |θ| / (|θ| + θ_init); the kv-mix reads θ from `params` on the device.
+    pub theta_init: f32,
 }
 
 impl<B: Backend> AdapterState<'_, B> {
