@@ -59,3 +59,37 @@ extern "C" __global__ void embedding_fwd(float* out, const unsigned* ids, int n_
         out[e] = table[(size_t)ids[i] * dim + c] * scale;
     }
 }
+
+// out[0] = the first index of the largest of x[0..n), as the host's sample::argmax: greedy
+// decoding then reads one integer instead of the logits. One block of 256 threads; each thread
+// scans its elements in increasing order (strict >, so its first maximum), then a tree
+// reduction keeps the larger value, and on ties the lower index.
+extern "C" __global__ void argmax(unsigned int* out, const float* x, unsigned long long n) {
+    const unsigned int none = 0xffffffffu;
+    __shared__ float sv[256];
+    __shared__ unsigned int si[256];
+    float bv = 0.0f;
+    unsigned int bi = none;
+    for (unsigned long long i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i];
+        if (bi == none || v > bv) {
+            bv = v;
+            bi = (unsigned int)i;
+        }
+    }
+    sv[threadIdx.x] = bv;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float v = sv[threadIdx.x + s], w = sv[threadIdx.x];
+            const unsigned int i = si[threadIdx.x + s], j = si[threadIdx.x];
+            if (i != none && (j == none || v > w || (v == w && i < j))) {
+                sv[threadIdx.x] = v;
+                si[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = si[0] == none ? 0u : si[0];
+}

@@ -92,7 +92,7 @@ fn forward_logits_match_cpu() {
         let vocab = mc.weights.cfg.vocab_size;
         let ids: Vec<u32> = (0..45).map(|_| r.below(vocab) as u32).collect();
         let (tc, tg) = trainables(&g, &mc, Method::Bitune);
-        let (sc, sg) = (tc.state(&Cpu), tg.state(&g));
+        let (sc, sg) = (tc.state(), tg.state());
         for mask in [MaskKind::Causal, MaskKind::Full] {
             let p = single_sequence(&ids, mask, None);
             let want = forward(&Cpu, &mc.weights, &sc, &p, None, Mode::default()).logits;

@@ -42,7 +42,7 @@ fn engines(adapter: Option<&str>) -> Option<(Engine<Cpu>, Engine<CudaBackend>)> 
 }
 
 /// One decoding step with a Bitune adapter copies exactly one thing to the host: the logits the
-/// caller samples from. (No α, no θ, no KV cache round trip.)
+/// caller samples from (no α, no θ, no KV cache round trip), and allocates no new buffer.
 #[test]
 fn decode_step_copies_only_the_logits() {
     let _g = serial();
@@ -52,14 +52,25 @@ fn decode_step_copies_only_the_logits() {
     let (_, e) = engines(Some(ADAPTER)).unwrap();
     let prompt: Vec<u32> = (0..12).map(|i| 40 + 7 * i).collect();
     let (mut cache, _) = e.prefill(&prompt).unwrap();
+    e.decode(&mut cache, 49).unwrap(); // the first step fills the pool
+    let layers = e.model.weights.cfg.num_layers as u64;
     for step in 0..3 {
         e.be.synchronize().unwrap();
         let before = sim::counters().unwrap();
+        let allocs = e.be.memory_stats().allocations;
         e.decode(&mut cache, 50 + step).unwrap();
         let d = sim::counters().unwrap() - before;
         assert_eq!(
             d.dtoh_copies, 1,
             "decode step {step}: {d:?} (one device-to-host copy expected: the logits)"
+        );
+        // Every buffer of a step comes from the pool (the cache grows in place, intermediates
+        // have the sizes of the step before) except the K and V rows a layer attends over, which
+        // hold the cache rows and so grow by one row per step: at most 2 per layer.
+        let fresh = e.be.memory_stats().allocations - allocs;
+        assert!(
+            fresh <= 2 * layers,
+            "decode step {step}: {fresh} new device buffers ({layers} layers)"
         );
     }
 }

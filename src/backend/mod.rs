@@ -146,6 +146,11 @@ pub trait Backend: Send + Sync {
     /// `buf[off..off+len] += vals` from the host.
     fn add_host(&self, buf: &mut Self::Buf, off: usize, vals: &[f32]);
 
+    /// The first index of the largest of `buf[..n]` (greedy decoding): a device finds it where
+    /// the logits are and returns one integer instead of the logits.
+    fn argmax(&self, buf: &Self::Buf, n: usize) -> u32 {
+        crate::bitune::sample::argmax(&self.download_range(buf, 0, n))
+    }
     /// `dst[dst_row..dst_row+rows] (+)= src[src_row..src_row+rows]`, rows of `width`.
     #[allow(clippy::too_many_arguments)]
     fn copy_rows(

@@ -180,10 +180,11 @@ impl CudaBackend {
         if p.n_items == 0 {
             return;
         }
-        let plan_d = self.upload_small(&p.ints);
+        // The same plan for every layer of a pass: uploaded once.
+        let plan_d = self.up_i32.get(self, &p.ints);
         let hd = d.head_dim;
         launch!(self, attention_fwd, Self::cfg(p.n_items, d.q_heads, smem_fwd(hd));
-            &mut out.data, &mut lse.data, &q.data, &k.data, &v.data, &plan_d,
+            &mut *out.data, &mut *lse.data, &*q.data, &*k.data, &*v.data, &*plan_d,
             &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
             &(d.q_heads as i32), &(d.kv_heads as i32), &(hd as i32), &d.scale);
     }
@@ -219,18 +220,19 @@ impl CudaBackend {
         if p.n_items == 0 {
             return;
         }
-        let plan_d = self.upload_small(&p.ints);
+        // The same plan for every layer of a pass: uploaded once.
+        let plan_d = self.up_i32.get(self, &p.ints);
         let mut dsum = self.alloc_zeros(rows * d.q_heads);
         let (hq, hkv, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
         launch!(self, attention_bwd_dq, Self::cfg(p.n_items, d.q_heads, smem_dq(d.head_dim));
-            &mut dq.data, &mut dsum.data, &dout.data, &q.data, &k.data, &v.data, &out.data,
-            &lse.data, &plan_d, &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
+            &mut *dq.data, &mut *dsum.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*out.data,
+            &*lse.data, &*plan_d, &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
             &hq, &hkv, &hd, &d.scale);
         if p.n_dkv == 0 {
             return;
         }
         launch!(self, attention_bwd_dkv, Self::cfg(p.n_dkv, d.q_heads, smem_dkv(d.head_dim));
-            &mut dk.data, &mut dv.data, &dout.data, &q.data, &k.data, &v.data, &lse.data,
-            &dsum.data, &plan_d, &p.dkv_off, &p.qpos_off, &p.kpos_off, &hq, &hkv, &hd, &d.scale);
+            &mut *dk.data, &mut *dv.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*lse.data,
+            &*dsum.data, &*plan_d, &p.dkv_off, &p.qpos_off, &p.kpos_off, &hq, &hkv, &hd, &d.scale);
     }
 }

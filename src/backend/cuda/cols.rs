@@ -26,9 +26,9 @@ impl CudaBackend {
         let (start, w) = ((rows.start * width) as u64, width as u64);
         let vs = v.data.slice(v_off..v_off + width);
         if add {
-            launch!(self, add_cols, grid(n); &mut y.data, &start, &(n as u64), &w, &vs);
+            launch!(self, add_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
         } else {
-            launch!(self, mul_cols, grid(n); &mut y.data, &start, &(n as u64), &w, &vs);
+            launch!(self, mul_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
         }
     }
 
@@ -52,7 +52,7 @@ impl CudaBackend {
         }
         let mut o = out.data.slice_mut(out_off..out_off + width);
         let (start, r, w) = ((rows.start * width) as u64, rows.len() as u64, width as u64);
-        launch!(self, col_dot, grid(width); &mut o, &a.data, &b.data, &start, &r, &w);
+        launch!(self, col_dot, grid(width); &mut o, &*a.data, &*b.data, &start, &r, &w);
     }
 
     pub(super) fn dora_inv_norm_k(
@@ -80,7 +80,7 @@ impl CudaBackend {
         let a = params.data.slice(seg.a_off..seg.a_off + (r * k).max(1));
         let b = params.data.slice(seg.b_off..seg.b_off + (n * r).max(1));
         launch!(self, dora_inv_norm, per_row(n, 256);
-            &mut out.data, &w.data, &a, &b, &seg.scale(), &(r as i32), &(k as i32), &(n as i32));
+            &mut *out.data, &*w.data, &a, &b, &seg.scale(), &(r as i32), &(k as i32), &(n as i32));
     }
 
     /// Checks a θ offset; returns the 1-element view of θ.
@@ -112,7 +112,7 @@ impl CudaBackend {
         }
         let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
         launch!(self, kv_mix_fwd_theta, grid(n * width);
-            &mut buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init);
+            &mut *buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -139,7 +139,7 @@ impl CudaBackend {
         let acc = self.upload_small(&[0f64]);
         let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
         launch!(self, kv_mix_bwd_theta, grid(n * width);
-            &mut dbuf.data, &buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init, &acc);
+            &mut *dbuf.data, &*buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init, &acc);
         let mut g = grads.data.slice_mut(theta..theta + 1);
         launch!(self, kv_mix_dtheta, grid(1); &mut g, &th, &theta_init, &acc);
     }

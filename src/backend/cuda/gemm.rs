@@ -106,8 +106,8 @@ impl CudaBackend {
         b.arg(&desc_d).arg(&items_d);
         for s in slots.iter_mut() {
             match s {
-                Slot::R(x) => b.arg(&x.data),
-                Slot::W(x) => b.arg(&mut x.data),
+                Slot::R(x) => b.arg(&*x.data),
+                Slot::W(x) => b.arg(&mut *x.data),
             };
         }
         for _ in n_slots..6 {
@@ -157,7 +157,7 @@ impl CudaBackend {
                 shared_mem_bytes: 0,
             };
             launch!(self, gemv, cfg;
-                &mut y.data, &x.data, &w.data, &(k as i32), &(n as i32), &(accumulate as i32));
+                &mut *y.data, &*x.data, &*w.data, &(k as i32), &(n as i32), &(accumulate as i32));
         } else if let Some(blas) = &self.blas {
             // Row-major y = x·wᵀ is column-major yᵀ = w·xᵀ: op(A) = wᵀ-as-stored, op(B) = x.
             let cfg = GemmConfig {
@@ -173,7 +173,7 @@ impl CudaBackend {
                 ldc: n as i32,
             };
             // SAFETY: the sizes checked above bound every element cuBLAS reads or writes.
-            unsafe { blas.gemm(cfg, &w.data, &x.data, &mut y.data) }
+            unsafe { blas.gemm(cfg, &*w.data, &*x.data, &mut *y.data) }
                 .unwrap_or_else(|e| self.fail("cuBLAS sgemm", e));
         } else {
             let e = Entry {
@@ -190,7 +190,7 @@ impl CudaBackend {
         }
         if let Some(b) = bias {
             launch!(self, add_bias_rows, super::grid(m * n);
-                &mut y.data, &b.data, &(m as u64), &(n as i32));
+                &mut *y.data, &*b.data, &(m as u64), &(n as i32));
         }
     }
 
@@ -232,7 +232,7 @@ impl CudaBackend {
                 ldc: k as i32,
             };
             // SAFETY: the sizes checked above bound every element cuBLAS reads or writes.
-            unsafe { blas.gemm(cfg, &w.data, &dy.data, &mut dx.data) }
+            unsafe { blas.gemm(cfg, &*w.data, &*dy.data, &mut *dx.data) }
                 .unwrap_or_else(|e| self.fail("cuBLAS sgemm", e));
         } else {
             let e = Entry {

@@ -34,12 +34,12 @@ impl Backend for CudaBackend {
         }
         let mut b = self.alloc_zeros(data.len());
         self.stream
-            .memcpy_htod(data, &mut b.data)
+            .memcpy_htod(data, &mut *b.data)
             .unwrap_or_else(|e| self.fail(&format!("uploading {} f32", data.len()), e));
         b
     }
     fn download(&self, buf: &CudaBuf) -> Vec<f32> {
-        self.download_small(&buf.data, buf.len())
+        self.download_small(&*buf.data, buf.len())
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
@@ -58,6 +58,16 @@ impl Backend for CudaBackend {
             .and_then(|_| self.stream.synchronize())
             .unwrap_or_else(|e| self.fail(&format!("downloading {n} f32"), e));
         out
+    }
+    fn argmax(&self, buf: &CudaBuf, n: usize) -> u32 {
+        assert!(n <= buf.len(), "cuda argmax: out of range");
+        if n == 0 {
+            return 0;
+        }
+        let out = self.upload_small(&[0u32]);
+        let cfg = super::per_row(1, 256);
+        launch!(self, argmax, cfg; &out, &*buf.data, &(n as u64));
+        self.download_small(&out, 1)[0]
     }
     fn add_host(&self, buf: &mut CudaBuf, off: usize, vals: &[f32]) {
         let v = self.upload(vals);

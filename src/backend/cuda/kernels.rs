@@ -47,7 +47,7 @@ macro_rules! kernels {
 
 kernels! {
     "rows": [fill, add, scale, add_bias_rows, copy_rows, gather_rows, scatter_add_rows,
-             embedding_fwd],
+             embedding_fwd, argmax],
     "kv_mix": [kv_mix_fwd, kv_mix_bwd, kv_mix_fwd_theta, kv_mix_bwd_theta, kv_mix_dtheta],
     "cols": [mul_cols, add_cols, col_dot, dora_inv_norm],
     "act": [act_fwd, act_bwd],

@@ -26,16 +26,19 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use kernels::Kernels;
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A device buffer of `len` f32 in an allocation of `capacity() >= len` (a KV cache grows into
 /// its spare rows in place). The allocation holds at least one element because the driver
-/// refuses zero-byte allocations, and the model asks for empty buffers (`zeros(0)`).
+/// refuses zero-byte allocations, and the model asks for empty buffers (`zeros(0)`). Dropping it
+/// returns the allocation to the backend's pool ([`Pool`]) rather than to the driver.
 pub struct CudaBuf {
-    pub(crate) data: CudaSlice<f32>,
+    pub(crate) data: ManuallyDrop<CudaSlice<f32>>,
     len: usize,
-    mem: Arc<MemTracker>,
+    pool: Arc<Pool>,
 }
 
 impl CudaBuf {
@@ -59,27 +62,114 @@ impl CudaBuf {
 
 impl Drop for CudaBuf {
     fn drop(&mut self) {
-        self.mem
-            .in_use
-            .fetch_sub(4 * self.data.len() as u64, Ordering::Relaxed);
+        // SAFETY: `data` is taken exactly once, here, and `self` is never used again.
+        let data = unsafe { ManuallyDrop::take(&mut self.data) };
+        self.pool.give_back(data);
     }
 }
 
-/// Bytes the backend's live buffers hold, and the most they ever held (bench's peak memory).
-#[derive(Default)]
-pub(crate) struct MemTracker {
-    in_use: AtomicU64,
+/// The caching allocator behind every [`CudaBuf`]: freed allocations are kept by size and handed
+/// out again (zeroed by an asynchronous memset), so the intermediates of a forward or backward,
+/// which have the same sizes step after step, cost no driver allocation after the first step.
+/// Frees are stream-ordered, so a kept allocation is reused only after the kernels that used it.
+/// At most `limit` bytes are kept; the rest go back to the driver, and so does everything kept
+/// when an allocation fails (then it is retried once).
+pub(crate) struct Pool {
+    free: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    cached: AtomicU64,
+    limit: u64,
+    /// Bytes held from the driver (live buffers + kept ones), their peak, and driver allocations.
+    held: AtomicU64,
     peak: AtomicU64,
     allocs: AtomicU64,
 }
 
-impl MemTracker {
+impl Pool {
+    fn new() -> Self {
+        let limit_mib = std::env::var("BITUNE_CUDA_POOL_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(2048);
+        Pool {
+            free: Mutex::default(),
+            cached: AtomicU64::new(0),
+            limit: limit_mib << 20,
+            held: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Vec<CudaSlice<f32>>>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single push/pop).
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self, cap: usize) -> Option<CudaSlice<f32>> {
+        let s = self.lock().get_mut(&cap)?.pop()?;
+        self.cached.fetch_sub(4 * cap as u64, Ordering::Relaxed);
+        Some(s)
+    }
+
+    fn give_back(&self, s: CudaSlice<f32>) {
+        let bytes = 4 * s.len() as u64;
+        if self.cached.load(Ordering::Relaxed) + bytes > self.limit {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return; // dropped: freed on the stream
+        }
+        self.cached.fetch_add(bytes, Ordering::Relaxed);
+        self.lock().entry(s.len()).or_default().push(s);
+    }
+
+    /// Frees every kept allocation (before retrying one that failed).
+    fn trim(&self) {
+        let drained: Vec<_> = self.lock().drain().flat_map(|(_, v)| v).collect();
+        let bytes: u64 = drained.iter().map(|s| 4 * s.len() as u64).sum();
+        self.cached.fetch_sub(bytes, Ordering::Relaxed);
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     fn stats(&self) -> crate::backend::MemoryStats {
         crate::backend::MemoryStats {
-            in_use_bytes: self.in_use.load(Ordering::Relaxed),
+            in_use_bytes: self.held.load(Ordering::Relaxed),
             peak_bytes: self.peak.load(Ordering::Relaxed),
             allocations: self.allocs.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Small constant host arrays uploaded once and reused while unchanged: RoPE's inverse
+/// frequencies, and the positions and attention plan that every layer of a forward passes again.
+/// Matched by content (small arrays: a scan costs less than a copy); the last few kept.
+pub(crate) struct UploadCache<T> {
+    slots: Mutex<std::collections::VecDeque<(Vec<T>, Arc<CudaSlice<T>>)>>,
+}
+
+impl<T: DeviceRepr + Copy + Default + PartialEq> UploadCache<T> {
+    const SLOTS: usize = 8;
+
+    fn new() -> Self {
+        UploadCache {
+            slots: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, be: &CudaBackend, v: &[T]) -> Arc<CudaSlice<T>> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, d)) = slots.iter().find(|(h, _)| h.as_slice() == v) {
+            return d.clone();
+        }
+        let d = Arc::new(be.upload_small(v));
+        if slots.len() == Self::SLOTS {
+            slots.pop_front();
+        }
+        slots.push_back((v.to_vec(), d.clone()));
+        d
     }
 }
 
@@ -103,7 +193,10 @@ pub struct Inner {
     /// Dynamic shared memory the attention kernels may use (bytes; set at start).
     attn_smem_limit: usize,
     name: String,
-    mem: Arc<MemTracker>,
+    pool: Arc<Pool>,
+    pub(crate) up_u32: UploadCache<u32>,
+    pub(crate) up_i32: UploadCache<i32>,
+    pub(crate) up_f32: UploadCache<f32>,
 }
 
 impl std::ops::Deref for CudaBackend {
@@ -169,7 +262,10 @@ impl CudaBackend {
                 blas,
                 attn_smem_limit,
                 name,
-                mem: Arc::default(),
+                pool: Arc::new(Pool::new()),
+                up_u32: UploadCache::new(),
+                up_i32: UploadCache::new(),
+                up_f32: UploadCache::new(),
             }),
         })
     }
@@ -203,43 +299,62 @@ impl CudaBackend {
         self.alloc_with_capacity(n, n)
     }
 
-    /// [`CudaBuf`] of `n` zeros in an allocation of `cap >= n` elements (zeroed too).
+    /// [`CudaBuf`] of `n` zeros in an allocation of `cap >= n` elements (zeroed too): a kept one
+    /// of that size from the pool, else a new one from the driver.
     #[track_caller]
     pub(crate) fn alloc_with_capacity(&self, n: usize, cap: usize) -> CudaBuf {
         let cap = cap.max(n).max(1);
         let bytes = 4 * cap as u64;
         // Taken here: a closure does not inherit `#[track_caller]`.
         let at = std::panic::Location::caller();
-        let data = self.stream.alloc_zeros::<f32>(cap).unwrap_or_else(|e| {
-            let what = format!("{e:?}");
-            let cause = if what.contains("OUT_OF_MEMORY") {
-                "out of device memory"
-            } else {
-                "device allocation failed"
-            };
-            device_failure(format!(
-                "CUDA: {cause} allocating {cap} f32 ({bytes} bytes, {}) for {}:{} ({what}); \
-                 this process holds {} of device memory (peak {})",
-                mib(bytes),
-                at.file(),
-                at.line(),
-                mib(self.mem.in_use.load(Ordering::Relaxed)),
-                mib(self.mem.peak.load(Ordering::Relaxed)),
-            ))
-        });
-        let now = self.mem.in_use.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.mem.peak.fetch_max(now, Ordering::Relaxed);
-        self.mem.allocs.fetch_add(1, Ordering::Relaxed);
+        let data = match self.pool.take(cap) {
+            Some(mut s) => {
+                self.stream
+                    .memset_zeros(&mut s)
+                    .unwrap_or_else(|e| self.fail(&format!("zeroing {cap} f32"), e));
+                s
+            }
+            None => {
+                let fresh = || self.stream.alloc_zeros::<f32>(cap);
+                let s = fresh()
+                    .or_else(|_| {
+                        self.pool.trim();
+                        fresh()
+                    })
+                    .unwrap_or_else(|e| {
+                        let what = format!("{e:?}");
+                        let cause = if what.contains("OUT_OF_MEMORY") {
+                            "out of device memory"
+                        } else {
+                            "device allocation failed"
+                        };
+                        device_failure(format!(
+                            "CUDA: {cause} allocating {cap} f32 ({bytes} bytes, {}) for {}:{} \
+                             ({what}); this process holds {} of device memory (peak {})",
+                            mib(bytes),
+                            at.file(),
+                            at.line(),
+                            mib(self.pool.held.load(Ordering::Relaxed)),
+                            mib(self.pool.peak.load(Ordering::Relaxed)),
+                        ))
+                    });
+                let now = self.pool.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                self.pool.peak.fetch_max(now, Ordering::Relaxed);
+                self.pool.allocs.fetch_add(1, Ordering::Relaxed);
+                s
+            }
+        };
         CudaBuf {
-            data,
+            data: ManuallyDrop::new(data),
             len: n,
-            mem: self.mem.clone(),
+            pool: self.pool.clone(),
         }
     }
 
-    /// Device memory this backend's buffers hold now and at most.
+    /// Device memory this backend holds (live and pooled buffers) now and at most, and the
+    /// driver allocations it made.
     pub fn memory_stats(&self) -> crate::backend::MemoryStats {
-        self.mem.stats()
+        self.pool.stats()
     }
 
     /// Small host arrays (indices, plans, positions) for one launch.

@@ -18,7 +18,7 @@ impl CudaBackend {
         if n == 0 {
             return;
         }
-        launch!(self, fill, grid(n); &mut buf.data, &(n as u64), &value);
+        launch!(self, fill, grid(n); &mut *buf.data, &(n as u64), &value);
     }
 
     pub(super) fn add_at(&self, y: &mut CudaBuf, off: usize, x: &CudaBuf, n: usize) {
@@ -26,7 +26,7 @@ impl CudaBackend {
         if n == 0 {
             return;
         }
-        launch!(self, add, grid(n); &mut y.data.slice_mut(off..off + n), &x.data, &(n as u64));
+        launch!(self, add, grid(n); &mut y.data.slice_mut(off..off + n), &*x.data, &(n as u64));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -50,7 +50,7 @@ impl CudaBackend {
         }
         let (d0, s0) = ((dst_row * width) as u64, (src_row * width) as u64);
         launch!(self, copy_rows, grid(n);
-            &mut dst.data, &d0, &src.data, &s0, &(n as u64), &(accumulate as i32));
+            &mut *dst.data, &d0, &*src.data, &s0, &(n as u64), &(accumulate as i32));
     }
 
     fn row_index(&self, idx: &[usize], rows: usize, what: &str) -> cudarc::driver::CudaSlice<i32> {
@@ -74,7 +74,7 @@ impl CudaBackend {
         }
         let ix = self.row_index(idx, src.len() / width, "gather_rows");
         launch!(self, gather_rows, grid(idx.len() * width);
-            &mut out.data, &src.data, &ix, &(idx.len() as i32), &(width as i32));
+            &mut *out.data, &*src.data, &ix, &(idx.len() as i32), &(width as i32));
     }
 
     pub(super) fn scatter_add(
@@ -93,7 +93,7 @@ impl CudaBackend {
         }
         let ix = self.row_index(idx, out.len() / width, "scatter_add_rows");
         launch!(self, scatter_add_rows, grid(idx.len() * width);
-            &mut out.data, &src.data, &ix, &(idx.len() as i32), &(width as i32));
+            &mut *out.data, &*src.data, &ix, &(idx.len() as i32), &(width as i32));
     }
 
     pub(super) fn embedding(
@@ -118,7 +118,7 @@ impl CudaBackend {
         }
         let ids_d = self.upload_small(ids);
         launch!(self, embedding_fwd, grid(ids.len() * dim);
-            &mut out.data, &ids_d, &(ids.len() as i32), &table.data, &(dim as i32), &scale);
+            &mut *out.data, &ids_d, &(ids.len() as i32), &*table.data, &(dim as i32), &scale);
     }
 
     /// Checks that the three row spans of a kv-mix are in bounds and pairwise disjoint (each
@@ -154,7 +154,7 @@ impl CudaBackend {
         }
         let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
         launch!(self, kv_mix_fwd, grid(n * width);
-            &mut buf.data, &m0, &c0, &b0, &((n * width) as u64), &alpha);
+            &mut *buf.data, &m0, &c0, &b0, &((n * width) as u64), &alpha);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -176,7 +176,7 @@ impl CudaBackend {
         let acc = self.upload_small(&[0f64]);
         let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
         launch!(self, kv_mix_bwd, grid(n * width);
-            &mut dbuf.data, &buf.data, &m0, &c0, &b0, &((n * width) as u64), &alpha, &acc);
+            &mut *dbuf.data, &*buf.data, &m0, &c0, &b0, &((n * width) as u64), &alpha, &acc);
         self.download_small(&acc, 1)[0]
     }
 
@@ -198,10 +198,10 @@ impl CudaBackend {
         let k = act_kind(a);
         match up {
             Some(u) => {
-                launch!(self, act_fwd, grid(n); &mut out.data, &gate.data, &u.data, &(n as u64), &k)
+                launch!(self, act_fwd, grid(n); &mut *out.data, &*gate.data, &*u.data, &(n as u64), &k)
             }
             None => {
-                launch!(self, act_fwd, grid(n); &mut out.data, &gate.data, &NULL, &(n as u64), &k)
+                launch!(self, act_fwd, grid(n); &mut *out.data, &*gate.data, &NULL, &(n as u64), &k)
             }
         }
     }
@@ -225,11 +225,11 @@ impl CudaBackend {
             (Some(du), Some(u)) => {
                 assert!(du.len() >= n && u.len() >= n, "cuda act_bwd: sizes");
                 launch!(self, act_bwd, grid(n);
-                    &mut dgate.data, &mut du.data, &dout.data, &gate.data, &u.data, &(n as u64), &k)
+                    &mut *dgate.data, &mut *du.data, &*dout.data, &*gate.data, &*u.data, &(n as u64), &k)
             }
             // As on the CPU: without both `dup` and `up` the op is the plain activation's.
             _ => launch!(self, act_bwd, grid(n);
-                &mut dgate.data, &NULL, &dout.data, &gate.data, &NULL, &(n as u64), &k),
+                &mut *dgate.data, &NULL, &*dout.data, &*gate.data, &NULL, &(n as u64), &k),
         }
     }
 }

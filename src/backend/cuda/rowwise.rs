@@ -46,9 +46,9 @@ impl CudaBackend {
         let cfg = per_row(rows, row_threads(d));
         match b {
             Some(b) => launch!(self, norm_fwd, cfg;
-                &mut out.data, &mut stats.data, &x.data, &w.data, &b.data, &r, &dd, &k, &eps),
+                &mut *out.data, &mut *stats.data, &*x.data, &*w.data, &*b.data, &r, &dd, &k, &eps),
             None => launch!(self, norm_fwd, cfg;
-                &mut out.data, &mut stats.data, &x.data, &w.data, &NULL, &r, &dd, &k, &eps),
+                &mut *out.data, &mut *stats.data, &*x.data, &*w.data, &NULL, &r, &dd, &k, &eps),
         }
     }
 
@@ -78,7 +78,7 @@ impl CudaBackend {
             return;
         }
         launch!(self, norm_bwd, per_row(rows, row_threads(d));
-            &mut dx.data, &dy.data, &x.data, &stats.data, &w.data,
+            &mut *dx.data, &*dy.data, &*x.data, &*stats.data, &*w.data,
             &(rows as i32), &(d as i32), &norm_kind(kind), &(accumulate as i32));
     }
 
@@ -101,11 +101,13 @@ impl CudaBackend {
         if rows * heads * n_freq == 0 {
             return;
         }
-        let pos_d = self.upload_small(&pos[..rows]);
-        let freq_d = self.upload_small(&inv_freq[..n_freq]);
+        // Both are the same for Q and K of every layer (the frequencies for the whole run):
+        // uploaded once while unchanged.
+        let pos_d = self.up_u32.get(self, &pos[..rows]);
+        let freq_d = self.up_f32.get(self, &inv_freq[..n_freq]);
         launch!(self, rope, grid(rows * heads * n_freq);
-            &mut x.data, &pos_d, &(rows as i32), &(heads as i32), &(head_dim as i32),
-            &(half as i32), &freq_d, &(n_freq as i32), &(inverse as i32));
+            &mut *x.data, &*pos_d, &(rows as i32), &(heads as i32), &(head_dim as i32),
+            &(half as i32), &*freq_d, &(n_freq as i32), &(inverse as i32));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -137,7 +139,7 @@ impl CudaBackend {
         let row_out = self.upload_small(&vec![0f64; rows * 2]);
         let g_d = self.upload_small(&vec![0i32; rows]);
         launch!(self, cross_entropy, per_row(rows, 256);
-            &mut logits.data, &t_d, &w_d, &(rows as i32), &(vocab as i32), &(grad as i32),
+            &mut *logits.data, &t_d, &w_d, &(rows as i32), &(vocab as i32), &(grad as i32),
             &row_out, &g_d);
         let r = self.download_small(&row_out, rows * 2);
         let g = self.download_small(&g_d, rows);
@@ -155,14 +157,14 @@ impl CudaBackend {
             return 0.0;
         }
         let acc = self.upload_small(&[0f64]);
-        launch!(self, sum_sq, grid(x.len()); &x.data, &(x.len() as u64), &acc);
+        launch!(self, sum_sq, grid(x.len()); &*x.data, &(x.len() as u64), &acc);
         self.download_small(&acc, 1)[0]
     }
 
     pub(super) fn scale_buf(&self, x: &mut CudaBuf, s: f32) {
         let n = x.len();
         if n > 0 {
-            launch!(self, scale, grid(n); &mut x.data, &(n as u64), &s);
+            launch!(self, scale, grid(n); &mut *x.data, &(n as u64), &s);
         }
     }
 
@@ -188,7 +190,7 @@ impl CudaBackend {
         let step = (h.lr as f64 * bc2.sqrt() / bc1) as f32;
         let decay = h.lr * h.weight_decay;
         launch!(self, adamw, grid(n);
-            &mut p.data, &g.data, &mut m.data, &mut v.data, &(n as u64),
+            &mut *p.data, &*g.data, &mut *m.data, &mut *v.data, &(n as u64),
             &h.beta1, &h.beta2, &h.eps, &step, &decay);
     }
 
@@ -196,7 +198,7 @@ impl CudaBackend {
         let n = p.len();
         assert!(g.len() >= n, "cuda sgd: sizes");
         if n > 0 {
-            launch!(self, sgd, grid(n); &mut p.data, &g.data, &(n as u64), &lr);
+            launch!(self, sgd, grid(n); &mut *p.data, &*g.data, &(n as u64), &lr);
         }
     }
 }
