@@ -380,3 +380,23 @@ fn column_ops_and_dora_norms() {
     g.dora_inv_norm(&mut got, &g.upload(&wt), &g.upload(&params), &seg, k, n);
     close("dora_inv_norm", &g.download(&got), &want, 1e-5);
 }
+
+/// Greedy decoding's argmax on the device: the first maximum, as the host's `sample::argmax`,
+/// over lengths below and above the block size, with ties and infinities.
+#[test]
+fn argmax_first_maximum() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(18);
+    for n in [1usize, 7, 256, 1000, 49_153] {
+        let mut x = rand(&mut r, n, 3.0);
+        if n > 10 {
+            x[n / 3] = 9.0; // a tie: the first one wins
+            x[n - 2] = 9.0;
+            x[1] = f32::NEG_INFINITY;
+        }
+        let want = bitune_rt::bitune::sample::argmax(&x);
+        assert_eq!(g.argmax(&g.upload(&x), n), want, "n = {n}");
+    }
+    let all_neg_inf = vec![f32::NEG_INFINITY; 300];
+    assert_eq!(g.argmax(&g.upload(&all_neg_inf), 300), 0);
+}

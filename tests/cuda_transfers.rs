@@ -75,6 +75,31 @@ fn decode_step_copies_only_the_logits() {
     }
 }
 
+/// A greedy decoding step (what `generate --temperature 0` runs) copies one integer to the
+/// host, the token, and picks the token the CPU's logits pick.
+#[test]
+fn greedy_decode_step_copies_only_the_token() {
+    let _g = serial();
+    if !sim::requested() {
+        return;
+    }
+    let (c, e) = engines(Some(ADAPTER)).unwrap();
+    let prompt: Vec<u32> = (0..12).map(|i| 40 + 7 * i).collect();
+    let (mut kc, _) = c.prefill(&prompt).unwrap();
+    let (mut kg, _) = e.prefill(&prompt).unwrap();
+    let mut tok = 50;
+    for step in 0..4 {
+        e.be.synchronize().unwrap();
+        let before = sim::counters().unwrap();
+        let got = e.decode_greedy(&mut kg, tok).unwrap();
+        let d = sim::counters().unwrap() - before;
+        assert_eq!(d.dtoh_copies, 1, "greedy step {step}: {d:?}");
+        let want = bitune_rt::bitune::sample::argmax(&c.decode(&mut kc, tok).unwrap());
+        assert_eq!(got, want, "greedy step {step}");
+        tok = got;
+    }
+}
+
 /// One Bitune train step (forward, loss, backward) copies to the host only the cross-entropy's
 /// results: the per-row loss statistics with the loss, and the greedy flags (2 copies). α, θ, dθ
 /// and the kv-mix sums stay on the device; so do DoRA's norms and IA3's vectors.

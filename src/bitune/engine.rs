@@ -1,7 +1,7 @@
 //! A model with its adapter state, ready for prefill, decoding and scoring.
 
 use super::adapter_io::{load_params, read_meta, AdapterMeta};
-use super::infer::{decode_step, prefill, score_continuations};
+use super::infer::{decode_step, decode_step_greedy, prefill, score_continuations};
 use super::params::{LoraSpec, ParamTable};
 use super::plan::Method;
 use super::step::Trainable;
@@ -101,6 +101,12 @@ impl<B: Backend> Engine<B> {
 
     pub fn decode(&self, cache: &mut KvCache<B>, token: u32) -> Result<Vec<f32>> {
         decode_step(&self.be, &self.model.weights, &self.tr, cache, token)
+    }
+
+    /// A decoding step that returns the greedy token rather than the logits (see
+    /// [`decode_step_greedy`]).
+    pub fn decode_greedy(&self, cache: &mut KvCache<B>, token: u32) -> Result<u32> {
+        decode_step_greedy(&self.be, &self.model.weights, &self.tr, cache, token)
     }
 
     pub fn score(&self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<(Vec<f64>, bool)>> {

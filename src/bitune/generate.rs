@@ -43,8 +43,10 @@ pub fn generate<B: Backend>(
     let t1 = Instant::now();
     let mut ids = Vec::new();
     let mut shown = String::new();
+    // Greedy decoding takes the argmax where the logits are (one integer from a device).
+    let greedy = o.temperature <= 0.0;
+    let mut next = sample(&logits, o.temperature, o.top_p, &mut rng);
     while ids.len() < o.max_new {
-        let next = sample(&logits, o.temperature, o.top_p, &mut rng);
         if e.model.is_eos(next) {
             break;
         }
@@ -62,7 +64,12 @@ pub fn generate<B: Backend>(
         if ids.len() == o.max_new {
             break;
         }
-        logits = e.decode(&mut cache, next)?;
+        next = if greedy {
+            e.decode_greedy(&mut cache, next)?
+        } else {
+            logits = e.decode(&mut cache, next)?;
+            sample(&logits, o.temperature, o.top_p, &mut rng)
+        };
     }
     let full = e.model.decode(&ids)?;
     let text = match o.stops.iter().filter_map(|s| full.find(s.as_str())).min() {

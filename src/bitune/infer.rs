@@ -132,6 +132,31 @@ pub fn decode_step<B: Backend>(
     cache: &mut KvCache<B>,
     token: u32,
 ) -> Result<Vec<f32>> {
+    let logits = decode_logits(be, w, tr, cache, token)?;
+    Ok(be.download(&logits))
+}
+
+/// [`decode_step`] for greedy decoding: returns the argmax token, found where the logits are
+/// (a device copies one integer to the host, not the vocabulary's logits).
+pub fn decode_step_greedy<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    tr: &Trainable<B>,
+    cache: &mut KvCache<B>,
+    token: u32,
+) -> Result<u32> {
+    let logits = decode_logits(be, w, tr, cache, token)?;
+    Ok(be.argmax(&logits, w.cfg.vocab_size))
+}
+
+/// The decoding step itself: appends the token's K/V and leaves its logits on the backend.
+fn decode_logits<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    tr: &Trainable<B>,
+    cache: &mut KvCache<B>,
+    token: u32,
+) -> Result<B::Buf> {
     check_ids(&[token], w.cfg.vocab_size)?;
     let pos = cache.pos.last().map_or(0, |p| p + 1);
     let seq = Seq {
@@ -160,7 +185,7 @@ pub fn decode_step<B: Backend>(
         be.append_rows(&mut cache.v[l], v, 0, 1, kvd);
     }
     cache.pos.push(pos);
-    Ok(be.download(&out.logits))
+    Ok(out.logits)
 }
 
 /// Log-probabilities of each continuation's tokens after `ctx`, prefilling `ctx` once and

@@ -171,10 +171,11 @@ fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
         take_profile(&mut profile, &format!("{name}_prefill"));
         let mut decode_tokens = 0usize;
         let decode_s = time(a.repeat.min(2), || {
-            let (mut cache, mut logits) = (clone_cache(&e.be, &cache0), logits0.clone());
+            // Greedy decoding as `generate --temperature 0` runs it (argmax where the logits are).
+            let mut cache = clone_cache(&e.be, &cache0);
+            let mut next = crate::bitune::sample::argmax(&logits0);
             for _ in 0..a.answer {
-                let next = crate::bitune::sample::argmax(&logits);
-                logits = e.decode(&mut cache, next)?;
+                next = e.decode_greedy(&mut cache, next)?;
             }
             decode_tokens = a.answer;
             Ok(())

@@ -60,14 +60,7 @@ impl Backend for CudaBackend {
         out
     }
     fn argmax(&self, buf: &CudaBuf, n: usize) -> u32 {
-        assert!(n <= buf.len(), "cuda argmax: out of range");
-        if n == 0 {
-            return 0;
-        }
-        let out = self.upload_small(&[0u32]);
-        let cfg = super::per_row(1, 256);
-        launch!(self, argmax, cfg; &out, &*buf.data, &(n as u64));
-        self.download_small(&out, 1)[0]
+        self.argmax_k(buf, n)
     }
     fn add_host(&self, buf: &mut CudaBuf, off: usize, vals: &[f32]) {
         let v = self.upload(vals);

@@ -13,6 +13,17 @@ fn act_kind(a: Activation) -> i32 {
 }
 
 impl CudaBackend {
+    /// The first index of the largest of `buf[..n]`; one integer comes back to the host.
+    pub(super) fn argmax_k(&self, buf: &CudaBuf, n: usize) -> u32 {
+        assert!(n <= buf.len(), "cuda argmax: out of range");
+        if n == 0 {
+            return 0;
+        }
+        let out = self.upload_small(&[0u32]);
+        launch!(self, argmax, super::per_row(1, 256); &out, &*buf.data, &(n as u64));
+        self.download_small(&out, 1)[0]
+    }
+
     pub(super) fn fill_buf(&self, buf: &mut CudaBuf, value: f32) {
         let n = buf.len();
         if n == 0 {
