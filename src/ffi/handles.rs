@@ -57,10 +57,11 @@ impl Kind {
 
 /// An engine on the device `bitune_model_load` named: the C API is one set of functions over
 /// either backend, so the handle holds one of the monomorphised engines.
+/// Boxed: an engine is large, and the two differ in size.
 pub(crate) enum AnyEngine {
-    Cpu(Engine<Cpu>),
+    Cpu(Box<Engine<Cpu>>),
     #[cfg(feature = "cuda")]
-    Cuda(Engine<crate::backend::cuda::CudaBackend>),
+    Cuda(Box<Engine<crate::backend::cuda::CudaBackend>>),
 }
 
 /// A KV cache of the matching backend (a cache only ever meets the model it was made for).

@@ -83,11 +83,11 @@ pub unsafe extern "C" fn bitune_model_load(
             .map_err(engine_err(BITUNE_ERR_LOAD))
         };
         let engine = match device.parse::<Device>() {
-            Ok(Device::Cpu) => AnyEngine::Cpu(load(Cpu)?),
+            Ok(Device::Cpu) => AnyEngine::Cpu(Box::new(load(Cpu)?)),
             #[cfg(feature = "cuda")]
             Ok(Device::Cuda(n)) => {
                 let be = open_cuda(n).map_err(engine_err(BITUNE_ERR_UNSUPPORTED))?;
-                AnyEngine::Cuda(
+                AnyEngine::Cuda(Box::new(
                     catch_device_failure(|| {
                         Engine::load(
                             be,
@@ -97,7 +97,7 @@ pub unsafe extern "C" fn bitune_model_load(
                         )
                     })
                     .map_err(engine_err(BITUNE_ERR_LOAD))?,
-                )
+                ))
             }
             #[cfg(not(feature = "cuda"))]
             Ok(Device::Cuda(_)) => {

@@ -144,8 +144,11 @@ impl Pool {
 /// frequencies, and the positions and attention plan that every layer of a forward passes again.
 /// Matched by content (small arrays: a scan costs less than a copy); the last few kept.
 pub(crate) struct UploadCache<T> {
-    slots: Mutex<std::collections::VecDeque<(Vec<T>, Arc<CudaSlice<T>>)>>,
+    slots: Mutex<std::collections::VecDeque<Uploaded<T>>>,
 }
+
+/// A host array and its device copy.
+type Uploaded<T> = (Vec<T>, Arc<CudaSlice<T>>);
 
 impl<T: DeviceRepr + Copy + Default + PartialEq> UploadCache<T> {
     const SLOTS: usize = 8;
