@@ -54,6 +54,11 @@ fn decode_step_copies_only_the_logits() {
     let (mut cache, _) = e.prefill(&prompt).unwrap();
     e.decode(&mut cache, 49).unwrap(); // the first step fills the pool
     let layers = e.model.weights.cfg.num_layers as u64;
+    // The first decoded row moved the cache into an allocation with spare rows.
+    let cap = cache.k[0].capacity();
+    let addr = e.be.device_addr(&cache.k[0]);
+    let kvd = e.model.weights.cfg.kv_dim();
+    assert!(cap >= 64 * kvd, "cache capacity {cap} < 64 rows of {kvd}");
     for step in 0..3 {
         e.be.synchronize().unwrap();
         let before = sim::counters().unwrap();
@@ -67,6 +72,13 @@ fn decode_step_copies_only_the_logits() {
         // Every buffer of a step comes from the pool (the cache grows in place, intermediates
         // have the sizes of the step before) except the K and V rows a layer attends over, which
         // hold the cache rows and so grow by one row per step: at most 2 per layer.
+        assert_eq!(
+            cache.k[0].capacity(),
+            cap,
+            "decode step {step}: the cache moved"
+        );
+        let moved = e.be.device_addr(&cache.k[0]) != addr;
+        assert!(!moved, "decode step {step}: the cache was copied elsewhere");
         let fresh = e.be.memory_stats().allocations - allocs;
         assert!(
             fresh <= 2 * layers,

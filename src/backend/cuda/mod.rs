@@ -354,6 +354,13 @@ impl CudaBackend {
         }
     }
 
+    /// The device address of `buf`'s allocation (tests check that a KV cache grows in place).
+    pub fn device_addr(&self, buf: &CudaBuf) -> u64 {
+        use cudarc::driver::DevicePtr;
+        let (p, _sync) = buf.data.device_ptr(&self.stream);
+        p
+    }
+
     /// Device memory this backend holds (live and pooled buffers) now and at most, and the
     /// driver allocations it made.
     pub fn memory_stats(&self) -> crate::backend::MemoryStats {
