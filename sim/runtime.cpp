@@ -209,6 +209,12 @@ struct Worker {
     bool failed = false;
     std::string fail;
     bool in_kernel = false;
+    // With BITUNE_CUDA_SIM_SEED set, each sweep resumes the runnable threads in a random order,
+    // so code that reads shared data another thread has not provably written yet (a missing
+    // barrier) sees a different interleaving than in the default order.
+    bool shuffle = false;
+    uint64_t rng = 0;
+    std::vector<unsigned> order;
     sigjmp_buf fault_jmp;
     void* altstack = nullptr;
 
@@ -457,10 +463,20 @@ bool run_block(Worker& w) {
         return false;
     }
     w.in_kernel = true;
+    w.order.resize(n);
+    for (unsigned i = 0; i < n; ++i) w.order[i] = i;
     while (w.done < n) {
         bool ran = false;
-        for (unsigned i = 0; i < n && !w.failed; ++i) {
-            Fiber& f = w.fibers[i];
+        if (w.shuffle) {
+            for (unsigned i = n - 1; i > 0; --i) {
+                w.rng ^= w.rng << 13;
+                w.rng ^= w.rng >> 7;
+                w.rng ^= w.rng << 17;
+                std::swap(w.order[i], w.order[w.rng % (i + 1)]);
+            }
+        }
+        for (unsigned k = 0; k < n && !w.failed; ++k) {
+            Fiber& f = w.fibers[w.order[k]];
             if (f.state != kRunnable) continue;
             ran = true;
             tl_fiber = &f;
@@ -508,8 +524,11 @@ Dim3 block_index(const Dim3& g, uint64_t i) {
 
 // Runs blocks `order[from..]` taken one at a time from `next`; the first failure stops everyone.
 bool run_blocks(const Launch& l, const std::vector<uint64_t>* order, std::atomic<uint64_t>& next,
-                uint64_t total, std::atomic<bool>& stop, std::string& err, std::mutex& err_mu) {
+                uint64_t total, std::atomic<bool>& stop, std::string& err, std::mutex& err_mu,
+                uint64_t seed) {
     Worker& w = worker();
+    w.shuffle = seed != 0;
+    w.rng = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     unsigned char* smem = nullptr;
     if (l.dyn_smem) smem = static_cast<unsigned char*>(alloc_shared(l.dyn_smem));
     setup_block(w, l, smem);
@@ -552,8 +571,9 @@ bool run(const Launch& l, std::string& err) {
     std::atomic<bool> stop{false};
     std::mutex err_mu;
     const unsigned threads = std::max(1u, env_unsigned("BITUNE_CUDA_SIM_THREADS", 1));
+    const unsigned seed = env_unsigned("BITUNE_CUDA_SIM_SEED", 0);
     if (threads == 1 || total == 1) {
-        if (!run_blocks(l, nullptr, next, total, stop, err, err_mu)) {
+        if (!run_blocks(l, nullptr, next, total, stop, err, err_mu, seed)) {
             set_last_error(err);
             return false;
         }
@@ -562,7 +582,7 @@ bool run(const Launch& l, std::string& err) {
     // Several OS threads, blocks in an order shuffled by the seed: results must not depend on it.
     std::vector<uint64_t> order(total);
     for (uint64_t i = 0; i < total; ++i) order[i] = i;
-    uint64_t s = env_unsigned("BITUNE_CUDA_SIM_SEED", 1) * 0x9E3779B97F4A7C15ull + 1;
+    uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull + 1;
     for (uint64_t i = total - 1; i > 0; --i) {
         s ^= s << 13;
         s ^= s >> 7;
@@ -571,7 +591,7 @@ bool run(const Launch& l, std::string& err) {
     }
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < std::min<uint64_t>(threads, total); ++t)
-        pool.emplace_back([&] { run_blocks(l, &order, next, total, stop, err, err_mu); });
+        pool.emplace_back([&, t] { run_blocks(l, &order, next, total, stop, err, err_mu, seed ? seed + t : 0); });
     for (auto& t : pool) t.join();
     if (stop.load()) {
         set_last_error(err);
