@@ -77,7 +77,7 @@ fn split_top_comma(s: &str) -> &str {
     s
 }
 
-/// FNV-1a 64, as sim/runtime.cpp computes it over the image cuModuleLoadData receives.
+/// FNV-1a 64, as sim/registry.cpp computes it over the image cuModuleLoadData receives.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
