@@ -26,6 +26,7 @@ struct Kernel {
     Invoker invoke;
     unsigned max_threads;   // __launch_bounds__'s first argument, 0 when the kernel has none
     unsigned num_params;
+    const unsigned* param_sizes;  // sizeof each parameter, num_params of them
 };
 
 // A module as nvcc built it: its fatbin is recognised by size and FNV-1a-64 hash of its bytes.
