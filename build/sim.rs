@@ -197,6 +197,10 @@ pub fn build(root: &Path, out: &Path, modules: &[(String, PathBuf, PathBuf)]) {
                 "-Wno-unused-variable".into(),
                 "-Wno-unused-but-set-variable".into(),
                 "-Wno-unknown-pragmas".into(),
+                // An index outside a fixed-size array (static __shared__, register arrays) traps
+                // (ud2), and the fault handler reports kernel, block and thread.
+                "-fsanitize=bounds".into(),
+                "-fsanitize-undefined-trap-on-error".into(),
             ],
         ));
     }

@@ -481,6 +481,17 @@ fn planted_out_of_bounds_is_reported() {
             "past the end of the 256-byte dynamic shared memory",
         ],
     );
+    expect_failure(
+        &g,
+        &m,
+        "planted_oob_static_shared",
+        cfg((3, 1, 1), (64, 1, 1), 0),
+        64,
+        &[
+            "out-of-bounds index into a fixed-size array",
+            "kernel planted_oob_static_shared, block (2,0,0), thread (3,0,0)",
+        ],
+    );
 }
 
 #[test]
