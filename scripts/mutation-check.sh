@@ -33,6 +33,10 @@ gather_rows wrong stride|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = src[(size_t
 scatter_add_rows plain store|kernels/rows.cu|cuda_ops|row_ops|1|atomicAdd(&out[(size_t)idx[i] * width + c], src[e]);|out[(size_t)idx[i] * width + c] += src[e];
 act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
 gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
+mma B fragment rows|kernels/mma.cuh|cuda_sim_mma|mma_fragments_from_registers|1|const unsigned row = 2 * t + (i & 1) + 8 * (i >> 1), col = g;|const unsigned row = 2 * t + (i >> 1) + 8 * (i & 1), col = g;
+mma D fragment rows|kernels/mma.cuh|cuda_sim_mma|mma_fragments_from_ldmatrix|1|o.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];|o.d[i] = D[g + 8 * (i & 1)][2 * t + (i >> 1)];
+ldmatrix trans ignored|kernels/mma.cuh|cuda_sim_mma|ldmatrix_every_form|1|const uint32_t lo = Trans ? M[m][2 * t][g] : M[m][g][2 * t];|const uint32_t lo = M[m][g][2 * t];
+cp.async wait lands one group too few|kernels/mma.cuh|cuda_sim_mma|cp_async_groups_land_in_order|1|while (s.groups.size() > n) {|while (s.groups.size() > n + 1) {
 EOF
 )
 
