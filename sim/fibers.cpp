@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -94,6 +95,9 @@ bitune_sim_switch:
 namespace sim::detail {
 
 thread_local Worker* tl_worker = nullptr;
+// Owns tl_worker, so that a thread's stacks are unmapped when it exits (test harnesses launch from
+// many short-lived threads; leaked stacks would exhaust the process's memory mappings).
+thread_local std::unique_ptr<Worker> tl_worker_owner;
 
 Worker::~Worker() {
     if (stacks) munmap(stacks, stack_slots * (kStack + page));
@@ -101,7 +105,8 @@ Worker::~Worker() {
 
 Worker& worker() {
     if (!tl_worker) {
-        tl_worker = new Worker();
+        tl_worker_owner = std::make_unique<Worker>();
+        tl_worker = tl_worker_owner.get();
         tl_worker->page = (size_t)sysconf(_SC_PAGESIZE);
     }
     return *tl_worker;

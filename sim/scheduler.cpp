@@ -3,6 +3,8 @@
 // name, completed by the last one to arrive; a block where no thread can move on is reported.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <csetjmp>
 #include <csignal>
 #include <cstdio>
@@ -176,6 +178,56 @@ bool run_blocks(const Launch& l, const std::vector<uint64_t>* order, std::atomic
     return ok;
 }
 
+// OS threads that run blocks in parallel (BITUNE_CUDA_SIM_THREADS), started once and kept: each
+// keeps its fibers' stacks between launches, and a launch costs a wake-up rather than a thread.
+// Launches are serialised by the driver stand-in, so one job runs at a time.
+class Pool {
+public:
+    void run(unsigned n, const std::function<void(unsigned)>& job) {
+        std::unique_lock<std::mutex> g(mu_);
+        while (threads_.size() < n) {
+            const unsigned id = (unsigned)threads_.size();
+            threads_.emplace_back([this, id] { serve(id); });
+        }
+        job_ = &job;
+        active_ = n;
+        pending_ = n;
+        ++generation_;
+        wake_.notify_all();
+        done_.wait(g, [&] { return pending_ == 0; });
+        job_ = nullptr;
+    }
+
+private:
+    void serve(unsigned id) {
+        uint64_t seen = 0;
+        std::unique_lock<std::mutex> g(mu_);
+        for (;;) {
+            wake_.wait(g, [&] { return generation_ != seen; });
+            seen = generation_;
+            if (id >= active_) continue;
+            const std::function<void(unsigned)>* job = job_;
+            g.unlock();
+            (*job)(id);
+            g.lock();
+            if (--pending_ == 0) done_.notify_all();
+        }
+    }
+
+    std::mutex mu_;
+    std::condition_variable wake_, done_;
+    std::vector<std::thread> threads_;
+    const std::function<void(unsigned)>* job_ = nullptr;
+    unsigned active_ = 0, pending_ = 0;
+    uint64_t generation_ = 0;
+};
+
+// Never destroyed: its threads block forever between launches and die with the process.
+Pool& pool() {
+    static Pool* p = new Pool();
+    return *p;
+}
+
 unsigned env_unsigned(const char* name, unsigned dflt) {
     const char* v = std::getenv(name);
     if (!v || !*v) return dflt;
@@ -208,10 +260,8 @@ bool run(const Launch& l, std::string& err) {
         s ^= s << 17;
         std::swap(order[i], order[s % (i + 1)]);
     }
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < std::min<uint64_t>(threads, total); ++t)
-        pool.emplace_back([&, t] { run_blocks(l, &order, next, total, stop, err, err_mu, seed ? seed + t : 0); });
-    for (auto& t : pool) t.join();
+    const unsigned n = (unsigned)std::min<uint64_t>(threads, total);
+    pool().run(n, [&](unsigned t) { run_blocks(l, &order, next, total, stop, err, err_mu, seed ? seed + t : 0); });
     if (stop.load()) {
         set_last_error(err);
         return false;
