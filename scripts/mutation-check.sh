@@ -30,7 +30,8 @@ cross_entropy gradient target|kernels/cross_entropy.cu|cuda_ops|cross_entropy_fu
 adamw second moment|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|(1.0f - beta2) * gi * gi|(1.0f - beta2) * gi
 sum_sq plain store for the atomic|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|if (threadIdx.x == 0) atomicAdd(acc, s);|if (threadIdx.x == 0) *acc += s;
 gather_rows wrong stride|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = src[(size_t)idx[i] * width + c];|out[e] = src[(size_t)idx[i] * (width - 1) + c];
-scatter_add_rows plain store|kernels/rows.cu|cuda_ops|row_ops|1|atomicAdd(&out[(size_t)idx[i] * width + c], src[e]);|out[(size_t)idx[i] * width + c] += src[e];
+embedding_fwd scale dropped|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = table[(size_t)ids[i] * dim + c] * scale;|out[e] = table[(size_t)ids[i] * dim + c];
+copy_rows accumulate inverted|kernels/rows.cu|cuda_ops|row_ops|1|if (accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;|if (!accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;
 act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
 gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
 mma B fragment rows|kernels/mma.cuh|cuda_sim_mma|mma_fragments_from_registers|1|const unsigned row = 2 * t + (i & 1) + 8 * (i >> 1), col = g;|const unsigned row = 2 * t + (i >> 1) + 8 * (i & 1), col = g;
