@@ -28,7 +28,7 @@ rope position off by one|kernels/rope.cu|cuda_ops|rope_partial_and_inverse|1|(fl
 cross_entropy missing barrier|kernels/cross_entropy.cu|cuda_ops|cross_entropy_fused|1|const float lt = lr[t];  // every thread reads it before any thread overwrites the row\n        __syncthreads();|const float lt = lr[t];
 cross_entropy gradient target|kernels/cross_entropy.cu|cuda_ops|cross_entropy_fused|1|(j == (int)t ? 1.0 : 0.0)|(j == (int)t + 1 ? 1.0 : 0.0)
 adamw second moment|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|(1.0f - beta2) * gi * gi|(1.0f - beta2) * gi
-sum_sq plain store for the atomic|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|if (threadIdx.x == 0) atomicAdd(acc, s);|if (threadIdx.x == 0) *acc += s;
+sum_sq square dropped|kernels/optim.cu|cuda_ops|optimizers_and_sum_sq|1|        s += v * v;|        s += v;
 gather_rows wrong stride|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = src[(size_t)idx[i] * width + c];|out[e] = src[(size_t)idx[i] * (width - 1) + c];
 embedding_fwd scale dropped|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = table[(size_t)ids[i] * dim + c] * scale;|out[e] = table[(size_t)ids[i] * dim + c];
 copy_rows accumulate inverted|kernels/rows.cu|cuda_ops|row_ops|1|if (accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;|if (!accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;
