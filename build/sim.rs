@@ -77,7 +77,7 @@ fn split_top_comma(s: &str) -> &str {
     s
 }
 
-/// FNV-1a 64, as sim/runtime.cpp computes it over the image cuModuleLoadData receives.
+/// FNV-1a 64, as sim/registry.cpp computes it over the image cuModuleLoadData receives.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
@@ -197,6 +197,10 @@ pub fn build(root: &Path, out: &Path, modules: &[(String, PathBuf, PathBuf)]) {
                 "-Wno-unused-variable".into(),
                 "-Wno-unused-but-set-variable".into(),
                 "-Wno-unknown-pragmas".into(),
+                // An index outside a fixed-size array (static __shared__, register arrays) traps
+                // (ud2), and the fault handler reports kernel, block and thread.
+                "-fsanitize=bounds".into(),
+                "-fsanitize-undefined-trap-on-error".into(),
             ],
         ));
     }

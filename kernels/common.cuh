@@ -57,3 +57,5 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     v = lane < nwarps ? scratch[lane] : -INFINITY;
     return warp_max(v);
 }
+
+#include "mma.cuh"

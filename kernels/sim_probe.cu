@@ -162,5 +162,14 @@ extern "C" __global__ void planted_oob_shared(float* out, int n) {
     out[blockIdx.x * blockDim.x + threadIdx.x] = dyn[threadIdx.x + extra * n];
 }
 
+// Thread 3 of block 2 writes one element past a static __shared__ array.
+extern "C" __global__ void planted_oob_static_shared(float* out, int n) {
+    __shared__ float buf[64];
+    const int extra = blockIdx.x == 2 && threadIdx.x == 3;
+    buf[threadIdx.x + extra * 64] = (float)n;
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = buf[threadIdx.x];
+}
+
 // Launched with more threads than its bounds allow.
 extern "C" __global__ void __launch_bounds__(128) planted_bounded(float* out) { out[threadIdx.x] = 1.0f; }

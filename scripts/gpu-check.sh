@@ -18,7 +18,7 @@ if [ "${1:-}" = "--prepare" ]; then
     set -e
     scripts/install-nvcc.sh
     cargo build --release --features cuda --bin bitune-rt
-    tests=(--test cuda_ops --test cuda_attention_lora --test cuda_model --test cuda_transfers)
+    tests=(--test cuda_sim --test cuda_sim_mma --test cuda_ops --test cuda_attention_lora --test cuda_model --test cuda_transfers)
     cargo test --release --features cuda --no-run "${tests[@]}"
     rm -rf .carry && mkdir -p .carry/bin
     cp target/release/bitune-rt .carry/bin/
@@ -82,7 +82,7 @@ echo "| binary | test | result |" >>"$RES"
 echo "|---|---|---|" >>"$RES"
 status=0
 skipped=0
-for t in cuda_ops cuda_attention_lora cuda_model cuda_transfers; do
+for t in cuda_sim cuda_sim_mma cuda_ops cuda_attention_lora cuda_model cuda_transfers; do
     run "$t" 300 "$bins/bin/$t" --test-threads=1 --nocapture
     rc=$?
     [ $rc -ne 0 ] && status=1

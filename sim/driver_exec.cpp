@@ -9,9 +9,8 @@
 // is not sticky.
 //
 // While the stream captures, the launch is recorded with a copy of its parameter VALUES (the
-// caller's parameter array dies after the call). The runtime's Kernel knows how many parameters a
-// kernel has but not their sizes, so each is copied as 8 bytes: by-value kernel arguments must be
-// at most 8 bytes (pointers, 64-bit integers, int, float — all this project's kernels take).
+// caller's parameter array dies after the call), each as many bytes as the kernel's parameter
+// type has (the registry knows them from the kernel's signature).
 #include <cstring>
 #include <sstream>
 
@@ -149,16 +148,28 @@ CUresult launch(const LaunchArgs& a) {
         std::lock_guard<std::recursive_mutex> g(exec_mutex());
         return run_kernel(k, grid, block, smem, a.params);
     }
-    // Recorded: copy 8 bytes of every parameter value now.
-    auto values = std::make_shared<std::vector<uint64_t>>(k->num_params);
-    for (unsigned i = 0; i < k->num_params; ++i) std::memcpy(&(*values)[i], a.params[i], 8);
+    // Recorded: copy every parameter value now, each in its own 16-byte-aligned slot.
+    size_t slots = 0;
+    for (unsigned i = 0; i < k->num_params; ++i) slots += (k->param_sizes[i] + 15) / 16;
+    struct alignas(16) Slot {
+        unsigned char bytes[16];
+    };
+    auto values = std::make_shared<std::vector<Slot>>(slots);
+    std::vector<size_t> offsets;
+    size_t at = 0;
+    for (unsigned i = 0; i < k->num_params; ++i) {
+        offsets.push_back(at);
+        std::memcpy(reinterpret_cast<char*>(values->data()) + at, a.params[i], k->param_sizes[i]);
+        at += (k->param_sizes[i] + 15) / 16 * 16;
+    }
     std::ostringstream what;
     what << "launch of " << kname(k) << " grid (" << grid.x << "," << grid.y << "," << grid.z << ") block (" << block.x
          << "," << block.y << "," << block.z << ")";
     return submit(a.stream, a.call,
-                  [k, grid, block, smem, values] {
-                      std::vector<void*> ptrs(values->size());
-                      for (size_t i = 0; i < ptrs.size(); ++i) ptrs[i] = &(*values)[i];
+                  [k, grid, block, smem, values, offsets] {
+                      std::vector<void*> ptrs(offsets.size());
+                      for (size_t i = 0; i < ptrs.size(); ++i)
+                          ptrs[i] = reinterpret_cast<char*>(values->data()) + offsets[i];
                       return run_kernel(k, grid, block, smem, ptrs.empty() ? nullptr : ptrs.data());
                   },
                   what.str());

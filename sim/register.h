@@ -20,9 +20,15 @@ void invoke_as(void* fn, void** params) {
 }
 
 template <class... A>
+const unsigned* sizes_of() {
+    static const unsigned sizes[] = {(unsigned)sizeof(A)..., 0u};
+    return sizes;
+}
+
+template <class... A>
 bool add_kernel(const char* module, const char* name, void (*f)(A...), unsigned max_threads) {
     register_kernel(Kernel{module, name, reinterpret_cast<void*>(f), &invoke_as<A...>, max_threads,
-                           (unsigned)sizeof...(A)});
+                           (unsigned)sizeof...(A), sizes_of<A...>()});
     return true;
 }
 

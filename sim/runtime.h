@@ -26,6 +26,7 @@ struct Kernel {
     Invoker invoke;
     unsigned max_threads;   // __launch_bounds__'s first argument, 0 when the kernel has none
     unsigned num_params;
+    const unsigned* param_sizes;  // sizeof each parameter, num_params of them
 };
 
 // A module as nvcc built it: its fatbin is recognised by size and FNV-1a-64 hash of its bytes.
@@ -63,8 +64,10 @@ constexpr size_t kSmemPerBlockOptin = 227 * 1024;    // MAX_SHARED_MEMORY_PER_BL
 constexpr unsigned kWarpSize = 32;
 constexpr unsigned kNumSMs = 132;
 
-// Runs every block of the grid now (blocks in order on the calling thread by default; on
-// BITUNE_CUDA_SIM_THREADS worker threads in an order shuffled by BITUNE_CUDA_SIM_SEED when set).
+// Runs every block of the grid now: blocks in order on the calling thread by default, threads of
+// a block resumed in order. BITUNE_CUDA_SIM_THREADS=N runs blocks on N OS threads in a shuffled
+// order; BITUNE_CUDA_SIM_SEED=S (non-zero) also resumes a block's threads in an order shuffled
+// by S, and seeds the block shuffle.
 // Returns false with `err` naming the kernel, the block and the thread on: barrier divergence,
 // a collective whose named lanes do not all arrive, an out-of-bounds access (guard pages), a
 // kernel trap. Launch-limit checks are the caller's (the driver stand-in), since they depend on

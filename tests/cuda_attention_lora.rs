@@ -18,9 +18,13 @@ fn matmul_both_paths_and_gemv() {
     let paths = [Some(g.clone()), CudaBackend::open(0, false).ok()];
     let (c, mut r) = (Cpu, Rng::new(2));
     for be in paths.iter().flatten() {
+        // One-row products take the decode GEMV: k = 576 (SmolLM2's width) and 1002 make each
+        // lane stride over several 16-byte chunks or scalars, as real shapes do.
         for (m, k, n) in [
             (1, 48, 40),
             (1, 50, 33),
+            (1, 576, 40),
+            (1, 1002, 9),
             (7, 48, 40),
             (130, 96, 72),
             (64, 64, 64),

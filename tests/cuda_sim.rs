@@ -286,9 +286,9 @@ fn atomics() {
     assert_eq!(down(&g, &cas)[0], n as u32);
 }
 
-/// Blocks run in order by default, so even f32 atomics are reproducible: the sum is exactly the
-/// in-order f32 sum. With BITUNE_CUDA_SIM_THREADS blocks run shuffled on several threads, and only
-/// the value up to rounding is fixed.
+/// Blocks and threads run in order by default, so even f32 atomics are reproducible: the sum is
+/// exactly the in-order f32 sum. With BITUNE_CUDA_SIM_THREADS / BITUNE_CUDA_SIM_SEED the order is
+/// shuffled, and only the value up to rounding is fixed.
 #[test]
 fn deterministic_by_default() {
     let Some(g) = gpu() else { return };
@@ -313,8 +313,10 @@ fn deterministic_by_default() {
     let exact: f64 = vals.iter().map(|&v| v as f64).sum();
     let (a, b) = (sum(()), sum(()));
     assert!((a as f64 - exact).abs() < 0.5, "{a} vs {exact}");
-    let threads = std::env::var("BITUNE_CUDA_SIM_THREADS").unwrap_or_default();
-    if sim::requested() && matches!(threads.as_str(), "" | "1") {
+    let var = |name| std::env::var(name).unwrap_or_default();
+    let (threads, seed) = (var("BITUNE_CUDA_SIM_THREADS"), var("BITUNE_CUDA_SIM_SEED"));
+    if sim::requested() && matches!(threads.as_str(), "" | "1") && matches!(seed.as_str(), "" | "0")
+    {
         let in_order = vals.iter().fold(0f32, |s, &v| s + v);
         assert_eq!(
             a.to_bits(),
@@ -477,6 +479,17 @@ fn planted_out_of_bounds_is_reported() {
             "out-of-bounds access",
             "kernel planted_oob_shared, block (1,0,0), thread (7,0,0)",
             "past the end of the 256-byte dynamic shared memory",
+        ],
+    );
+    expect_failure(
+        &g,
+        &m,
+        "planted_oob_static_shared",
+        cfg((3, 1, 1), (64, 1, 1), 0),
+        64,
+        &[
+            "out-of-bounds index into a fixed-size array",
+            "kernel planted_oob_static_shared, block (2,0,0), thread (3,0,0)",
         ],
     );
 }

@@ -9,11 +9,12 @@ out="${OUT:-/tmp/bitune-standin-test}"
 mkdir -p "$out"
 cxx="${CXX:-g++}"
 flags=(-std=c++17 -O2 -fPIC -Wall -Wextra -Werror -g)
-runtime=("$sim/runtime.cpp")
-[ -f "$sim/memory.cpp" ] && runtime+=("$sim/memory.cpp")
+# Everything of libcuda: the runtime and the driver stand-in (every sim/*.cpp but cublas*).
+runtime=()
+for f in "$sim"/*.cpp; do [[ "$(basename "$f")" == cublas* ]] || runtime+=("$f"); done
 set -x
 $cxx "${flags[@]}" -shared -Wl,-soname,libcuda.so -o "$out/libcuda.so" \
-    "${runtime[@]}" "$sim"/driver.cpp "$sim"/driver_mem.cpp "$sim"/driver_stream.cpp "$sim"/driver_exec.cpp -lpthread
+    "${runtime[@]}" -lpthread
 $cxx "${flags[@]}" -shared -Wl,-soname,libcublas.so -o "$out/libcublas.so" "$sim/cublas.cpp" \
     -L"$out" -l:libcuda.so -Wl,-rpath,"$out"
 $cxx "${flags[@]}" -o "$out/standin_test" "$here/standin_test.cpp" \

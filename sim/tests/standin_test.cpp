@@ -154,6 +154,8 @@ static void inv_oob(void* fn, void** a) {
 }
 
 static unsigned char g_image[48];
+static const unsigned k_fill_sizes[] = {8, 4, 8};
+static const unsigned k_oob_sizes[] = {8, 4};
 
 static void register_test_module() {
     std::memset(g_image, 0, sizeof g_image);
@@ -166,9 +168,9 @@ static void register_test_module() {
     std::memcpy(g_image + 8, &payload, 8);
     for (size_t i = 16; i < sizeof g_image; ++i) g_image[i] = (unsigned char)(i * 7);
     sim::register_module(sim::Module{"testmod", sizeof g_image, sim::fnv1a(g_image, sizeof g_image)});
-    sim::register_kernel(sim::Kernel{"testmod", "fill", (void*)&k_fill, inv_fill, 0, 3});
-    sim::register_kernel(sim::Kernel{"testmod", "fill_bounded", (void*)&k_fill, inv_fill, 128, 3});
-    sim::register_kernel(sim::Kernel{"testmod", "oob", (void*)&k_oob, inv_oob, 0, 2});
+    sim::register_kernel(sim::Kernel{"testmod", "fill", (void*)&k_fill, inv_fill, 0, 3, k_fill_sizes});
+    sim::register_kernel(sim::Kernel{"testmod", "fill_bounded", (void*)&k_fill, inv_fill, 128, 3, k_fill_sizes});
+    sim::register_kernel(sim::Kernel{"testmod", "oob", (void*)&k_oob, inv_oob, 0, 2, k_oob_sizes});
 }
 
 static CUdeviceptr dalloc(size_t bytes) {
