@@ -2,20 +2,22 @@
 
 use crate::backend::cpu::Cpu;
 use crate::bitune::adapter_io::{read_meta, AdapterMeta};
-use crate::bitune::engine::{load_adapter, Engine};
+use crate::bitune::engine::{empty_trainable, load_adapter, Engine};
 use crate::bitune::generate::{generate, GenOptions};
 use crate::bitune::params::LoraSpec;
 use crate::bitune::peft::Peft;
 use crate::bitune::plan::Method;
 use crate::bitune::step::Trainable;
+use crate::cli::heldout;
 use crate::data::examples::{prompt_text, read_jsonl, tokenize, Pair};
 use crate::model::load::{resolve_model, Model};
 use crate::model::weights::{Target, ALL_TARGETS};
 use crate::train::optim::{OptConfig, OptKind, Schedule};
 use crate::train::run::{train, TrainConfig};
+use crate::train::run_dir;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OptArg {
@@ -41,9 +43,14 @@ pub struct TrainArgs {
     pub instruction_field: String,
     #[arg(long, default_value = "response")]
     pub response_field: String,
-    /// Output folder: receives the final adapter; checkpoints go to OUT/checkpoints/step-N/
-    #[arg(long, default_value = "runs/bitune")]
-    pub out: PathBuf,
+    /// Output folder: receives the final adapter; checkpoints go to OUT/checkpoints/step-N/.
+    /// Default: runs/bitune, or runs/bitune-2, -3, ... when that holds a run already. A folder
+    /// that holds another run is refused unless --overwrite is given
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the run in --out (its checkpoints, metrics and adapter; other files stay)
+    #[arg(long)]
+    pub overwrite: bool,
     /// bitune | lora | naive-bidir | no-mixing | only-causal | shared-weights | anti-causal
     #[arg(long, default_value = "bitune")]
     pub method: String,
@@ -87,14 +94,18 @@ pub struct TrainArgs {
     /// Start from an adapter folder (its config sets rank, alpha and targets)
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
-    /// Continue a run from its latest checkpoint (the run's --out folder or a step folder)
+    /// Continue a run from its latest checkpoint (the run's folder or a step folder) with the
+    /// same settings; the run continues in its folder unless --out names another
     #[arg(long)]
     pub resume: Option<PathBuf>,
     #[arg(long)]
     pub threads: Option<usize>,
-    /// No before/after samples
+    /// No before/after report (held-out table and sample answers)
     #[arg(long)]
     pub no_samples: bool,
+    /// Held-out items per family in the before/after table (bundled suite only)
+    #[arg(long, default_value_t = 40)]
+    pub eval_n: usize,
 }
 
 pub(crate) fn check(a: &TrainArgs) -> Result<()> {
@@ -154,13 +165,8 @@ fn load_pairs(a: &TrainArgs) -> Result<Vec<Pair>> {
     }
 }
 
-fn sample(
-    model: Model<Cpu>,
-    tr: Trainable<Cpu>,
-    instruction: &str,
-    label: &str,
-) -> Result<(Model<Cpu>, Trainable<Cpu>)> {
-    let e = Engine { be: Cpu, model, tr };
+/// The greedy answer to one instruction (the `--data` runs' before/after sample).
+fn sample(e: &Engine<Cpu>, instruction: &str) -> Result<String> {
     let ids = e.model.encode(&prompt_text(instruction), true)?;
     let o = GenOptions {
         max_new: 40,
@@ -169,9 +175,56 @@ fn sample(
         seed: 0,
         stops: vec!["Question:".into()],
     };
-    let g = generate(&e, &ids, &o, |_| {})?;
-    eprintln!("{label}: {:?}", g.text.trim());
-    Ok((e.model, e.tr))
+    Ok(generate(e, &ids, &o, |_| {})?.text.trim().to_string())
+}
+
+/// What `train` reports before and after: on the bundled suite, the held-out table; on `--data`,
+/// the answer to the first instruction. "Before" is always the base model without an adapter.
+enum Before {
+    None,
+    Table(heldout::Report),
+    Sample(String),
+}
+
+fn before(model: Model<Cpu>, a: &TrainArgs, probe: &str) -> Result<(Model<Cpu>, Before)> {
+    if a.no_samples {
+        return Ok((model, Before::None));
+    }
+    let tr = empty_trainable(&Cpu, &model, Method::Lora);
+    let mut e = Engine { be: Cpu, model, tr };
+    let b = if a.data.is_none() && a.eval_n > 0 {
+        Before::Table(heldout::evaluate(&mut e, a.eval_n, "base model")?)
+    } else {
+        Before::Sample(sample(&e, probe)?)
+    };
+    Ok((e.model, b))
+}
+
+fn after(
+    model: Model<Cpu>,
+    tr: Trainable<Cpu>,
+    a: &TrainArgs,
+    b: Before,
+    probe: &str,
+    out: &Path,
+) -> Result<()> {
+    let method = tr.method.name();
+    let mut e = Engine { be: Cpu, model, tr };
+    match b {
+        Before::None => {}
+        Before::Sample(text) => {
+            eprintln!("before (base model): {text:?}");
+            eprintln!("after ({method}):  {:?}", sample(&e, probe)?);
+        }
+        Before::Table(before) => {
+            let after = heldout::evaluate(&mut e, a.eval_n, method)?;
+            println!("{}", heldout::table(&before, &after, method)?);
+            let path = out.join("eval.json");
+            let text = serde_json::to_string_pretty(&heldout::to_json(&before, &after, a.eval_n))?;
+            crate::train::atomic::write_atomic_str(&path, &(text + "\n"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The adapters a run starts from: `--init-adapter`'s, or freshly initialised from the seed
@@ -253,8 +306,18 @@ pub(crate) fn opt_config(a: &TrainArgs) -> OptConfig {
     }
 }
 
+/// `--out`'s default; a fresh run takes `-2`, `-3`, ... when it holds a run.
+pub const DEFAULT_OUT: &str = "runs/bitune";
+
 pub fn run(a: TrainArgs) -> Result<()> {
     check(&a)?;
+    // The folder is settled before the model loads: a clash costs the user nothing.
+    let rd = run_dir::resolve(
+        a.out.as_deref(),
+        a.resume.as_deref(),
+        a.overwrite,
+        Path::new(DEFAULT_OUT),
+    )?;
     crate::cli::set_threads(a.threads)?;
     let be = Cpu;
     let path = resolve_model(a.model.as_deref())?;
@@ -269,7 +332,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .context("the model config names no EOS token")?;
     let tok = tokenize(&model.tokenizer, &pairs, eos, a.max_len)?;
     eprintln!(
-        "{}: {} examples ({} skipped as longer than {} tokens); method {} ({}); {} trainable parameters",
+        "{}: {} examples ({} skipped as longer than {} tokens); method {} ({}); {} trainable parameters; writing to {}",
         a.data
             .as_ref()
             .map_or("bundled synthetic suite".into(), |p| p
@@ -280,11 +343,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.max_len,
         method.name(),
         tr.table.peft.name(),
-        tr.table.total
+        tr.table.total,
+        rd.out.display()
     );
     let opt = opt_config(&a);
     let tc = TrainConfig {
-        out: a.out.clone(),
+        out: rd.out.clone(),
         steps: a.steps,
         batch: a.batch,
         accum: a.accum,
@@ -298,10 +362,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .first()
         .map(|p| p.instruction.clone())
         .unwrap_or_default();
-    let mut model = model;
-    if !a.no_samples && a.resume.is_none() {
-        (model, tr) = sample(model, tr, &probe, "before")?;
-    }
+    let (model, b) = before(model, &a, &probe)?;
+    run_dir::prepare(&rd, a.overwrite)?;
     let res = train(
         &be,
         &model,
@@ -309,15 +371,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         &meta,
         &tok.examples,
         &tc,
-        a.resume.as_deref(),
+        rd.resume.as_deref(),
     )?;
-    if !a.no_samples {
-        sample(model, tr, &probe, "after")?;
-    }
     let last = res.losses.last().map_or(f64::NAN, |l| l.1);
     eprintln!(
         "final loss {last:.4}; adapter written to {}",
         res.final_dir.display()
     );
-    Ok(())
+    after(model, tr, &a, b, &probe, &res.final_dir)
 }
