@@ -1,6 +1,7 @@
 //! The jobs behind the CLI subcommands (kept in the library so tests and the C API reach them).
 
 pub mod bench;
+pub mod bench_table;
 pub mod compare;
 pub mod compare_stats;
 pub mod data;
