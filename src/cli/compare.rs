@@ -62,6 +62,7 @@ pub struct CompareArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 30)]
     pub steps: u64,
+    /// Peak learning rate: the paper's for its task data sets (Table 9), for every method
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     #[arg(long, default_value_t = 4)]
@@ -77,7 +78,8 @@ pub struct CompareArgs {
     pub targets: Option<String>,
     #[arg(long, default_value_t = 0.01)]
     pub theta_init: f32,
-    /// Global gradient-norm clip (0 turns it off)
+    /// Global gradient-norm clip as in the paper's code; 0 turns it off [departs from the
+    /// paper's code] (see train --help)
     #[arg(long, default_value_t = 1.0)]
     pub clip: f32,
     #[arg(long, default_value_t = 512)]

@@ -39,7 +39,8 @@ impl FamilyScore {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub families: Vec<FamilyScore>,
-    /// The first line of the model's answer to each sample question.
+    /// The model's answer to each sample question as printed: its first line, quoted, and
+    /// when that is empty, what the model wrote instead (an empty answer alone reads as broken).
     pub answers: Vec<String>,
 }
 
@@ -133,10 +134,23 @@ pub fn evaluate(scorer: &mut dyn LmScorer, n: usize, label: &str) -> Result<Repo
         .iter()
         .map(|ex| {
             let raw = scorer.generate_until(&question_prompt(&ex.instruction), MAX_NEW, &stops)?;
-            Ok(first_line(&gsm8k::cut_at_stops(&raw, &stops)))
+            Ok(shown(&raw, &first_line(&gsm8k::cut_at_stops(&raw, &stops))))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Report { families, answers })
+}
+
+/// An answer as the table prints it.
+fn shown(raw: &str, answer: &str) -> String {
+    if !answer.is_empty() {
+        return format!("{answer:?}");
+    }
+    let head: String = raw.chars().take(40).collect();
+    if head.trim().is_empty() {
+        "\"\" (it ended the answer at once)".into()
+    } else {
+        format!("\"\" (it went on with {head:?}, cut at a stop string)")
+    }
 }
 
 fn pct(s: &FamilyScore) -> String {
@@ -184,8 +198,8 @@ pub fn table(before: &Report, after: &Report, method: &str) -> Result<String> {
         )?;
         let gold = first_line(&ex.response);
         writeln!(s, "  gold:   {gold}")?;
-        writeln!(s, "  before: {b:?}")?;
-        writeln!(s, "  after:  {a:?}")?;
+        writeln!(s, "  before: {b}")?;
+        writeln!(s, "  after:  {a}")?;
     }
     Ok(s)
 }
@@ -228,7 +242,7 @@ mod tests {
                     n: 4,
                 })
                 .collect(),
-            answers: vec![ans.into(); 3],
+            answers: vec![shown(ans, ans); 3],
         };
         let (b, a) = (r(1, "nothing"), r(3, "apple"));
         assert_eq!(b.mean(), 0.25);
@@ -241,5 +255,10 @@ mod tests {
         let gold = first_line(&samples().unwrap()[1].response);
         assert!(t.contains(&format!("gold:   {gold}")), "{t}");
         assert!(t.contains("before: \"nothing\"") && t.contains("after:  \"apple\""));
+        assert_eq!(shown("", ""), "\"\" (it ended the answer at once)");
+        assert_eq!(
+            shown("\nQuestion: x", ""),
+            "\"\" (it went on with \"\\nQuestion: x\", cut at a stop string)"
+        );
     }
 }
