@@ -690,7 +690,7 @@ pub fn markdown(r: &Value) -> String {
         );
         let tasks = p["tasks"].as_object().into_iter().flatten();
         for (task, t) in tasks.chain([(&"all tasks".to_string(), &p["all"])]) {
-            lines.push(format!("| {name} | {task} | {} |", paired_cells(t)));
+            lines.push(format!("| {name} | {task} | {}", paired_cells(t)));
         }
     }
     if !lines.is_empty() {
