@@ -59,7 +59,7 @@ pub struct TrainArgs {
     pub peft: Option<Peft>,
     /// Optimizer updates. The default (100 × batch 4 = one pass over the bundled suite) is
     /// what it takes, at the default --lr, for Bitune to beat the base model on every family of
-    /// the held-out table; about 4 minutes on 2 cores with the evaluation
+    /// the held-out table; about 3 minutes on 2 idle cores with the evaluation
     #[arg(long, default_value_t = 100)]
     pub steps: u64,
     /// Peak learning rate (LoRA and θ alike, as in the paper). The default 3e-3 is the top of the
