@@ -12,8 +12,8 @@ out="bench/results/${stamp}-cpu-${commit}.json"
 tmp=$(mktemp -d)
 cargo build --release --quiet
 bin=target/release/bitune-rt
-$bin bench --threads "$threads" --prompt 50 --answer 200 --train --repeat 3 > "$tmp/rs_50_200.json"
-$bin bench --threads "$threads" --prompt 200 --answer 50 --repeat 3 > "$tmp/rs_200_50.json"
+$bin bench --json --threads "$threads" --prompt 50 --answer 200 --train --repeat 3 > "$tmp/rs_50_200.json"
+$bin bench --json --threads "$threads" --prompt 200 --answer 50 --repeat 3 > "$tmp/rs_200_50.json"
 py=.pyref/bin/python
 if [ -x "$py" ]; then
     $py bench/hf_cpu_bench.py --threads "$threads" --prompt 50 --answer 200 --repeat 3 > "$tmp/hf_50_200.json"

@@ -339,17 +339,44 @@ fn compare_tabulates_mean_and_sample_std_over_seeds() {
             assert_eq!(d.join("bitune.safetensors").exists(), method == "bitune");
         }
     }
-    // The files: the same report as JSON, and a markdown table with a header, a rule and a row
-    // per method (method, runs, 2 metric columns, avg, final loss).
+    // The paired test over items: with one task, the mean per-item difference (items averaged
+    // over seeds) equals the difference of the methods' mean accuracies.
+    let p = &r["paired"][0];
+    assert_eq!(
+        (p["a"].as_str(), p["b"].as_str()),
+        (Some("lora"), Some("bitune"))
+    );
+    let t = &p["tasks"]["synthetic:mc"];
+    assert_eq!(t["n_items"], 8);
+    let want = table[1]["cells"][0]["mean"].as_f64().unwrap()
+        - table[0]["cells"][0]["mean"].as_f64().unwrap();
+    assert!((t["diff"].as_f64().unwrap() - want).abs() < 1e-12, "{t}");
+    assert_eq!(p["all"], *t, "one task: all items are that task's");
+
+    // The files: the same report as JSON, and a markdown table in the paper's Table 1 shape:
+    // a header, a rule and a row per method (method, runs, one column per task, avg, final
+    // loss); then the paired-test table (header, rule, task row and all-tasks row).
     assert_eq!(read_json(&out.join("compare.json"))["table"], r["table"]);
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
-    assert_eq!(rows.len(), 4, "{md}");
-    for l in &rows {
-        assert_eq!(l.matches('|').count(), 7, "{l}");
+    assert_eq!(rows.len(), 8, "{md}");
+    for l in &rows[..4] {
+        assert_eq!(l.matches('|').count(), 6, "{l}");
     }
+    assert_eq!(
+        rows[0],
+        "| method | runs | synthetic:mc acc | avg | final loss |"
+    );
     assert!(rows[2].starts_with("| lora | 2 | ") && rows[3].starts_with("| bitune | 2 | "));
     assert!(rows[2].contains(" ± "), "{md}");
+    assert!(
+        rows[6].starts_with("| bitune − lora | synthetic:mc | 8 | "),
+        "{md}"
+    );
+    assert!(
+        rows[7].starts_with("| bitune − lora | all tasks | 8 | "),
+        "{md}"
+    );
 
     // Deterministic: the same command gives the same numbers.
     let again = compare(&Cli::parse_from(argv).a).unwrap();

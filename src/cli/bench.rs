@@ -1,5 +1,7 @@
 //! `bench`: prefill (dual vs causal-only), decode and end-to-end latency, and train-step time
-//! (Bitune vs the LoRA baseline), as JSON with device, commit and date.
+//! (Bitune vs the LoRA baseline). Progress goes to stderr while it runs; the result is a table
+//! (`bench_table`) or, with `--json`, the JSON report with device, commit and date (`--out`
+//! writes the JSON too).
 
 use crate::backend::Backend;
 use crate::bitune::engine::{empty_trainable, Engine};
@@ -9,7 +11,7 @@ use crate::bitune::step::{loss_and_grad, Trainable};
 use crate::model::load::{resolve_model, Model};
 use crate::model::weights::ALL_TARGETS;
 use crate::rng::Rng;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,7 +40,10 @@ pub struct BenchArgs {
     pub profile: bool,
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Write the JSON here (default: stdout only)
+    /// Print the JSON report on stdout instead of the table (for scripts)
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -162,7 +167,31 @@ fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
             ("bitune", Some(bitune)),
         ]
     };
-    for (name, tr) in inference {
+    let phases = inference.len() + if a.train || a.train_only { 2 } else { 0 };
+    let t_all = Instant::now();
+    let note = |k: usize, what: String| {
+        eprintln!(
+            "bench [{k}/{phases}] {what} ({:.0} s elapsed)",
+            t_all.elapsed().as_secs_f64()
+        );
+    };
+    eprintln!(
+        "bench: {} loaded in {load_s:.1} s; prompt {} tokens, answer {} tokens, median of {}",
+        path.display(),
+        a.prompt,
+        a.answer,
+        a.repeat
+    );
+    for (k, (name, tr)) in inference.into_iter().enumerate() {
+        note(
+            k + 1,
+            format!(
+                "{name}: prefill ×{}, then {} decode steps ×{}",
+                a.repeat + 1,
+                a.answer,
+                a.repeat.min(2) + 1
+            ),
+        );
         let saved = tr.map(|t| std::mem::replace(&mut e.tr, t));
         let prefill_s = time(a.repeat, || e.prefill(&ids))?;
         prof(a.profile);
@@ -200,7 +229,17 @@ fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
             prompt_len: a.prompt,
         };
         let mut train = serde_json::Map::new();
-        for method in [Method::Lora, Method::Bitune] {
+        for (k, method) in [Method::Lora, Method::Bitune].into_iter().enumerate() {
+            note(
+                phases - 1 + k,
+                format!(
+                    "{} train step ({}+{} tokens) ×{}",
+                    method.name(),
+                    a.prompt,
+                    a.answer,
+                    a.repeat.min(2) + 1
+                ),
+            );
             let tr = bitune_state(&e.be, &e.model, method, 3);
             let step = || {
                 let mut g = e.be.zeros(tr.table.total);
@@ -254,9 +293,15 @@ fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
             "in_use_bytes": m.in_use_bytes, "allocations": m.allocations});
     }
     let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
     if let Some(out) = &a.out {
-        crate::train::atomic::write_atomic_str(out, &text)?;
+        crate::train::atomic::write_atomic_str(out, &text)
+            .with_context(|| format!("--out {}", out.display()))?;
+        eprintln!("bench: wrote {}", out.display());
+    }
+    if a.json {
+        println!("{text}");
+    } else {
+        print!("{}", super::bench_table::table(&report));
     }
     Ok(())
 }

@@ -62,6 +62,7 @@ pub struct CompareArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 30)]
     pub steps: u64,
+    /// Peak learning rate: the paper's for its task data sets (Table 9), for every method
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     #[arg(long, default_value_t = 4)]
@@ -77,6 +78,10 @@ pub struct CompareArgs {
     pub targets: Option<String>,
     #[arg(long, default_value_t = 0.01)]
     pub theta_init: f32,
+    /// Global gradient-norm clip as in the paper's code; 0 turns it off [departs from the
+    /// paper's code] (see train --help)
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f32,
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
     /// Receives compare.json, compare.md and runs/<method>-seed<S>/ (adapter, metrics, eval logs)
@@ -189,6 +194,8 @@ fn train_args(a: &CompareArgs, method: &str, seed: u64, out: &Path) -> Result<Tr
         a.alpha.to_string(),
         "--theta-init".into(),
         a.theta_init.to_string(),
+        "--clip".into(),
+        a.clip.to_string(),
         "--max-len".into(),
         a.max_len.to_string(),
         // Only the final adapter is kept: compare's runs are not meant to be resumed.
@@ -255,6 +262,7 @@ fn num32(x: f32) -> Value {
 }
 
 use super::bench::{git_commit, now_utc};
+use super::compare_stats as stats;
 
 /// Evaluates the trainable state on every task; the model is lent to an engine and returned.
 fn evaluate<B: Backend + Clone>(
@@ -327,56 +335,75 @@ fn compare_on<B: Backend + Clone>(be: B, a: &CompareArgs) -> Result<Value> {
         a.max_len,
         tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
     );
+    // Every (method, seed) to run, in order; `base` has no seed and is evaluated once.
+    let plan: Vec<(String, Option<u64>)> = methods
+        .iter()
+        .flat_map(|m| {
+            if m == BASE {
+                vec![(m.clone(), None)]
+            } else {
+                seeds.iter().map(|&s| (m.clone(), Some(s))).collect()
+            }
+        })
+        .collect();
     let mut runs: Vec<Value> = Vec::new();
-    for method in &methods {
-        if method == BASE {
+    let mut done: Vec<(String, f64)> = Vec::new();
+    for (k, (method, seed)) in plan.iter().enumerate() {
+        let t_run = Instant::now();
+        let tag = format!(
+            "[{}/{}] {method}{}",
+            k + 1,
+            plan.len(),
+            seed.map_or(String::new(), |s| format!(" seed {s}"))
+        );
+        let Some(seed) = *seed else {
             let dir = a.out.join("runs").join(BASE);
-            eprintln!("[{BASE}] evaluating the untrained model");
-            let t0 = Instant::now();
+            eprintln!("{tag}: evaluating the untrained model");
             let tr = empty_trainable(&be, &model, Method::Lora);
             let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
             model = m;
             runs.push(
                 json!({"method": BASE, "seed": null, "final_loss": null, "train_s": 0.0,
-                "eval_s": t0.elapsed().as_secs_f64(), "metrics": metrics, "dir": dir}),
+                "eval_s": t_run.elapsed().as_secs_f64(), "metrics": metrics, "dir": dir}),
             );
+            done.push((BASE.into(), t_run.elapsed().as_secs_f64()));
+            progress_line(&tag, &done, &plan[k + 1..], t_all);
             continue;
-        }
-        for &seed in &seeds {
-            let dir = a.out.join("runs").join(format!("{method}-seed{seed}"));
-            let ta = train_args(a, method, seed, &dir)?;
-            let (mut tr, meta) = init_state(&be, &model, &ta)?;
-            let tc = TrainConfig {
-                out: dir.clone(),
-                steps: ta.steps,
-                batch: ta.batch,
-                accum: ta.accum,
-                seed,
-                save_every: ta.save_every,
-                opt: opt_config(&ta),
-                progress: true,
-                base_model: path.display().to_string(),
-            };
-            eprintln!("[{method} seed {seed}] training {} steps", ta.steps);
-            let t0 = Instant::now();
-            let res = train(&be, &model, &mut tr, &meta, &tok.examples, &tc, None)?;
-            let train_s = t0.elapsed().as_secs_f64();
-            let final_loss = res.losses.last().map_or(f64::NAN, |l| l.1);
-            eprintln!(
-                "[{method} seed {seed}] final loss {final_loss:.4} ({train_s:.0} s); evaluating"
-            );
-            let t1 = Instant::now();
-            let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
-            model = m;
-            runs.push(
-                json!({"method": method, "seed": seed, "final_loss": num(final_loss),
-                "train_s": train_s, "eval_s": t1.elapsed().as_secs_f64(), "metrics": metrics,
-                "dir": dir}),
-            );
-        }
+        };
+        let dir = a.out.join("runs").join(format!("{method}-seed{seed}"));
+        let ta = train_args(a, method, seed, &dir)?;
+        let (mut tr, meta) = init_state(&be, &model, &ta)?;
+        let tc = TrainConfig {
+            out: dir.clone(),
+            steps: ta.steps,
+            batch: ta.batch,
+            accum: ta.accum,
+            seed,
+            save_every: ta.save_every,
+            opt: opt_config(&ta),
+            progress: true,
+            base_model: path.display().to_string(),
+        };
+        eprintln!("{tag}: training {} steps", ta.steps);
+        let t0 = Instant::now();
+        let res = train(&be, &model, &mut tr, &meta, &tok.examples, &tc, None)?;
+        let train_s = t0.elapsed().as_secs_f64();
+        let final_loss = res.losses.last().map_or(f64::NAN, |l| l.1);
+        eprintln!("{tag}: final loss {final_loss:.4} ({train_s:.0} s); evaluating");
+        let t1 = Instant::now();
+        let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
+        model = m;
+        runs.push(
+            json!({"method": method, "seed": seed, "final_loss": num(final_loss),
+            "train_s": train_s, "eval_s": t1.elapsed().as_secs_f64(), "metrics": metrics,
+            "dir": dir}),
+        );
+        done.push((method.clone(), t_run.elapsed().as_secs_f64()));
+        progress_line(&tag, &done, &plan[k + 1..], t_all);
     }
     let columns = columns(&runs, &tasks);
     let table = aggregate(&methods, &runs, &columns);
+    let paired = paired_tests(&methods, &runs, &tasks, &columns)?;
     let report = json!({
         "date": now_utc(),
         "commit": git_commit(),
@@ -387,7 +414,8 @@ fn compare_on<B: Backend + Clone>(be: B, a: &CompareArgs) -> Result<Value> {
             "steps": a.steps, "lr": num32(a.lr), "batch": a.batch, "accum": a.accum, "rank": a.rank,
             "alpha": num32(a.alpha), "targets": a.targets, "theta_init": num32(a.theta_init),
             "max_len": a.max_len,
-            "optimizer": "train's defaults (AdamW, linear schedule, warmup 0.1, clip 1.0)",
+            "clip": num32(a.clip),
+            "optimizer": "train's defaults (AdamW, linear schedule, warmup 0.1)",
         },
         "eval": {
             "tasks": tasks.iter().map(|t| json!({"task": t.name, "data": t.data})).collect::<Vec<_>>(),
@@ -397,6 +425,7 @@ fn compare_on<B: Backend + Clone>(be: B, a: &CompareArgs) -> Result<Value> {
         "seeds": seeds,
         "columns": columns.iter().map(|c| json!({"task": c.task, "metric": c.metric, "label": c.label()})).collect::<Vec<_>>(),
         "table": table,
+        "paired": paired,
         "runs": runs,
         "total_s": t_all.elapsed().as_secs_f64(),
     });
@@ -408,6 +437,63 @@ fn compare_on<B: Backend + Clone>(be: B, a: &CompareArgs) -> Result<Value> {
     std::fs::write(&md_path, markdown(&report))
         .with_context(|| format!("writing {}", md_path.display()))?;
     Ok(report)
+}
+
+/// One line after each run: its time, the elapsed total and the ETA of the runs left.
+fn progress_line(tag: &str, done: &[(String, f64)], left: &[(String, Option<u64>)], t0: Instant) {
+    let left: Vec<String> = left.iter().map(|r| r.0.clone()).collect();
+    let eta = stats::eta(done, &left).map_or("unknown".into(), stats::human);
+    eprintln!(
+        "{tag}: done in {}; elapsed {}; {} run(s) left, ETA {eta}",
+        stats::human(done.last().map_or(0.0, |d| d.1)),
+        stats::human(t0.elapsed().as_secs_f64()),
+        left.len()
+    );
+}
+
+/// Paired tests over items of every later method against every earlier one (`b − a`), per task
+/// on its primary metric and over all tasks' items together.
+fn paired_tests(
+    methods: &[String],
+    runs: &[Value],
+    tasks: &[EvalTask],
+    columns: &[Column],
+) -> Result<Vec<Value>> {
+    // Per method and task: the per-item scores averaged over the method's runs.
+    let per_item = |method: &str, task: &EvalTask| -> Result<Vec<f64>> {
+        let metrics: Vec<String> = columns
+            .iter()
+            .filter(|c| c.task == task.name)
+            .map(|c| c.metric.clone())
+            .collect();
+        let metric = primary(&metrics).context("a task without metrics")?;
+        let file = format!("{}.jsonl", task.name.replace(':', "-"));
+        let scores = runs
+            .iter()
+            .filter(|r| r["method"] == method)
+            .map(|r| {
+                let dir = PathBuf::from(r["dir"].as_str().unwrap_or_default());
+                stats::item_scores(&dir.join("eval").join(&file), metric)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stats::mean_over_runs(&scores)
+    };
+    let mut out = Vec::new();
+    for (i, a) in methods.iter().enumerate() {
+        for b in &methods[i + 1..] {
+            let (mut all_a, mut all_b) = (Vec::new(), Vec::new());
+            let mut per_task = serde_json::Map::new();
+            for t in tasks {
+                let (xa, xb) = (per_item(a, t)?, per_item(b, t)?);
+                per_task.insert(t.name.clone(), stats::paired(&xa, &xb)?.to_json());
+                all_a.extend(xa);
+                all_b.extend(xb);
+            }
+            out.push(json!({"a": a, "b": b, "tasks": per_task,
+                            "all": stats::paired(&all_a, &all_b)?.to_json()}));
+        }
+    }
+    Ok(out)
 }
 
 /// A column of the table: one metric of one task.
@@ -566,14 +652,27 @@ pub fn markdown(r: &Value) -> String {
             .join(", ")),
         r["eval"]["limit"]
     );
-    let labels: Vec<String> = r["columns"]
+    // The paper's Table 1 shape: one column per task (its primary metric; the others stay in
+    // the JSON), methods as rows.
+    let cols: Vec<(usize, String)> = r["columns"]
         .as_array()
         .map(|cs| {
+            let metrics_of = |task: &Value| -> Vec<String> {
+                cs.iter()
+                    .filter(|c| c["task"] == *task)
+                    .filter_map(|c| c["metric"].as_str().map(String::from))
+                    .collect()
+            };
             cs.iter()
-                .filter_map(|c| c["label"].as_str().map(String::from))
+                .enumerate()
+                .filter(|(_, c)| {
+                    primary(&metrics_of(&c["task"])).map(String::as_str) == c["metric"].as_str()
+                })
+                .filter_map(|(i, c)| c["label"].as_str().map(|l| (i, l.to_string())))
                 .collect()
         })
         .unwrap_or_default();
+    let labels: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
     let _ = writeln!(
         s,
         "| method | runs | {} | avg | final loss |",
@@ -581,12 +680,7 @@ pub fn markdown(r: &Value) -> String {
     );
     let _ = writeln!(s, "|---|---|{}---|---|", "---|".repeat(labels.len()));
     for row in r["table"].as_array().into_iter().flatten() {
-        let cells: Vec<String> = row["cells"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(pct)
-            .collect();
+        let cells: Vec<String> = cols.iter().map(|c| pct(&row["cells"][c.0])).collect();
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
@@ -597,7 +691,53 @@ pub fn markdown(r: &Value) -> String {
             loss_cell(&row["final_loss"])
         );
     }
+    let paired = r["paired"].as_array().into_iter().flatten();
+    let mut lines = Vec::new();
+    for p in paired {
+        let name = format!(
+            "{} − {}",
+            p["b"].as_str().unwrap_or(""),
+            p["a"].as_str().unwrap_or("")
+        );
+        let tasks = p["tasks"].as_object().into_iter().flatten();
+        for (task, t) in tasks.chain([(&"all tasks".to_string(), &p["all"])]) {
+            lines.push(format!("| {name} | {task} | {}", paired_cells(t)));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nPaired test over items (per item: the mean over seeds; normal approximation), in \
+             percentage points. \"detectable\" is the difference this test finds with 80% power \
+             at p < 0.05.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| difference | task | items | Δ | 95% CI | p | detectable |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for l in lines {
+            let _ = writeln!(s, "{l}");
+        }
+    }
     s
+}
+
+fn paired_cells(t: &Value) -> String {
+    let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+    let ci = |i: usize| t["ci95"][i].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "{} | {:+.1} | [{:+.1}, {:+.1}] | {} | {:.1} |",
+        t["n_items"],
+        100.0 * f("diff"),
+        100.0 * ci(0),
+        100.0 * ci(1),
+        match f("p") {
+            p if p < 1e-4 => "< 0.0001".to_string(),
+            p => format!("{p:.4}"),
+        },
+        100.0 * f("mde80")
+    )
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {

@@ -1,10 +1,13 @@
 //! The jobs behind the CLI subcommands (kept in the library so tests and the C API reach them).
 
 pub mod bench;
+pub mod bench_table;
 pub mod compare;
+pub mod compare_stats;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod heldout;
 pub mod score;
 pub mod train;
 

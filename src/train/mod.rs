@@ -5,3 +5,4 @@ pub mod charts;
 pub mod checkpoint;
 pub mod optim;
 pub mod run;
+pub mod run_dir;

@@ -1,0 +1,57 @@
+//! `bench` speaks to people and to machines: progress on stderr, a table on stdout, and the JSON
+//! report with `--json` (stdout) or `--out FILE`.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn bench(extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bitune-rt"))
+        .args(["bench", "--threads", "1", "--prompt", "6", "--answer", "3"])
+        .args(["--repeat", "1", "--train", "--model"])
+        .arg(model_dir("llama"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn table_by_default_json_on_request() {
+    let o = bench(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for k in 1..=5 {
+        assert!(
+            err.contains(&format!("bench [{k}/5]")),
+            "no progress line {k}:\n{err}"
+        );
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), 9, "{out}");
+    for (row, name) in rows[2..5].iter().zip(["base", "LoRA", "Bitune"]) {
+        assert!(row.starts_with(&format!("| {name} ")), "{out}");
+    }
+    assert!(
+        rows[4].ends_with(" % |"),
+        "Bitune's overhead over LoRA: {out}"
+    );
+    assert!(rows[8].starts_with("| Bitune | "), "{out}");
+
+    let file = std::env::temp_dir().join(format!("bitune-bench-{}.json", std::process::id()));
+    let o = bench(&["--json", "--out", file.to_str().unwrap()]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON");
+    for k in ["base", "lora", "bitune"] {
+        assert!(v["results"][k]["decode_ms_per_tok"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["results"]["train"]["bitune_step_s"].as_f64().unwrap() > 0.0);
+    let written = read_json(&file);
+    assert_eq!(written["prompt"], 6);
+    assert_eq!(
+        written["results"]["train"]["ideal_ratio"],
+        v["results"]["train"]["ideal_ratio"]
+    );
+    std::fs::remove_file(&file).unwrap();
+}
