@@ -7,26 +7,11 @@
 
 mod cuda_common;
 
-use bitune_rt::backend::cuda::{module_image, sim, CudaBackend};
+use bitune_rt::backend::cuda::{sim, CudaBackend};
 use bitune_rt::rng::Rng;
-use cuda_common::gpu;
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
-use cudarc::nvrtc::Ptx;
+use cuda_common::{down, func, gpu, probes, up, zeros};
+use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
-
-fn probes(g: &CudaBackend) -> Arc<CudaModule> {
-    let image = module_image("sim_probe").expect("kernels/sim_probe.cu was not built");
-    g.context()
-        .load_module(Ptx::from_binary(image.to_vec()))
-        .expect("loading kernels/sim_probe.cu")
-}
-
-fn func(m: &Arc<CudaModule>, name: &str) -> CudaFunction {
-    m.load_function(name)
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
-}
 
 fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -36,23 +21,11 @@ fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig
     }
 }
 
-fn up<T: DeviceRepr>(g: &CudaBackend, v: &[T]) -> CudaSlice<T> {
-    g.stream().clone_htod(v).unwrap()
-}
-
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(g: &CudaBackend, n: usize) -> CudaSlice<T> {
-    g.stream().alloc_zeros::<T>(n).unwrap()
-}
-
-fn down<T: DeviceRepr + Clone + Default>(g: &CudaBackend, s: &CudaSlice<T>) -> Vec<T> {
-    g.stream().clone_dtoh(s).unwrap()
-}
-
 /// Grids and blocks in 1-3 dimensions: every thread sees its own ids and the launch's dims.
 #[test]
 fn ids_in_3d_grids() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_ids");
     for (grid, block) in [
         ((3, 1, 1), (64, 1, 1)),
@@ -102,7 +75,7 @@ fn ids_in_3d_grids() {
 #[test]
 fn barriers_and_shared_memory() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_barrier");
     let mut r = Rng::new(7);
     for (blocks, n) in [(3usize, 256usize), (4, 96), (2, 32)] {
@@ -172,7 +145,7 @@ fn shfl_ref(x: &[f32], operand: i32, width: i32) -> Vec<f32> {
 #[test]
 fn every_shuffle() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_shfl");
     let x: Vec<f32> = (0..128).map(|i| i as f32 + 0.25).collect();
     let xin = up(&g, &x);
@@ -205,7 +178,7 @@ fn every_shuffle() {
 #[test]
 fn partial_masks_and_votes() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_partial");
     let mut r = Rng::new(3);
     let n = 96;
@@ -247,7 +220,7 @@ fn partial_masks_and_votes() {
 #[test]
 fn atomics() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_atomics");
     let mut r = Rng::new(11);
     let n = 5 * 128;
@@ -292,7 +265,7 @@ fn atomics() {
 #[test]
 fn deterministic_by_default() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_fsum");
     let mut r = Rng::new(17);
     let n = 64 * 128;
@@ -331,7 +304,7 @@ fn deterministic_by_default() {
 #[test]
 fn block_reductions() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_reduce");
     let mut r = Rng::new(5);
     for (rows, width, threads) in [(3usize, 1000i32, 256u32), (2, 7, 64), (4, 300, 96)] {
@@ -404,7 +377,7 @@ fn simulator() -> Option<CudaBackend> {
 #[test]
 fn planted_barrier_failures_are_reported() {
     let Some(g) = simulator() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     expect_failure(
         &g,
         &m,
@@ -437,7 +410,7 @@ fn planted_barrier_failures_are_reported() {
 #[test]
 fn planted_missing_lane_is_reported() {
     let Some(g) = simulator() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     expect_failure(
         &g,
         &m,
@@ -455,7 +428,7 @@ fn planted_missing_lane_is_reported() {
 #[test]
 fn planted_out_of_bounds_is_reported() {
     let Some(g) = simulator() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     // `out` has 4096 floats: the last thread writes element 4096.
     expect_failure(
         &g,
@@ -497,7 +470,7 @@ fn planted_out_of_bounds_is_reported() {
 #[test]
 fn launches_over_device_limits_are_refused() {
     let Some(g) = simulator() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe");
     let f = func(&m, "probe_ids");
     let mut out = zeros::<u32>(&g, 128);
     for (c, needle) in [

@@ -11,26 +11,11 @@
 
 mod cuda_common;
 
-use bitune_rt::backend::cuda::{module_image, sim, CudaBackend};
+use bitune_rt::backend::cuda::{sim, CudaBackend};
 use bitune_rt::rng::Rng;
-use cuda_common::gpu;
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
-use cudarc::nvrtc::Ptx;
+use cuda_common::{down, func, gpu, probes, up, zeros};
+use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
-
-fn probes(g: &CudaBackend) -> Arc<CudaModule> {
-    let image = module_image("sim_probe_mma").expect("kernels/sim_probe_mma.cu was not built");
-    g.context()
-        .load_module(Ptx::from_binary(image.to_vec()))
-        .expect("loading kernels/sim_probe_mma.cu")
-}
-
-fn func(m: &Arc<CudaModule>, name: &str) -> CudaFunction {
-    m.load_function(name)
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
-}
 
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -38,18 +23,6 @@ fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
         block_dim: (block, 1, 1),
         shared_mem_bytes: smem,
     }
-}
-
-fn up<T: DeviceRepr>(g: &CudaBackend, v: &[T]) -> CudaSlice<T> {
-    g.stream().clone_htod(v).unwrap()
-}
-
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(g: &CudaBackend, n: usize) -> CudaSlice<T> {
-    g.stream().alloc_zeros::<T>(n).unwrap()
-}
-
-fn down<T: DeviceRepr + Clone + Default>(g: &CudaBackend, s: &CudaSlice<T>) -> Vec<T> {
-    g.stream().clone_dtoh(s).unwrap()
 }
 
 // ---- 16-bit floats ------------------------------------------------------------------------------
@@ -152,7 +125,7 @@ fn mma_tolerance() -> f64 {
 #[test]
 fn mma_fragments_from_registers() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_mma_direct");
     let mut r = Rng::new(11);
     // (tiles, k-steps, warps per block): a partial last block leaves warps with nothing to do.
@@ -191,7 +164,7 @@ fn mma_fragments_from_registers() {
 #[test]
 fn mma_fragments_from_ldmatrix() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_mma_ldmatrix");
     let mut r = Rng::new(12);
     for (tiles, warps) in [(1usize, 1u32), (6, 4), (5, 2)] {
@@ -252,7 +225,7 @@ fn ldmatrix_ref(src: &[u16], lane: usize, m: usize, trans: bool) -> u32 {
 #[test]
 fn ldmatrix_every_form() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_ldmatrix");
     let mut r = Rng::new(13);
     for _ in 0..3 {
@@ -309,7 +282,7 @@ const POISON: u32 = 0xffff_ffff;
 #[test]
 fn cp_async_groups_land_in_order() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_cp_async");
     let mut r = Rng::new(14);
     for (blocks, threads, valid) in [
@@ -364,7 +337,7 @@ fn cp_async_groups_land_in_order() {
 #[test]
 fn cp_async_read_before_wait_is_poison_on_the_simulator() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_cp_async_nowait");
     let mut r = Rng::new(15);
     let threads = 64usize;
@@ -516,7 +489,7 @@ fn conversion_inputs(r: &mut Rng) -> Vec<f32> {
 #[test]
 fn bf16_and_f16_conversions_are_exact() {
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     let f = func(&m, "probe_convert");
     let mut r = Rng::new(16);
     let x = conversion_inputs(&mut r);
@@ -654,7 +627,7 @@ fn planted_misuses_are_reported() {
         return;
     }
     let Some(g) = gpu() else { return };
-    let m = probes(&g);
+    let m = probes(&g, "sim_probe_mma");
     expect_failure(
         &g,
         &m,

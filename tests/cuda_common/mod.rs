@@ -52,3 +52,40 @@ pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         );
     }
 }
+
+// ---- raw launches of probe modules (the simulator's own tests) ----------------------------------
+
+/// Loads `kernels/<name>.cu` (a probe module outside the backend's kernel table).
+pub fn probes(g: &CudaBackend, name: &str) -> std::sync::Arc<cudarc::driver::CudaModule> {
+    let image = bitune_rt::backend::cuda::module_image(name)
+        .unwrap_or_else(|| panic!("kernels/{name}.cu was not built"));
+    g.context()
+        .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+        .unwrap_or_else(|e| panic!("loading kernels/{name}.cu: {e:?}"))
+}
+
+pub fn func(
+    m: &std::sync::Arc<cudarc::driver::CudaModule>,
+    name: &str,
+) -> cudarc::driver::CudaFunction {
+    m.load_function(name)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+}
+
+pub fn up<T: cudarc::driver::DeviceRepr>(g: &CudaBackend, v: &[T]) -> cudarc::driver::CudaSlice<T> {
+    g.stream().clone_htod(v).unwrap()
+}
+
+pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    g: &CudaBackend,
+    n: usize,
+) -> cudarc::driver::CudaSlice<T> {
+    g.stream().alloc_zeros::<T>(n).unwrap()
+}
+
+pub fn down<T: cudarc::driver::DeviceRepr + Clone + Default>(
+    g: &CudaBackend,
+    s: &cudarc::driver::CudaSlice<T>,
+) -> Vec<T> {
+    g.stream().clone_dtoh(s).unwrap()
+}
