@@ -7,11 +7,10 @@
 
 mod cuda_common;
 
-use bitune_rt::backend::cuda::{sim, CudaBackend};
+use bitune_rt::backend::cuda::sim;
 use bitune_rt::rng::Rng;
-use cuda_common::{down, func, gpu, probes, up, zeros};
-use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use cuda_common::{down, expect_failure, func, gpu, probes, simulator, up, zeros};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -337,42 +336,6 @@ fn block_reductions() {
 }
 
 // ---- planted failures (simulator only: on a GPU they hang or kill the context) -------------------
-
-/// Launches `name` expecting a failure whose message contains every one of `needles`.
-fn expect_failure(
-    g: &CudaBackend,
-    m: &Arc<CudaModule>,
-    name: &str,
-    c: LaunchConfig,
-    n: i32,
-    needles: &[&str],
-) {
-    let f = func(m, name);
-    let mut out = zeros::<f32>(g, 4096);
-    let r = unsafe {
-        g.stream()
-            .launch_builder(&f)
-            .arg(&mut out)
-            .arg(&n)
-            .launch(c)
-    };
-    let err = r.expect_err(&format!("{name} must fail"));
-    let msg = sim::last_error().unwrap_or_default();
-    for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "{name}: {err:?}: message {msg:?} lacks {needle:?}"
-        );
-    }
-}
-
-fn simulator() -> Option<CudaBackend> {
-    if !sim::requested() {
-        eprintln!("planted failures run only on the simulator (BITUNE_CUDA_SIM=1)");
-        return None;
-    }
-    gpu()
-}
 
 #[test]
 fn planted_barrier_failures_are_reported() {

@@ -11,11 +11,10 @@
 
 mod cuda_common;
 
-use bitune_rt::backend::cuda::{sim, CudaBackend};
+use bitune_rt::backend::cuda::sim;
 use bitune_rt::rng::Rng;
-use cuda_common::{down, func, gpu, probes, up, zeros};
-use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use cuda_common::{down, expect_failure, func, gpu, probes, simulator, up, zeros};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -593,40 +592,9 @@ fn bf16_and_f16_conversions_are_exact() {
 
 // ---- planted misuses (simulator only: undefined behaviour on a GPU) ------------------------------
 
-fn expect_failure(
-    g: &CudaBackend,
-    m: &Arc<CudaModule>,
-    name: &str,
-    c: LaunchConfig,
-    n: i32,
-    needles: &[&str],
-) {
-    let f = func(m, name);
-    let mut out = zeros::<f32>(g, 4096);
-    let r = unsafe {
-        g.stream()
-            .launch_builder(&f)
-            .arg(&mut out)
-            .arg(&n)
-            .launch(c)
-    };
-    let err = r.expect_err(&format!("{name} must fail"));
-    let msg = sim::last_error().unwrap_or_default();
-    for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "{name}: {err:?}: message {msg:?} lacks {needle:?}"
-        );
-    }
-}
-
 #[test]
 fn planted_misuses_are_reported() {
-    if !sim::requested() {
-        eprintln!("planted misuses run only on the simulator (BITUNE_CUDA_SIM=1)");
-        return;
-    }
-    let Some(g) = gpu() else { return };
+    let Some(g) = simulator() else { return };
     let m = probes(&g, "sim_probe_mma");
     expect_failure(
         &g,

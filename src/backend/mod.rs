@@ -11,6 +11,7 @@ pub mod colops;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod scalar;
 
 use std::ops::Range;
 
@@ -149,7 +150,7 @@ pub trait Backend: Send + Sync {
     /// The first index of the largest of `buf[..n]` (greedy decoding): a device finds it where
     /// the logits are and returns one integer instead of the logits.
     fn argmax(&self, buf: &Self::Buf, n: usize) -> u32 {
-        crate::bitune::sample::argmax(&self.download_range(buf, 0, n))
+        scalar::argmax(&self.download_range(buf, 0, n))
     }
     /// `dst[dst_row..dst_row+rows] (+)= src[src_row..src_row+rows]`, rows of `width`.
     #[allow(clippy::too_many_arguments)]
@@ -459,7 +460,7 @@ pub trait Backend: Send + Sync {
         theta_init: f32,
     ) {
         let th = self.download_range(params, theta, 1)[0];
-        let a = crate::bitune::params::alpha(th, theta_init);
+        let a = scalar::alpha(th, theta_init);
         self.kv_mix_fwd(buf, mix, c, b, n, width, a);
     }
     /// [`Backend::kv_mix_bwd`] with α from θ = `params[theta]`, whose gradient
@@ -480,9 +481,9 @@ pub trait Backend: Send + Sync {
         grads: &mut Self::Buf,
     ) {
         let th = self.download_range(params, theta, 1)[0];
-        let a = crate::bitune::params::alpha(th, theta_init);
+        let a = scalar::alpha(th, theta_init);
         let s = self.kv_mix_bwd(dbuf, buf, mix, c, b, n, width, a);
-        let d = crate::bitune::params::dalpha_dtheta(th, theta_init) as f64 * s;
+        let d = scalar::dalpha_dtheta(th, theta_init) as f64 * s;
         self.add_host(grads, theta, &[d as f32]);
     }
 

@@ -244,19 +244,5 @@ impl ParamTable {
     }
 }
 
-/// α = |θ| / (|θ| + θ_init)
-pub fn alpha(theta: f32, theta_init: f32) -> f32 {
-    theta.abs() / (theta.abs() + theta_init)
-}
-
-/// dα/dθ = sign(θ)·θ_init / (θ_init + |θ|)²  (0 at θ = 0, as PyTorch's `abs`).
-pub fn dalpha_dtheta(theta: f32, theta_init: f32) -> f32 {
-    let s = if theta > 0.0 {
-        1.0
-    } else if theta < 0.0 {
-        -1.0
-    } else {
-        0.0
-    };
-    s * theta_init / (theta_init + theta.abs()).powi(2)
-}
+/// The kv-mix coefficient and its derivative are defined with the op they parameterise.
+pub use crate::backend::scalar::{alpha, dalpha_dtheta};

@@ -2,15 +2,7 @@
 
 use crate::rng::Rng;
 
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use crate::backend::scalar::argmax;
 
 pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 {
     if temperature <= 0.0 {

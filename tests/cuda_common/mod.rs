@@ -89,3 +89,44 @@ pub fn down<T: cudarc::driver::DeviceRepr + Clone + Default>(
 ) -> Vec<T> {
     g.stream().clone_dtoh(s).unwrap()
 }
+
+/// The simulator, or None (printing why) on a GPU or without CUDA: planted failures hang or kill
+/// a real GPU's context, so only the simulator runs them.
+pub fn simulator() -> Option<CudaBackend> {
+    if !bitune_rt::backend::cuda::sim::requested() {
+        eprintln!("planted failures run only on the simulator (BITUNE_CUDA_SIM=1)");
+        return None;
+    }
+    gpu()
+}
+
+/// Launches probe `name(float* out, int n)` expecting a failure whose simulator message contains
+/// every one of `needles`.
+pub fn expect_failure(
+    g: &CudaBackend,
+    m: &std::sync::Arc<cudarc::driver::CudaModule>,
+    name: &str,
+    c: cudarc::driver::LaunchConfig,
+    n: i32,
+    needles: &[&str],
+) {
+    use cudarc::driver::PushKernelArg;
+    let f = func(m, name);
+    let mut out = zeros::<f32>(g, 4096);
+    // SAFETY: every planted probe takes (float* out, int n); `out` holds 4096 floats.
+    let r = unsafe {
+        g.stream()
+            .launch_builder(&f)
+            .arg(&mut out)
+            .arg(&n)
+            .launch(c)
+    };
+    let err = r.expect_err(&format!("{name} must fail"));
+    let msg = bitune_rt::backend::cuda::sim::last_error().unwrap_or_default();
+    for needle in needles {
+        assert!(
+            msg.contains(needle),
+            "{name}: {err:?}: message {msg:?} lacks {needle:?}"
+        );
+    }
+}
