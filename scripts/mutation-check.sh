@@ -34,6 +34,11 @@ embedding_fwd scale dropped|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = table[(s
 copy_rows accumulate inverted|kernels/rows.cu|cuda_ops|row_ops|1|if (accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;|if (!accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;
 act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
 gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
+mix_alpha without abs|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|    const float a = fabsf(theta);|    const float a = theta;
+kv_mix_dtheta sign|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|const float da = s * theta_init / (d * d);|const float da = theta_init / (d * d);
+col_dot row stride|kernels/cols.cu|cuda_ops|column_ops_and_dora_norms|1|const size_t at = start + r * width + j;|const size_t at = start + r * (width - 1) + j;
+dora_inv_norm scale dropped|kernels/cols.cu|cuda_ops|column_ops_and_dora_norms|1|(b[(size_t)j * rank + r] * scale)|b[(size_t)j * rank + r]
+argmax missing barrier in the reduction|kernels/rows.cu|cuda_ops|argmax_first_maximum|1|        }\n        __syncthreads();\n    }\n    if (threadIdx.x == 0) out[0]|        }\n    }\n    if (threadIdx.x == 0) out[0]
 mma B fragment rows|kernels/mma.cuh|cuda_sim_mma|mma_fragments_from_registers|1|const unsigned row = 2 * t + (i & 1) + 8 * (i >> 1), col = g;|const unsigned row = 2 * t + (i >> 1) + 8 * (i & 1), col = g;
 mma D fragment rows|kernels/mma.cuh|cuda_sim_mma|mma_fragments_from_ldmatrix|1|o.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];|o.d[i] = D[g + 8 * (i & 1)][2 * t + (i >> 1)];
 ldmatrix trans ignored|kernels/mma.cuh|cuda_sim_mma|ldmatrix_every_form|1|const uint32_t lo = Trans ? M[m][2 * t][g] : M[m][g][2 * t];|const uint32_t lo = M[m][g][2 * t];

@@ -55,7 +55,7 @@ std::string deadlock(Worker& w) {
                     continue;
                 char b[32];
                 std::snprintf(b, sizeof b, ", but lane %u (thread ", l);
-                return why + b + dim_str(o.tid).substr(0) + ") " + state_str(o);
+                return why + b + dim_str(o.tid) + ") " + state_str(o);
             }
             return why;
         }
