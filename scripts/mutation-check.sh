@@ -35,7 +35,7 @@ copy_rows accumulate inverted|kernels/rows.cu|cuda_ops|row_ops|1|if (accumulate)
 act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
 gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
 mix_alpha without abs|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|    const float a = fabsf(theta);|    const float a = theta;
-kv_mix_dtheta sign|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|const float da = s * theta_init / (d * d);|const float da = theta_init / (d * d);
+kv_mix_dtheta sign|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|const float da = s * theta_init / (d * d);|const float da = -s * theta_init / (d * d);
 col_dot row stride|kernels/cols.cu|cuda_ops|column_ops_and_dora_norms|1|const size_t at = start + r * width + j;|const size_t at = start + r * (width - 1) + j;
 dora_inv_norm scale dropped|kernels/cols.cu|cuda_ops|column_ops_and_dora_norms|1|(b[(size_t)j * rank + r] * scale)|b[(size_t)j * rank + r]
 argmax missing barrier in the reduction|kernels/rows.cu|cuda_ops|argmax_first_maximum|1|        }\n        __syncthreads();\n    }\n    if (threadIdx.x == 0) out[0]|        }\n    }\n    if (threadIdx.x == 0) out[0]
@@ -74,11 +74,15 @@ PY
         vars=(BITUNE_CUDA_SIM=1 BITUNE_CUDA_SIM_QUIET=1)
         [ "$mode" = shuffled ] && vars+=(BITUNE_CUDA_SIM_THREADS=2 BITUNE_CUDA_SIM_SEED=7)
         if ! env "${vars[@]}" cargo test -q --features cuda --test "$bin" -- --exact "$test" >"$log" 2>&1; then
-            caught="$mode"
+            # A mutant that does not compile proves nothing about the test.
+            grep -q "panicked at" "$log" && caught="$mode" || caught="build"
             break
         fi
     done
-    if [ -z "$caught" ]; then
+    if [ "$caught" = build ]; then
+        echo "NO BUILD  $name ($file): the mutant did not compile; pick another"
+        survived=$((survived + 1))
+    elif [ -z "$caught" ]; then
         echo "SURVIVED  $name ($file, $bin::$test)"
         survived=$((survived + 1))
     else
