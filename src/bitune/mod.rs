@@ -2,6 +2,7 @@
 //! and inference over the mixed prompt cache.
 
 pub mod adapter_io;
+pub mod adapters;
 pub mod engine;
 pub mod generate;
 pub mod infer;

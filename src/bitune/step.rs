@@ -1,10 +1,11 @@
 //! Trainable state and the loss/gradient of a batch: pack, forward, cross-entropy, backward.
 
+use super::adapters::AdapterState;
 use super::params::{alpha, Kind, LoraSpec, ParamTable};
 use super::peft::{dora_row_norms, Peft};
 use super::plan::{pack, train_seq, Example, Method};
 use crate::backend::Backend;
-use crate::model::transformer::{backward, forward, AdapterState, Mode};
+use crate::model::transformer::{backward, forward, Mode};
 use crate::model::weights::Weights;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -166,7 +167,7 @@ pub fn loss_and_grad<B: Backend>(
         &mut greedy,
     );
     if let Some(g) = grads {
-        backward(be, w, &ad, &p, &fwd.saved, &dlogits, g, tr.theta_init);
+        backward(be, w, &ad, &p, &fwd.saved, &dlogits, g);
     }
     Ok(StepOut {
         loss,

@@ -2,13 +2,14 @@
 //! LoRA matrices and θ receive parameter gradients (accumulated into the flat gradient buffer).
 
 use super::forward::attn_dims;
-use super::{AdapterState, Packed, Saved};
+use super::{Adapters, KvMix, LinearAdapter, Packed, Saved};
 use crate::backend::Backend;
-use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
-/// `dx (+)= dy W` plus the LoRA backward of that linear (dA, dB into `grads`); DoRA and IA3
-/// in `peft::linear_bwd`.
+/// `dx (+)= dy W` plus the low-rank add's backward of that linear (dA, dB into `grads`); the
+/// vector forms in `peft::linear_bwd`.
+// The linear's backward (outputs, inputs, weight, rows, accumulate) plus where the adapter is
+// looked up.
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd<B: Backend>(
     be: &B,
@@ -18,48 +19,50 @@ fn linear_bwd<B: Backend>(
     x: &B::Buf,
     l: &Linear<B>,
     rows: usize,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     layer: usize,
     t: Target,
     accumulate: bool,
 ) {
-    if ad.table.peft != Peft::Lora {
-        return super::peft::linear_bwd(be, dx, grads, dy, x, l, rows, ad, p, layer, t, accumulate);
-    }
+    let segs = match ad.linear(p, layer, t) {
+        LinearAdapter::LowRank(segs) => segs,
+        vec_form => {
+            let pa = ad.params();
+            return super::peft::linear_bwd(
+                be, dx, grads, dy, x, l, rows, pa, &vec_form, accumulate,
+            );
+        }
+    };
     be.matmul_bwd_x(dx, dy, &l.w, rows, l.in_dim, l.out_dim, accumulate);
-    let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
-        be.lora_bwd(dx, grads, dy, x, ad.params, &segs, l.in_dim, l.out_dim);
+        be.lora_bwd(dx, grads, dy, x, ad.params(), &segs, l.in_dim, l.out_dim);
     }
 }
 
 /// Backpropagates `dlogits` (`[logit_rows, vocab]`, already the loss gradient) through the whole
-/// model into `grads` (LoRA matrices and θ; `theta_init` for dα/dθ).
-#[allow(clippy::too_many_arguments)]
+/// model into `grads`: the adapters' gradients, and the mixing coefficients' through
+/// [`Adapters::kv_mix_bwd`].
 pub fn backward<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     fwd: &Saved<B>,
     dlogits: &B::Buf,
     grads: &mut B::Buf,
-    theta_init: f32,
 ) {
-    crate::backend::on_pool(|| backward_on_pool(be, w, ad, p, fwd, dlogits, grads, theta_init))
+    crate::backend::on_pool(|| backward_on_pool(be, w, ad, p, fwd, dlogits, grads))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn backward_on_pool<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     fwd: &Saved<B>,
     dlogits: &B::Buf,
     grads: &mut B::Buf,
-    theta_init: f32,
 ) {
     let c = &w.cfg;
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
@@ -202,12 +205,17 @@ fn backward_on_pool<B: Backend>(
         be.attention_bwd(
             &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims,
         );
-        if let Some(m) = &p.mix {
-            // dθ is accumulated into `grads` where they live (no sum comes back to the host).
-            let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
-            let (pa, th0) = (ad.params, theta_init);
-            be.kv_mix_bwd_theta(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, pa, tk + l, th0, grads);
-            be.kv_mix_bwd_theta(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, pa, tv + l, th0, grads);
+        if let Some(plan) = &p.mix {
+            // The method owns the coefficient's chain rule (see `Adapters`).
+            let mix = |target| KvMix {
+                plan,
+                rows: t,
+                width: kvd,
+                layer: l,
+                target,
+            };
+            ad.kv_mix_bwd(be, &mix(Target::K), &mut dk, &a.k, grads);
+            ad.kv_mix_bwd(be, &mix(Target::V), &mut dv, &a.v, grads);
         }
         be.rope(
             &mut dq,

@@ -1,16 +1,16 @@
 //! The forward pass: embeddings, blocks (attention over segments with the kv-mix, MLP), final
 //! norm and LM head at the requested rows.
 
-use super::{AdapterState, ForwardOut, KvCache, LayerActs, Mode, Packed, Saved};
+use super::{Adapters, ForwardOut, KvCache, KvMix, LayerActs, LinearAdapter, Mode, Packed, Saved};
 use crate::backend::{AttnDims, Backend};
-use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
 /// Products over more rows than this take the wide form (when the backend has one); fewer rows
 /// are decoding, which reads the compact or the plain weight and must not build panels.
 const WIDE_MIN_ROWS: usize = crate::model::packed::MAX_PACKED_ROWS;
 
-/// `y = x Wᵀ + b + LoRA(x)` over all `rows` (DoRA and IA3: see `peft::linear_fwd`).
+/// `y = x Wᵀ + b + s·B(A x)` over all `rows` (the vector forms: see `peft::linear_fwd`).
+// The linear's forward (output, input, weight, rows) plus where the adapter is looked up.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear<B: Backend>(
     be: &B,
@@ -18,14 +18,15 @@ pub(super) fn linear<B: Backend>(
     x: &B::Buf,
     l: &Linear<B>,
     rows: usize,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     layer: usize,
     t: Target,
 ) {
-    if ad.table.peft != Peft::Lora {
-        return super::peft::linear_fwd(be, y, x, l, rows, ad, p, layer, t);
-    }
+    let segs = match ad.linear(p, layer, t) {
+        LinearAdapter::LowRank(segs) => segs,
+        vec_form => return super::peft::linear_fwd(be, y, x, l, rows, ad.params(), &vec_form),
+    };
     let packed = l.packed.as_ref();
     let done = packed
         .is_some_and(|pw| be.matmul_packed(y, x, pw, l.b.as_ref(), rows, l.in_dim, l.out_dim))
@@ -35,9 +36,8 @@ pub(super) fn linear<B: Backend>(
     if !done {
         be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
     }
-    let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
-        be.lora_fwd(y, x, ad.params, &segs, l.in_dim, l.out_dim);
+        be.lora_fwd(y, x, ad.params(), &segs, l.in_dim, l.out_dim);
     }
 }
 
@@ -54,7 +54,7 @@ pub(super) fn attn_dims<B: Backend>(w: &Weights<B>) -> AttnDims {
 pub fn forward<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     cache: Option<&KvCache<B>>,
     mode: Mode,
@@ -65,7 +65,7 @@ pub fn forward<B: Backend>(
 fn forward_on_pool<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    ad: &AdapterState<B>,
+    ad: &dyn Adapters<B>,
     p: &Packed,
     cache: Option<&KvCache<B>>,
     mode: Mode,
@@ -123,12 +123,17 @@ fn forward_on_pool<B: Backend>(
             &w.inv_freq,
             false,
         );
-        if let Some(m) = &p.mix {
-            // α is computed from θ where θ lives: nothing leaves the device.
-            let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
-            let th0 = ad.theta_init;
-            be.kv_mix_fwd_theta(&mut k, t, m.c, m.b, m.n, kvd, ad.params, tk + l, th0);
-            be.kv_mix_fwd_theta(&mut v, t, m.c, m.b, m.n, kvd, ad.params, tv + l, th0);
+        if let Some(plan) = &p.mix {
+            // The method mixes: it knows what the coefficient is a function of (see `Adapters`).
+            let mix = |target| KvMix {
+                plan,
+                rows: t,
+                width: kvd,
+                layer: l,
+                target,
+            };
+            ad.kv_mix_fwd(be, &mix(Target::K), &mut k);
+            ad.kv_mix_fwd(be, &mix(Target::V), &mut v);
         }
         if let Some(cache) = cache {
             let at = t + p.mix_rows();

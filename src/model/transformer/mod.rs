@@ -5,16 +5,16 @@
 //! then `mix_rows` rows that the kv-mix writes (the mixed prompt prefix), then `past` rows copied
 //! from a KV cache. Attention groups address key rows in that space.
 
+mod adapters;
 mod backward;
 mod forward;
 mod peft;
 
+pub use adapters::{Adapters, KvMix, LinearAdapter, VecSeg};
 pub use backward::backward;
 pub use forward::forward;
 
-use crate::backend::{AttnPlan, Backend, LoraSeg};
-use crate::bitune::params::ParamTable;
-use crate::model::weights::Target;
+use crate::backend::{AttnPlan, Backend};
 use std::ops::Range;
 
 /// The kv-mix of a packed batch: mix rows `[T, T+n)` = (1-α)·rows `[c, c+n)` + α·rows `[b, b+n)`.
@@ -49,34 +49,6 @@ impl Packed {
     }
     pub fn kv_rows(&self) -> usize {
         self.rows() + self.mix_rows() + self.past
-    }
-}
-
-/// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init.
-pub struct AdapterState<'a, B: Backend> {
-    pub params: &'a B::Buf,
-    pub table: &'a ParamTable,
-    /// θ_init of α = |θ| / (|θ| + θ_init); the kv-mix reads θ from `params` on the device.
-    pub theta_init: f32,
-}
-
-impl<B: Backend> AdapterState<'_, B> {
-    pub fn segs(&self, p: &Packed, layer: usize, t: Target) -> Vec<LoraSeg> {
-        let scale_bits = self.table.lora.scale().to_bits();
-        p.adapter_rows
-            .iter()
-            .filter_map(|(rows, set)| {
-                self.table
-                    .lora(*set, layer, t)
-                    .map(|(a_off, b_off)| LoraSeg {
-                        rows: rows.clone(),
-                        a_off,
-                        b_off,
-                        rank: self.table.lora.rank,
-                        scale_bits,
-                    })
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,100 @@
+//! The method's side of the transformer's adapter interface ([`Adapters`]): the parameter table
+//! answers which adapter op each linear applies on which rows, and the kv-mix runs with
+//! `α = |θ| / (|θ| + θ_init)` read from θ on the device, its dα/dθ chain rule accumulated there
+//! too (the backend's `kv_mix_fwd_theta` / `kv_mix_bwd_theta`), so no layer sends α or dα through
+//! the host (docs/ARCHITECTURE.md, "Segments and plans").
+
+use super::params::ParamTable;
+use super::peft::{is_feedforward, Peft};
+use crate::backend::{Backend, LoraSeg};
+use crate::model::transformer::{Adapters, KvMix, LinearAdapter, Packed, VecSeg};
+use crate::model::weights::Target;
+
+/// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init.
+pub struct AdapterState<'a, B: Backend> {
+    pub params: &'a B::Buf,
+    pub table: &'a ParamTable,
+    /// θ_init of α = |θ| / (|θ| + θ_init).
+    pub theta_init: f32,
+}
+
+impl<B: Backend> AdapterState<'_, B> {
+    /// Offset of the θ that mixes `m`'s target in `m`'s layer.
+    fn theta(&self, m: &KvMix) -> usize {
+        let (tk, tv) = self.table.theta().expect("a plan that mixes has θ");
+        let base = if m.target == Target::K { tk } else { tv };
+        base + m.layer
+    }
+}
+
+impl<B: Backend> Adapters<B> for AdapterState<'_, B> {
+    fn params(&self) -> &B::Buf {
+        self.params
+    }
+
+    /// LoRA is the low-rank add, DoRA the rescaled one, IA3 scales a feed-forward module's input
+    /// and any other module's output (the forms are in [`super::peft`]).
+    fn linear(&self, p: &Packed, layer: usize, t: Target) -> LinearAdapter {
+        let tb = self.table;
+        let scale_bits = tb.lora.scale().to_bits();
+        let lora = |set: usize, rows: &std::ops::Range<usize>| {
+            tb.lora(set, layer, t).map(|(a_off, b_off)| LoraSeg {
+                rows: rows.clone(),
+                a_off,
+                b_off,
+                rank: tb.lora.rank,
+                scale_bits,
+            })
+        };
+        let vec_segs = |vec_off: &dyn Fn(usize) -> Option<usize>, with_lora: bool| {
+            p.adapter_rows
+                .iter()
+                .filter(|(rows, _)| !rows.is_empty())
+                .filter_map(|(rows, set)| {
+                    Some(VecSeg {
+                        rows: rows.clone(),
+                        vec_off: vec_off(*set)?,
+                        lora: if with_lora {
+                            Some(lora(*set, rows)?)
+                        } else {
+                            None
+                        },
+                    })
+                })
+                .collect()
+        };
+        match tb.peft {
+            Peft::Lora => LinearAdapter::LowRank(
+                p.adapter_rows
+                    .iter()
+                    .filter_map(|(rows, set)| lora(*set, rows))
+                    .collect(),
+            ),
+            Peft::Dora => {
+                LinearAdapter::Rescaled(vec_segs(&|set| tb.magnitude(set, layer, t), true))
+            }
+            Peft::Ia3 => {
+                let segs = vec_segs(&|set| tb.ia3(set, layer, t), false);
+                if is_feedforward(t) {
+                    LinearAdapter::ScaleInput(segs)
+                } else {
+                    LinearAdapter::ScaleOutput(segs)
+                }
+            }
+        }
+    }
+
+    fn kv_mix_fwd(&self, be: &B, m: &KvMix, buf: &mut B::Buf) {
+        let (pl, th) = (m.plan, self.theta(m));
+        let th0 = self.theta_init;
+        be.kv_mix_fwd_theta(buf, m.rows, pl.c, pl.b, pl.n, m.width, self.params, th, th0);
+    }
+
+    fn kv_mix_bwd(&self, be: &B, m: &KvMix, dbuf: &mut B::Buf, buf: &B::Buf, grads: &mut B::Buf) {
+        let (pl, th, pa) = (m.plan, self.theta(m), self.params);
+        let th0 = self.theta_init;
+        be.kv_mix_bwd_theta(
+            dbuf, buf, m.rows, pl.c, pl.b, pl.n, m.width, pa, th, th0, grads,
+        );
+    }
+}
