@@ -1,7 +1,7 @@
 //! Inference over the mixed prompt cache: the dual prefill (both prompt passes, the mix, the sep
 //! token), cached causal decoding with set C, and scoring continuations on a shared prefix.
 
-use super::plan::{pack, Method, Seq};
+use super::plan::{pack, pack_answers, Seq};
 use super::step::Trainable;
 use crate::backend::Backend;
 use crate::model::transformer::{forward, KvCache, Mode};
@@ -165,7 +165,7 @@ fn decode_logits<B: Backend>(
         a_pos0: pos,
         targets: vec![],
     };
-    let (mut p, _) = pack(Method::Lora, &[seq], &cache.pos);
+    let (mut p, _) = pack_answers(&[seq], &cache.pos);
     p.logit_rows = vec![0];
     let ad = tr.state();
     let out = forward(
@@ -223,7 +223,7 @@ pub fn score_continuations<B: Backend>(
         be.cross_entropy(&mut l, &[c[0]], &[1.0], vocab, false, &mut lp, &mut g);
         results.push((vec![lp[0]], g[0]));
     }
-    let (p, tg) = pack(Method::Lora, &seqs, &cache.pos);
+    let (p, tg) = pack_answers(&seqs, &cache.pos);
     if !tg.tokens.is_empty() {
         let ad = tr.state();
         let out = forward(be, w, &ad, &p, Some(&cache), Mode::default());

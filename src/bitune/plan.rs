@@ -102,14 +102,25 @@ pub struct Targets {
 /// Packs sequences segment-major: every prompt segment's rows for all sequences, then all answer
 /// rows. `past_pos` are the positions of cache rows every answer segment also reads.
 pub fn pack(method: Method, seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets) {
-    let segs = method.prompt_segments();
+    pack_segments(&method.prompt_segments(), seqs, past_pos)
+}
+
+/// Packs answer segments only (with adapter set C), whatever the method: a decoding step or
+/// continuations scored on a cache, whose prompt is already in the cache rows at `past_pos`.
+pub fn pack_answers(seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets) {
+    pack_segments(&[], seqs, past_pos)
+}
+
+/// [`pack`] over the prompt segments `segs`; two segments are mixed.
+fn pack_segments(segs: &[(usize, MaskKind)], seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets) {
+    let mixes = segs.len() == 2;
     let np: usize = seqs.iter().map(|s| s.prompt.len()).sum();
     let na: usize = seqs.iter().map(|s| s.answer.len()).sum();
     let t = segs.len() * np + na;
-    let mix_n = if method.mixes() { np } else { 0 };
+    let mix_n = if mixes { np } else { 0 };
     let mut p = Packed {
         past: past_pos.len(),
-        mix: method.mixes().then_some(MixPlan { c: 0, b: np, n: np }),
+        mix: mixes.then_some(MixPlan { c: 0, b: np, n: np }),
         ..Default::default()
     };
     let mut q_pos = Vec::with_capacity(t);
@@ -166,7 +177,7 @@ pub fn pack(method: Method, seqs: &[Seq], past_pos: &[u32]) -> (Packed, Targets)
         pr_off += n;
     }
     k_pos.extend_from_slice(&q_pos);
-    if method.mixes() {
+    if mixes {
         k_pos.extend_from_slice(&q_pos[..np]);
     }
     k_pos.extend_from_slice(past_pos);
@@ -230,5 +241,234 @@ pub fn single_sequence(ids: &[u32], mask: MaskKind, set: Option<usize>) -> Packe
         mix: None,
         past: 0,
         logit_rows: (0..n).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Expected layouts written by hand from docs/ARCHITECTURE.md, "Segments and plans": rows
+    //! segment-major (C, then B, then A), mixed prompt rows after the `T` token rows, cache rows
+    //! after those.
+
+    use super::*;
+    use crate::backend::MaskKind::{AntiCausal, Causal, Full};
+    use std::ops::Range;
+
+    fn group(q: Range<usize>, kv: &[Range<usize>], mask: MaskKind) -> AttnGroup {
+        AttnGroup {
+            q,
+            kv: kv.to_vec(),
+            mask,
+        }
+    }
+
+    /// Two sequences: prompts of 2 and 1 tokens, answers of 2 and 3 tokens.
+    fn two_prompted() -> Vec<Seq> {
+        vec![
+            Seq {
+                prompt: vec![10, 11],
+                answer: vec![12, 13],
+                a_pos0: 2,
+                targets: vec![(0, 13, 0.5), (1, 14, 0.5)],
+            },
+            Seq {
+                prompt: vec![20],
+                answer: vec![21, 22, 23],
+                a_pos0: 1,
+                targets: vec![(2, 24, 1.0)],
+            },
+        ]
+    }
+
+    fn check_targets_of_two_prompted(tg: &Targets) {
+        assert_eq!(tg.tokens, [13, 14, 24]);
+        assert_eq!(tg.weights, [0.5, 0.5, 1.0]);
+        assert_eq!(tg.seq, [0, 0, 1]);
+    }
+
+    /// Every two-pass method: C rows 0..3, B rows 3..6, A rows 6..11, mixed rows 11..14.
+    #[test]
+    fn two_prompt_segments_are_packed_segment_major_and_mixed() {
+        let cases = [
+            (Method::Bitune, SET_B, Full),
+            (Method::OnlyCausal, SET_B, Causal),
+            (Method::SharedWeights, SET_C, Full),
+            (Method::AntiCausal, SET_B, AntiCausal),
+        ];
+        for (method, set2, mask2) in cases {
+            let (p, tg) = pack(method, &two_prompted(), &[]);
+            let m = method.name();
+            assert_eq!(
+                p.tokens,
+                [10, 11, 20, 10, 11, 20, 12, 13, 21, 22, 23],
+                "{m}"
+            );
+            assert_eq!(p.pos, [0, 1, 0, 0, 1, 0, 2, 3, 1, 2, 3], "{m}");
+            assert_eq!(
+                p.adapter_rows,
+                [(0..3, SET_C), (3..6, set2), (6..11, SET_C)],
+                "{m}"
+            );
+            assert_eq!(p.mix, Some(MixPlan { c: 0, b: 3, n: 3 }), "{m}");
+            assert_eq!(p.past, 0, "{m}");
+            assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (11, 3, 14), "{m}");
+            assert_eq!(
+                p.attn.groups,
+                [
+                    group(0..2, &[0..2], Causal),
+                    group(2..3, &[2..3], Causal),
+                    group(3..5, &[3..5], mask2),
+                    group(5..6, &[5..6], mask2),
+                    // The answers read their sequence's mixed prompt rows, then their own.
+                    group(6..8, &[11..13, 6..8], Causal),
+                    group(8..11, &[13..14, 8..11], Causal),
+                ],
+                "{m}"
+            );
+            assert_eq!(p.attn.q_pos, p.pos, "{m}");
+            assert_eq!(
+                p.attn.k_pos,
+                [0, 1, 0, 0, 1, 0, 2, 3, 1, 2, 3, 0, 1, 0],
+                "{m}"
+            );
+            assert_eq!(p.logit_rows, [6, 7, 10], "{m}");
+            check_targets_of_two_prompted(&tg);
+        }
+    }
+
+    /// One prompt pass, unmixed: prompt rows 0..3, answer rows 3..8 reading the prompt rows.
+    #[test]
+    fn one_prompt_segment_is_read_by_the_answers_directly() {
+        for (method, set) in [(Method::NaiveBidir, SET_C), (Method::NoMixing, SET_B)] {
+            let (p, tg) = pack(method, &two_prompted(), &[]);
+            let m = method.name();
+            assert_eq!(p.tokens, [10, 11, 20, 12, 13, 21, 22, 23], "{m}");
+            assert_eq!(p.pos, [0, 1, 0, 2, 3, 1, 2, 3], "{m}");
+            assert_eq!(p.adapter_rows, [(0..3, set), (3..8, SET_C)], "{m}");
+            assert_eq!(p.mix, None, "{m}");
+            assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (8, 0, 8), "{m}");
+            assert_eq!(
+                p.attn.groups,
+                [
+                    group(0..2, &[0..2], Full),
+                    group(2..3, &[2..3], Full),
+                    group(3..5, &[0..2, 3..5], Causal),
+                    group(5..8, &[2..3, 5..8], Causal),
+                ],
+                "{m}"
+            );
+            assert_eq!(p.attn.q_pos, p.pos, "{m}");
+            assert_eq!(p.attn.k_pos, p.pos, "{m}");
+            assert_eq!(p.logit_rows, [3, 4, 7], "{m}");
+            check_targets_of_two_prompted(&tg);
+        }
+    }
+
+    /// The LoRA baseline: one causal segment per sequence, all with set C.
+    #[test]
+    fn the_lora_baseline_is_one_causal_segment_per_sequence() {
+        let seqs = [
+            Seq {
+                prompt: vec![],
+                answer: vec![1, 2, 3],
+                a_pos0: 0,
+                targets: vec![(1, 3, 0.5), (2, 4, 0.5)],
+            },
+            Seq {
+                prompt: vec![],
+                answer: vec![5, 6],
+                a_pos0: 0,
+                targets: vec![(0, 6, 1.0)],
+            },
+        ];
+        let (p, tg) = pack(Method::Lora, &seqs, &[]);
+        assert_eq!(p.tokens, [1, 2, 3, 5, 6]);
+        assert_eq!(p.pos, [0, 1, 2, 0, 1]);
+        assert_eq!(p.adapter_rows, [(0..5, SET_C)]);
+        assert_eq!(p.mix, None);
+        assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (5, 0, 5));
+        assert_eq!(
+            p.attn.groups,
+            [group(0..3, &[0..3], Causal), group(3..5, &[3..5], Causal)]
+        );
+        assert_eq!(p.attn.q_pos, p.pos);
+        assert_eq!(p.attn.k_pos, p.pos);
+        assert_eq!(p.logit_rows, [1, 2, 3]);
+        assert_eq!(tg.tokens, [3, 4, 6]);
+        assert_eq!(tg.weights, [0.5, 0.5, 1.0]);
+        assert_eq!(tg.seq, [0, 0, 1]);
+    }
+
+    /// Continuations scored on a cache of 3 rows: every answer reads the cache rows first.
+    #[test]
+    fn answers_on_a_prefix_cache_read_the_cache_rows() {
+        let seqs = [
+            Seq {
+                prompt: vec![],
+                answer: vec![7, 8],
+                a_pos0: 3,
+                targets: vec![(0, 8, 1.0), (1, 9, 1.0)],
+            },
+            Seq {
+                prompt: vec![],
+                answer: vec![5],
+                a_pos0: 3,
+                targets: vec![(0, 6, 1.0)],
+            },
+        ];
+        let (p, tg) = pack_answers(&seqs, &[0, 1, 2]);
+        assert_eq!(p.tokens, [7, 8, 5]);
+        assert_eq!(p.pos, [3, 4, 3]);
+        assert_eq!(p.adapter_rows, [(0..3, SET_C)]);
+        assert_eq!(p.mix, None);
+        assert_eq!(p.past, 3);
+        assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (3, 0, 6));
+        assert_eq!(
+            p.attn.groups,
+            [
+                group(0..2, &[3..6, 0..2], Causal),
+                group(2..3, &[3..6, 2..3], Causal),
+            ]
+        );
+        assert_eq!(p.attn.q_pos, [3, 4, 3]);
+        assert_eq!(p.attn.k_pos, [3, 4, 3, 0, 1, 2]);
+        assert_eq!(p.logit_rows, [0, 1, 2]);
+        assert_eq!(tg.tokens, [8, 9, 6]);
+        assert_eq!(tg.weights, [1.0, 1.0, 1.0]);
+        assert_eq!(tg.seq, [0, 0, 1]);
+    }
+
+    /// Bitune over a cache: token rows 0..6, mixed rows 6..8, the cache row 8; the answer reads
+    /// the cache, then the mixed prompt, then itself.
+    #[test]
+    fn a_mixed_plan_puts_the_cache_rows_after_the_mixed_rows() {
+        let seqs = [Seq {
+            prompt: vec![1, 2],
+            answer: vec![3, 4],
+            a_pos0: 2,
+            targets: vec![(1, 5, 1.0)],
+        }];
+        let (p, tg) = pack(Method::Bitune, &seqs, &[9]);
+        assert_eq!(p.tokens, [1, 2, 1, 2, 3, 4]);
+        assert_eq!(p.pos, [0, 1, 0, 1, 2, 3]);
+        assert_eq!(
+            p.adapter_rows,
+            [(0..2, SET_C), (2..4, SET_B), (4..6, SET_C)]
+        );
+        assert_eq!(p.mix, Some(MixPlan { c: 0, b: 2, n: 2 }));
+        assert_eq!(p.past, 1);
+        assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (6, 2, 9));
+        assert_eq!(
+            p.attn.groups,
+            [
+                group(0..2, &[0..2], Causal),
+                group(2..4, &[2..4], Full),
+                group(4..6, &[8..9, 6..8, 4..6], Causal),
+            ]
+        );
+        assert_eq!(p.attn.k_pos, [0, 1, 0, 1, 2, 3, 0, 1, 9]);
+        assert_eq!(p.logit_rows, [5]);
+        assert_eq!(tg.tokens, [5]);
+        assert_eq!(tg.seq, [0]);
     }
 }
