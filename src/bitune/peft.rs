@@ -1,6 +1,7 @@
 //! The PEFT method of the adapter sets: LoRA, DoRA (PEFT's `use_dora`) or IA3.
 //!
-//! Exact forms, per target linear `y = W x + b` and per adapter set (spec §9, PEFT 0.21 layers):
+//! Exact forms, per target linear `y = W x + b` and per adapter set (PEFT 0.21's layers);
+//! the transformer runs them as the ops of `model::transformer::LinearAdapter`:
 //! - LoRA: `y = W x + b + s·B(A x)`.
 //! - DoRA: `y = W x + b + (m/n − 1)⊙(W x) + (m/n)⊙s·B(A x)` = `(m/n)⊙(W x + s·B A x) + b`, with
 //!   `n = ‖W + s·B A‖` per output row, recomputed every forward and *detached* (no gradient flows
@@ -11,7 +12,7 @@
 //!   `y = l⊙(W x + b)`, as PEFT multiplies the base layer's result.
 //!
 //! Each adapter set has its own vectors (the reference's PEFT 0.11 dropped the first set's DoRA
-//! magnitudes when adding the second; spec §9 caveat): a magnitude is a per-set table entry.
+//! magnitudes when adding the second): a magnitude is a per-set table entry.
 
 use crate::model::weights::Target;
 use anyhow::{bail, Result};
@@ -48,7 +49,7 @@ impl Peft {
     }
 }
 
-/// IA3's feed-forward modules: the MLP linears (PEFT's `feedforward_modules`, spec §9).
+/// IA3's feed-forward modules: the MLP linears (PEFT's `feedforward_modules`).
 pub fn is_feedforward(t: Target) -> bool {
     matches!(t, Target::Gate | Target::Up | Target::Down)
 }
