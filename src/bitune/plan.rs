@@ -262,6 +262,15 @@ mod tests {
         }
     }
 
+    /// A segment's group that reads only its own rows.
+    fn own(q: Range<usize>, mask: MaskKind) -> AttnGroup {
+        AttnGroup {
+            kv: std::iter::once(q.clone()).collect(),
+            q,
+            mask,
+        }
+    }
+
     /// Two sequences: prompts of 2 and 1 tokens, answers of 2 and 3 tokens.
     fn two_prompted() -> Vec<Seq> {
         vec![
@@ -315,10 +324,10 @@ mod tests {
             assert_eq!(
                 p.attn.groups,
                 [
-                    group(0..2, &[0..2], Causal),
-                    group(2..3, &[2..3], Causal),
-                    group(3..5, &[3..5], mask2),
-                    group(5..6, &[5..6], mask2),
+                    own(0..2, Causal),
+                    own(2..3, Causal),
+                    own(3..5, mask2),
+                    own(5..6, mask2),
                     // The answers read their sequence's mixed prompt rows, then their own.
                     group(6..8, &[11..13, 6..8], Causal),
                     group(8..11, &[13..14, 8..11], Causal),
@@ -350,8 +359,8 @@ mod tests {
             assert_eq!(
                 p.attn.groups,
                 [
-                    group(0..2, &[0..2], Full),
-                    group(2..3, &[2..3], Full),
+                    own(0..2, Full),
+                    own(2..3, Full),
                     group(3..5, &[0..2, 3..5], Causal),
                     group(5..8, &[2..3, 5..8], Causal),
                 ],
@@ -387,10 +396,7 @@ mod tests {
         assert_eq!(p.adapter_rows, [(0..5, SET_C)]);
         assert_eq!(p.mix, None);
         assert_eq!((p.rows(), p.mix_rows(), p.kv_rows()), (5, 0, 5));
-        assert_eq!(
-            p.attn.groups,
-            [group(0..3, &[0..3], Causal), group(3..5, &[3..5], Causal)]
-        );
+        assert_eq!(p.attn.groups, [own(0..3, Causal), own(3..5, Causal)]);
         assert_eq!(p.attn.q_pos, p.pos);
         assert_eq!(p.attn.k_pos, p.pos);
         assert_eq!(p.logit_rows, [1, 2, 3]);
@@ -461,8 +467,8 @@ mod tests {
         assert_eq!(
             p.attn.groups,
             [
-                group(0..2, &[0..2], Causal),
-                group(2..4, &[2..4], Full),
+                own(0..2, Causal),
+                own(2..4, Full),
                 group(4..6, &[8..9, 6..8, 4..6], Causal),
             ]
         );
