@@ -294,7 +294,7 @@ fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
     }
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &a.out {
-        crate::train::atomic::write_atomic_str(out, &text)
+        crate::io::atomic::write_atomic_str(out, &text)
             .with_context(|| format!("--out {}", out.display()))?;
         eprintln!("bench: wrote {}", out.display());
     }

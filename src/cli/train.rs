@@ -249,7 +249,7 @@ fn after<B: Backend + Clone>(
             println!("{}", heldout::table(&before, &after, method)?);
             let path = out.join("eval.json");
             let text = serde_json::to_string_pretty(&heldout::to_json(&before, &after, a.eval_n))?;
-            crate::train::atomic::write_atomic_str(&path, &(text + "\n"))?;
+            crate::io::atomic::write_atomic_str(&path, &(text + "\n"))?;
         }
     }
     Ok(())
