@@ -3,7 +3,6 @@
 pub mod chat;
 pub mod config;
 pub mod gguf;
-pub mod gguf_tokenizer;
 pub mod load;
 pub mod packed;
 pub mod tensors;
