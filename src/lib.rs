@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod ffi;
 pub mod io;
+pub mod jobs;
 pub mod model;
 pub mod rng;
 pub mod train;

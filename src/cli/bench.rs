@@ -8,6 +8,7 @@ use crate::bitune::engine::{empty_trainable, Engine};
 use crate::bitune::params::LoraSpec;
 use crate::bitune::plan::{Example, Method};
 use crate::bitune::step::{loss_and_grad, Trainable};
+use crate::jobs::{git_commit, now_utc};
 use crate::model::load::{resolve_model, Model};
 use crate::model::weights::ALL_TARGETS;
 use crate::rng::Rng;
@@ -75,24 +76,6 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown cpu".into())
 }
 
-pub(crate) fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-pub(crate) fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 /// A Bitune adapter as training would leave it: random A, small random B, θ at θ_init.
 fn bitune_state<B: Backend>(be: &B, model: &Model<B>, method: Method, seed: u64) -> Trainable<B> {
     let lora = LoraSpec {
@@ -125,7 +108,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 fn run_on<B: Backend>(be: B, a: BenchArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
+    crate::jobs::set_threads(a.threads)?;
     let path = resolve_model(a.model.as_deref())?;
     let t_load = Instant::now();
     let model = Model::load(&be, &path)?;
