@@ -3,6 +3,7 @@
 //! `src/cli` parses arguments into these configs and prints what the jobs return; progress lines
 //! go to stderr from here, as a long job must report while it runs.
 
+pub mod bench;
 pub mod compare;
 pub mod compare_stats;
 pub mod eval;
