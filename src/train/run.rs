@@ -71,7 +71,6 @@ fn fingerprint(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     be: &B,
     model: &Model<B>,
