@@ -7,6 +7,7 @@ pub mod compare;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod heldout;
 pub mod score;
 pub mod train;
 

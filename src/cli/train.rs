@@ -1,8 +1,8 @@
 //! `train`: its arguments, their conversion into a [`TrainJob`], and the before/after report.
 
 use super::device::Device;
+use super::heldout;
 use crate::bitune::peft::Peft;
-use crate::jobs::heldout;
 use crate::jobs::train::{Report, TrainJob};
 use crate::train::optim::{OptKind, Schedule};
 use anyhow::Result;
