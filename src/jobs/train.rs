@@ -354,7 +354,7 @@ pub(crate) fn opt_config(a: &TrainJob) -> OptConfig {
     }
 }
 
-/// `--out`'s default; a fresh run takes `-2`, `-3`, ... when it holds a run.
+/// The default of [`TrainJob::out`]; a fresh run takes `-2`, `-3`, ... when it holds a run.
 pub const DEFAULT_OUT: &str = "runs/bitune";
 
 /// Runs a training job: checks the settings, settles the run folder, trains, writes the final
