@@ -10,6 +10,8 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod ffi;
+pub mod io;
+pub mod jobs;
 pub mod model;
 pub mod rng;
 pub mod train;

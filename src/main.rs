@@ -1,13 +1,12 @@
-//! The `bitune-rt` command line: one thin function per subcommand; the work lives in the library.
+//! The `bitune-rt` command line: one thin function per subcommand; the work lives in the
+//! library's jobs (`bitune_rt::jobs`).
 
 use anyhow::{bail, Result};
-use bitune_rt::backend::Backend;
-use bitune_rt::bitune::engine::{Engine, PromptMask};
-use bitune_rt::bitune::generate::{generate, GenOptions};
+use bitune_rt::bitune::engine::PromptMask;
 use bitune_rt::cli;
 use bitune_rt::cli::device::Device;
-use bitune_rt::model::load::resolve_model;
-use bitune_rt::on_device;
+use bitune_rt::jobs::generate::{GenerateJob, ModelSpec};
+use bitune_rt::jobs::score::{read_requests, ScoreJob};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -89,36 +88,25 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
 }
 
-fn engine<B: Backend>(be: B, m: &ModelArgs) -> Result<Engine<B>> {
-    cli::set_threads(m.threads)?;
-    let path = resolve_model(m.model.as_deref())?;
-    Engine::load(be, &path, m.adapter.as_deref(), m.prompt_mask)
+impl From<ModelArgs> for ModelSpec {
+    fn from(m: ModelArgs) -> Self {
+        ModelSpec {
+            model: m.model,
+            adapter: m.adapter,
+            prompt_mask: m.prompt_mask,
+            device: m.device,
+            threads: m.threads,
+        }
+    }
 }
 
-fn cmd_generate<B: Backend>(
-    be: B,
-    m: &ModelArgs,
-    prompt: &str,
-    o: &GenOptions,
-    chat: bool,
-) -> Result<()> {
-    let e = engine(be, m)?;
-    let text = if chat {
-        bitune_rt::model::chat::apply_chat_template(e.model.chat_template.as_deref(), prompt)?
-    } else {
-        prompt.to_string()
-    };
-    let ids = e.model.encode(&text, !chat)?;
-    if ids.is_empty() {
-        bail!("the prompt is empty after tokenization: nothing to generate from");
-    }
+fn cmd_generate(job: &GenerateJob) -> Result<()> {
     let mut out = std::io::stdout();
-    let g = generate(&e, &ids, o, |piece| {
+    let s = bitune_rt::jobs::generate::run(job, |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })?;
     println!();
-    let s = &g.stats;
     eprintln!(
         "[{} prompt tokens: prefill {:.1} ms ({:.1} tok/s); {} new tokens: {:.1} ms/token ({:.1} tok/s)]",
         s.prompt_tokens,
@@ -141,19 +129,15 @@ fn run() -> Result<()> {
             top_p,
             seed,
             chat,
-        } => {
-            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
-                bail!("--top-p must be in (0, 1] and --temperature >= 0");
-            }
-            let o = GenOptions {
-                max_new,
-                temperature,
-                top_p,
-                seed,
-                stops: vec![],
-            };
-            on_device!(m.device, |be| cmd_generate(be, &m, &prompt, &o, chat))
-        }
+        } => cmd_generate(&GenerateJob {
+            model: m.into(),
+            prompt,
+            max_new,
+            temperature,
+            top_p,
+            seed,
+            chat,
+        }),
         Cmd::Score {
             m,
             context,
@@ -162,10 +146,13 @@ fn run() -> Result<()> {
         } => {
             let reqs = match (context, continuation, requests) {
                 (Some(c), Some(x), None) => vec![(c, x)],
-                (None, None, Some(path)) => cli::score::read_requests(&path)?,
+                (None, None, Some(path)) => read_requests(&path)?,
                 _ => bail!("give --context and --continuation, or --requests FILE.jsonl"),
             };
-            on_device!(m.device, |be| cli::score::run(&engine(be, &m)?, &reqs))
+            cli::score::run(&ScoreJob {
+                model: m.into(),
+                requests: reqs,
+            })
         }
         Cmd::Train(a) => cli::train::run(*a),
         Cmd::Eval(a) => cli::eval::run(a),

@@ -10,7 +10,7 @@ use bitune_rt::bitune::params::{Kind, ParamTable, SET_B, SET_C};
 use bitune_rt::bitune::plan::{Example, Method, METHODS};
 use bitune_rt::bitune::step::{loss_and_grad, Trainable};
 use bitune_rt::model::load::Model;
-use bitune_rt::model::safetensors_io::read_file_into;
+use bitune_rt::model::tensors::read_file_into;
 use bitune_rt::model::tensors::TensorMap;
 use bitune_rt::train::optim::{OptConfig, OptKind, Optimizer, Schedule};
 use common::*;

@@ -114,7 +114,7 @@ fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "safetensors") {
                 let mut m = bitune_rt::model::tensors::TensorMap::new(p.display().to_string());
-                bitune_rt::model::safetensors_io::read_file_into(&p, &mut m).unwrap();
+                bitune_rt::model::tensors::read_file_into(&p, &mut m).unwrap();
                 let file = p.file_name().unwrap().to_string_lossy().into_owned();
                 for (k, t) in m.map {
                     all.push((format!("{sub}/{file}:{k}"), t.data));

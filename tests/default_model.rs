@@ -41,7 +41,7 @@ fn greedy_and_scores_match_transformers_on_the_default_model() {
     }
     for s in r["score"].as_array().unwrap() {
         let (ctx, cont) = (u32s(&s["context_ids"]), u32s(&s["continuation_ids"]));
-        let (c2, x2) = bitune_rt::cli::score::split_tokens(
+        let (c2, x2) = bitune_rt::jobs::score::split_tokens(
             &e,
             s["context"].as_str().unwrap(),
             s["continuation"].as_str().unwrap(),

@@ -228,7 +228,8 @@ fn fixtures_are_informative() {
 /// mean and sample std (n − 1) over the seeds are computed right, here from scratch.
 #[test]
 fn compare_tabulates_mean_and_sample_std_over_seeds() {
-    use bitune_rt::cli::compare::{compare, CompareArgs};
+    use bitune_rt::cli::compare::CompareArgs;
+    use bitune_rt::jobs::compare::{run as compare, CompareJob};
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
@@ -263,7 +264,7 @@ fn compare_tabulates_mean_and_sample_std_over_seeds() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let r = compare(&Cli::parse_from(argv).a).unwrap();
+    let r = compare(&CompareJob::from(&Cli::parse_from(argv).a)).unwrap();
 
     assert_eq!(r["seeds"], serde_json::json!([42, 43]));
     let runs = r["runs"].as_array().unwrap();
@@ -379,6 +380,6 @@ fn compare_tabulates_mean_and_sample_std_over_seeds() {
     );
 
     // Deterministic: the same command gives the same numbers.
-    let again = compare(&Cli::parse_from(argv).a).unwrap();
+    let again = compare(&CompareJob::from(&Cli::parse_from(argv).a)).unwrap();
     assert_eq!(again["table"], r["table"]);
 }

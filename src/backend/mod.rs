@@ -11,6 +11,7 @@ pub mod colops;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod scalar;
 
 use std::ops::Range;

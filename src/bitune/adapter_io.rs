@@ -7,11 +7,11 @@
 use super::params::{LoraSpec, ParamTable, SET_B, SET_C};
 use super::peft::{is_feedforward, Peft};
 use super::plan::Method;
+use crate::io::atomic::write_atomic_str;
+use crate::io::safetensors::write_f32;
 use crate::model::config::ModelConfig;
-use crate::model::safetensors_io::{read_file_into, write_f32};
-use crate::model::tensors::TensorMap;
+use crate::model::tensors::{read_file_into, TensorMap};
 use crate::model::weights::Target;
-use crate::train::atomic::write_atomic_str;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! GSM8K answer extraction and scoring, as lm-evaluation-harness's `gsm8k.yaml` (spec §11.4):
+//! GSM8K answer extraction and scoring, as lm-evaluation-harness's `gsm8k.yaml`:
 //! the two regex filters, then `exact_match` with its `regexes_to_ignore` and `ignore_case`.
 
 use regex::Regex;
@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 /// lm-eval's value when a filter finds nothing; it never equals a normalised number.
 pub const INVALID: &str = "[invalid]";
 
-/// Generation settings of the task (spec §11.4); the scorer adds the tokenizer's EOS itself.
+/// Generation settings of the task, as `gsm8k.yaml`; the scorer adds the tokenizer's EOS itself.
 pub const MAX_NEW: usize = 256;
 pub const STOPS: &[&str] = &["Question:", "</s>", "<|im_end|>", "<|end_of_text|>"];
 

@@ -1,4 +1,4 @@
-//! Zero-shot evaluation with the paper's protocol (spec §11): PIQA, ARC-Challenge, CSQA, SIQA and
+//! Zero-shot evaluation with the paper's protocol: PIQA, ARC-Challenge, CSQA, SIQA and
 //! MMLU by log-likelihood ranking, GSM8K by greedy generation, plus the synthetic suite.
 //!
 //! The harness never sees the model: it talks to an [`LmScorer`], which the Bitune engine

@@ -1,5 +1,5 @@
 //! The evaluation tasks: one parser per data set turning a raw row (its Hugging Face fields) into a
-//! prompt plus choices/gold or a generation target, with the templates of spec §11.3 byte for byte.
+//! prompt plus choices/gold or a generation target, with the paper's prompt templates byte for byte.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -42,7 +42,7 @@ pub const REAL_TASKS: &[(&str, &str, Kind)] = &[
     ("gsm8k", "test", Kind::Gsm8k),
 ];
 
-/// The shared `Question: …\n\nAnswer:` frame (training and eval use the same one, spec §11.3).
+/// The shared `Question: …\n\nAnswer:` frame (training and eval use the same one).
 pub fn question_prompt(body: &str) -> String {
     format!("Question: {body}\n\nAnswer:")
 }

@@ -8,9 +8,9 @@
 
 use super::status::{bitune_status::*, fail, Failure, Res};
 use crate::backend::cpu::Cpu;
-use crate::bitune::engine::Engine;
 #[cfg(feature = "cuda")]
-use crate::cli::device::catch_device_failure;
+use crate::backend::device::catch_device_failure;
+use crate::bitune::engine::Engine;
 use crate::model::transformer::KvCache;
 use std::collections::BTreeMap;
 use std::marker::{PhantomData, PhantomPinned};

@@ -6,10 +6,10 @@ use super::handles::AnyEngine;
 use super::handles::{self, bitune_model, Kind};
 use super::status::{bitune_status, bitune_status::*, engine_err, fail, guard, last_error_ptr};
 use crate::backend::cpu::Cpu;
-use crate::bitune::engine::{Engine, PromptMask};
-use crate::cli::device::Device;
+use crate::backend::device::Device;
 #[cfg(feature = "cuda")]
-use crate::cli::device::{catch_device_failure, open_cuda};
+use crate::backend::device::{catch_device_failure, open_cuda};
+use crate::bitune::engine::{Engine, PromptMask};
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 

@@ -70,7 +70,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         bail!("{}: no such model file or folder", path.display());
     }
     let config = ModelConfig::from_file(&path.join("config.json"))?;
-    let tensors = super::safetensors_io::read_folder(path)?;
+    let tensors = super::tensors::read_folder(path)?;
     let tok_path = path.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: cannot load tokenizer ({e})", tok_path.display()))?;

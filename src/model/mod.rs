@@ -3,10 +3,8 @@
 pub mod chat;
 pub mod config;
 pub mod gguf;
-pub mod gguf_tokenizer;
 pub mod load;
 pub mod packed;
-pub mod safetensors_io;
 pub mod tensors;
 pub mod transformer;
 pub mod weights;

@@ -2,8 +2,10 @@
 //! model builder consumes.
 
 use super::packed::PackedWeight;
+use crate::io::safetensors::{self, Dtype};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
+use std::path::Path;
 
 /// A dense row-major f32 tensor on the host (checkpoints in f16/bf16/quantized formats are widened
 /// on load).
@@ -85,4 +87,48 @@ impl TensorMap {
             Ok(None)
         }
     }
+}
+
+/// Reads every tensor of one safetensors file into `out`.
+pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
+    safetensors::for_each_tensor(path, |name, shape, dtype, bytes| {
+        let data = safetensors::widen(&name, path, dtype, bytes)?;
+        let mut t = HostTensor::new(shape.to_vec(), data);
+        // bf16/f16 checkpoints keep their exact 16-bit form for the decode matmuls.
+        let u16s = || {
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        t.packed = match dtype {
+            Dtype::BF16 if shape.len() == 2 => Some(PackedWeight::Bf16(u16s())),
+            Dtype::F16 if shape.len() == 2 => Some(PackedWeight::F16(u16s())),
+            _ => None,
+        };
+        out.insert(name, t);
+        Ok(())
+    })
+}
+
+/// Reads a checkpoint folder: `model.safetensors`, or the shards listed by
+/// `model.safetensors.index.json`.
+pub fn read_folder(dir: &Path) -> Result<TensorMap> {
+    let files = safetensors::folder_files(dir)?;
+    let mut map = TensorMap::new(dir.display().to_string());
+    for f in &files.files {
+        read_file_into(f, &mut map)?;
+    }
+    if let Some((index, listed)) = &files.index {
+        for name in listed {
+            if !map.contains(name) {
+                bail!(
+                    "{}: tensor `{name}` is listed but not in its shard",
+                    index.display()
+                );
+            }
+        }
+    }
+    map.source = files.source;
+    Ok(map)
 }

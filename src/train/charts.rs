@@ -161,7 +161,7 @@ fn write_png_atomic(path: &Path, w: u32, h: u32, rgb: &[u8]) -> Result<()> {
         wr.write_image_data(rgb).context("png data")?;
         wr.finish().context("png finish")?;
     }
-    super::atomic::write_atomic(path, &png_bytes)
+    crate::io::atomic::write_atomic(path, &png_bytes)
         .with_context(|| format!("write chart {}", path.display()))
 }
 

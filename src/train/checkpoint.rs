@@ -2,9 +2,9 @@
 //! trainer state. A checkpoint is written into `step-N.tmp/` and renamed into place, so a kill at
 //! any moment leaves either the complete folder or none.
 
-use crate::model::safetensors_io::{read_file_into, write_f32};
-use crate::model::tensors::TensorMap;
-use crate::train::atomic::write_atomic_str;
+use crate::io::atomic::write_atomic_str;
+use crate::io::safetensors::write_f32;
+use crate::model::tensors::{read_file_into, TensorMap};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! The training job: optimizer, schedule, checkpoints, the loop.
 
-pub mod atomic;
 pub mod charts;
 pub mod checkpoint;
 pub mod optim;

@@ -71,7 +71,6 @@ fn fingerprint(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     be: &B,
     model: &Model<B>,
@@ -220,7 +219,7 @@ fn open_metrics(path: &Path, step: u64) -> Result<std::fs::File> {
     if !text.is_empty() {
         text.push('\n');
     }
-    super::atomic::write_atomic_str(path, &text)?;
+    crate::io::atomic::write_atomic_str(path, &text)?;
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)

@@ -20,7 +20,7 @@ mod ops;
 mod rowwise;
 pub mod sim;
 
-use crate::cli::device::device_failure;
+use crate::backend::device::device_failure;
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;

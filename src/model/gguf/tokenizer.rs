@@ -8,7 +8,7 @@
 //! - `llama`: SentencePiece BPE with byte fallback; merges are derived from the token scores the
 //!   way `transformers` converts SentencePiece models.
 
-use super::gguf::MetaValue;
+use super::format::MetaValue;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use tokenizers::decoders::byte_fallback::ByteFallback;

@@ -1,14 +1,16 @@
-//! Safetensors reading (single file or sharded through `model.safetensors.index.json`,
-//! memory-mapped, f32/f16/bf16 widened to f32) and atomic f32 writing.
+//! Safetensors reading (one file, or the shards of a folder through
+//! `model.safetensors.index.json`, memory-mapped, f32/f16/bf16 widened to f32) and atomic f32
+//! writing. What a tensor becomes (the model's host tensors, an adapter, optimizer moments) is
+//! the caller's business: this module hands out names, shapes, dtypes and bytes.
 
-use super::packed::PackedWeight;
-use super::tensors::{HostTensor, TensorMap};
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-fn widen(name: &str, file: &Path, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+/// Widens one tensor's little-endian bytes to f32; `name` and `file` only feed the error.
+pub fn widen(name: &str, file: &Path, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -29,8 +31,11 @@ fn widen(name: &str, file: &Path, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>
     })
 }
 
-/// Reads every tensor of one safetensors file into `out`.
-pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
+/// Calls `f(name, shape, dtype, bytes)` for every tensor of one safetensors file.
+pub fn for_each_tensor(
+    path: &Path,
+    mut f: impl FnMut(String, &[usize], Dtype, &[u8]) -> Result<()>,
+) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the map is read-only and lives only inside this function; the file is not
     // expected to be modified while a checkpoint is being loaded (as with any mmap loader).
@@ -39,31 +44,28 @@ pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     for (name, view) in st.tensors() {
-        let data = widen(&name, path, view.dtype(), view.data())?;
-        let mut t = HostTensor::new(view.shape().to_vec(), data);
-        // bf16/f16 checkpoints keep their exact 16-bit form for the decode matmuls.
-        let u16s = || {
-            view.data()
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect()
-        };
-        t.packed = match view.dtype() {
-            Dtype::BF16 if view.shape().len() == 2 => Some(PackedWeight::Bf16(u16s())),
-            Dtype::F16 if view.shape().len() == 2 => Some(PackedWeight::F16(u16s())),
-            _ => None,
-        };
-        out.insert(name, t);
+        f(name, view.shape(), view.dtype(), view.data())?;
     }
     Ok(())
 }
 
-/// Reads a checkpoint folder: `model.safetensors`, or the shards listed by
-/// `model.safetensors.index.json`.
-pub fn read_folder(dir: &Path) -> Result<TensorMap> {
+/// The safetensors files of a checkpoint folder.
+pub struct FolderFiles {
+    /// The files to read, in order.
+    pub files: Vec<PathBuf>,
+    /// The sharded index when there is one, with every tensor name it lists: a reader must
+    /// find each of them in the shards.
+    pub index: Option<(PathBuf, Vec<String>)>,
+    /// What error messages should name as the source: the single file, else the folder.
+    pub source: String,
+}
+
+/// Lists a checkpoint folder's tensors files: `model.safetensors`, or the shards listed by
+/// `model.safetensors.index.json`, or else every `*.safetensors` in it.
+pub fn folder_files(dir: &Path) -> Result<FolderFiles> {
     let index = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
-    let mut map = TensorMap::new(dir.display().to_string());
+    let source = dir.display().to_string();
     if index.exists() {
         let text = std::fs::read_to_string(&index)
             .with_context(|| format!("reading {}", index.display()))?;
@@ -74,20 +76,17 @@ pub fn read_folder(dir: &Path) -> Result<TensorMap> {
             .and_then(|w| w.as_object())
             .ok_or_else(|| anyhow!("{}: no `weight_map` object", index.display()))?;
         let shards: BTreeSet<&str> = wm.values().filter_map(|s| s.as_str()).collect();
-        for s in shards {
-            read_file_into(&dir.join(s), &mut map)?;
-        }
-        for name in wm.keys() {
-            if !map.contains(name) {
-                bail!(
-                    "{}: tensor `{name}` is listed but not in its shard",
-                    index.display()
-                );
-            }
-        }
+        Ok(FolderFiles {
+            files: shards.into_iter().map(|s| dir.join(s)).collect(),
+            index: Some((index.clone(), wm.keys().cloned().collect())),
+            source,
+        })
     } else if single.exists() {
-        read_file_into(&single, &mut map)?;
-        map.source = single.display().to_string();
+        Ok(FolderFiles {
+            source: single.display().to_string(),
+            files: vec![single],
+            index: None,
+        })
     } else {
         let any: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading folder {}", dir.display()))?
@@ -100,11 +99,12 @@ pub fn read_folder(dir: &Path) -> Result<TensorMap> {
                 dir.display()
             );
         }
-        for p in any {
-            read_file_into(&p, &mut map)?;
-        }
+        Ok(FolderFiles {
+            files: any,
+            index: None,
+            source,
+        })
     }
-    Ok(map)
 }
 
 /// Writes f32 tensors to `path` atomically (a temp file in the same folder, fsync, rename).
@@ -126,5 +126,5 @@ pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Res
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let data =
         safetensors::serialize(views, None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    crate::train::atomic::write_atomic(path, &data)
+    super::atomic::write_atomic(path, &data)
 }
