@@ -5,7 +5,7 @@ Model: SmolLM2-135M-Instruct from GGUF (dequantized to f32 by transformers), eag
 Adapters: PEFT, two named LoRA sets like the authors' code ("default" = causal set C, "prefill" =
 bidirectional set B), r 8, alpha 1, targets q/k/v/o/gate/up/down; θ_K, θ_V per layer (θ_init 0.01).
 
-Bitune step (spec §7): pass B (prefill, no mask) and pass C (default, causal) over x[0..P-2] through the
+Bitune step: pass B (prefill, no mask) and pass C (default, causal) over x[0..P-2] through the
 decoder stack (no LM head: only their K/V are used), fp32 mix of K and V per layer, answer pass over
 x[P-1..L-1] at positions P-1..L-1 on the mixed cache, mean CE over the answer tokens, backward into both
 sets and θ, global-norm clip 1.0, AdamW (eps 1e-6, wd 0).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference for Bitune and its ablations (docs/bitune-spec.md §1-10).
+"""Independent PyTorch reference for Bitune and its ablations, as the authors' reference code runs it.
 
 Records, per tiny fixture model, the loss, the gradients and three optimizer steps of every method,
 so the Rust implementation can be compared against them (tests/fixtures/bitune/<model>/).
@@ -12,7 +12,7 @@ Two implementations are cross-checked against each other:
     folders, with the passes orchestrated as in the authors' `_pass_fn` (4D additive masks, a
     DynamicCache holding the mixed prompt K/V, explicit positions for the answer pass).
 Losses and gradients of both must agree; the functional model is additionally checked against
-torch.autograd finite differences (float64), the analytic dθ formula and the identities of spec §16.
+torch.autograd finite differences (float64), the analytic dθ formula and the identities the Rust tests check (α=0 is a causal LM, …).
 
 Fixture layout (tests/fixtures/bitune/<model>/), all tensors float32, computed in float64:
   init/adapter_config.json, init/adapter_model.safetensors            set C (PEFT "default")
@@ -288,7 +288,7 @@ def grads(M, method, batch, params):
 
 
 def train(M, method, batch, params):
-    """3 steps of HF AdamW (spec §8.1) with global-norm clipping 1.0 (clip_grad_norm_ semantics)."""
+    """3 steps of HF AdamW (transformers' AdamW) with global-norm clipping 1.0 (clip_grad_norm_ semantics)."""
     named = trainable(method, params)
     m = {k: torch.zeros_like(p) for k, p in named}
     v = {k: torch.zeros_like(p) for k, p in named}
@@ -478,7 +478,7 @@ def check_hf_base(M32, model_dir, batch, ck):
 
 
 def check_identities(M, batch, params, ck):
-    """Spec §16 reductions, float64, no gradients."""
+    """The identity checks' reductions, float64, no gradients."""
     huge = 1e12
     with torch.no_grad():
         p0 = clone_params(params, M.dtype, False)
@@ -519,7 +519,7 @@ def check_identities(M, batch, params, ck):
 
 
 def check_theta_formula(M, batch, params, ck):
-    """dL/dθ_ℓ = sign(θ)·θ_init/(θ_init+|θ|)² · Σ (K_b − K_c) ⊙ dL/dK_mix (spec §16), one example."""
+    """dL/dθ_ℓ = sign(θ)·θ_init/(θ_init+|θ|)² · Σ (K_b − K_c) ⊙ dL/dK_mix, one example."""
     p = clone_params(params, M.dtype)
     stash = {}
     loss = batch_loss(M, "bitune", batch[:1], p, stash)

@@ -4,19 +4,19 @@
 For every hand-written item under tests/fixtures/eval/ (PIQA, ARC, CSQA, SIQA, MMLU in their
 Hugging Face formats; GSM8K for generation) this computes, without any Rust code:
 
-  * the lm-evaluation-harness context string, from the templates of docs/bitune-spec.md §11.3
+  * the lm-evaluation-harness context string, from the harness's task templates
     (written out again here, not read from the Rust sources);
   * each choice's continuation " " + choice, tokenized the lm-eval way (`_encode_pair`: trailing
     whitespace of the context moves to the continuation; whole = tok(context + cont),
     ctx = tok(context), cont = whole[len(ctx):], BOS added by the tokenizer);
   * the summed log-probability of the continuation, with the base model and with the Bitune
-    adapter tests/fixtures/bitune/llama/init (spec §4-6: both prompt passes over ctx[:P-1], set B
+    adapter tests/fixtures/bitune/llama/init (both prompt passes over ctx[:P-1], set B
     fully visible and set C causal, per-layer mix of the post-RoPE K/V with
     α = |θ|/(|θ|+θ_init), then the sep token ctx[P-1] and the continuation causally with set C on
     the mixed cache);
   * acc and acc_norm (lm-eval: argmax of the sum; argmax of the sum over the choice's character
     count, first index on ties), MMLU aggregated by subject and size-weighted;
-  * for GSM8K the greedy generation (at most MAX_NEW tokens, stop strings of spec §11.4 plus EOS,
+  * for GSM8K the greedy generation (at most MAX_NEW tokens, the stop strings of the harness's gsm8k.yaml plus EOS,
     text cut at the first stop), the two extraction filters and exact match.
 
 The model is `Functional` of scripts/bitune_reference.py in float64 (itself checked there against
@@ -47,7 +47,7 @@ MODEL = "tests/fixtures/models/llama"
 ADAPTER = "tests/fixtures/bitune/llama/init"
 EVAL = "tests/fixtures/eval"
 OUT = "tests/fixtures/eval_model"
-# The harness's GSM8K budget (spec §11.4: 256), so `run_eval` can be compared as is.
+# The harness's GSM8K budget (gsm8k.yaml: 256), so `run_eval` can be compared as is.
 MAX_NEW = 256
 STOPS = ["Question:", "</s>", "<|im_end|>", "<|end_of_text|>"]
 TASKS = {  # name -> (data path, has acc_norm)
@@ -60,7 +60,7 @@ TASKS = {  # name -> (data path, has acc_norm)
 
 
 # ----------------------------------------------------------------------------------------------
-# Data and templates (spec §11.3)
+# Data and templates (the harness's task YAMLs)
 # ----------------------------------------------------------------------------------------------
 
 def read_jsonl(path):
@@ -192,7 +192,7 @@ class Ref:
         return got.tolist(), greedy
 
     def generate(self, prompt_ids, tok, max_new):
-        """Greedy decoding with the stop rules of spec §11.4 (no cache: every step re-runs the
+        """Greedy decoding with the stop rules of gsm8k.yaml (no cache: every step re-runs the
         prefill and the answer pass over everything generated so far, which is what the cached
         loop computes)."""
         P, out, min_gap = len(prompt_ids), [], math.inf
@@ -216,7 +216,7 @@ class Ref:
 
 
 # ----------------------------------------------------------------------------------------------
-# GSM8K extraction and exact match (gsm8k.yaml, spec §11.4)
+# GSM8K extraction and exact match (gsm8k.yaml)
 # ----------------------------------------------------------------------------------------------
 
 def strict_match(text):

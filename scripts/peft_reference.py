@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for Bitune with DoRA or IA3 adapter sets (docs/bitune-spec.md §9), and the
+"""PyTorch reference for Bitune with DoRA or IA3 adapter sets (PEFT's DoRA and IA3 layers), and the
 PEFT-loadability check of adapter folders written by bitune-rt.
 
 Builds on scripts/bitune_reference.py (same functional transformer, segment passes, masks, mixing,

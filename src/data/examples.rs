@@ -1,11 +1,11 @@
-//! Instruction data: JSONL rows, the spec's template, tokenization with the boundary check.
+//! Instruction data: JSONL rows, the reference code's prompt template, tokenization with the boundary check.
 
 use crate::bitune::plan::Example;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-/// `Question: {instruction}\n\nAnswer:` (spec §3).
+/// `Question: {instruction}\n\nAnswer:` (the authors' reference template).
 pub fn prompt_text(instruction: &str) -> String {
     format!("Question: {instruction}\n\nAnswer:")
 }
