@@ -5,7 +5,6 @@ pub mod config;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod load;
-pub mod packed;
 pub mod safetensors_io;
 pub mod tensors;
 pub mod transformer;

@@ -1,8 +1,8 @@
 //! Safetensors reading (single file or sharded through `model.safetensors.index.json`,
 //! memory-mapped, f32/f16/bf16 widened to f32) and atomic f32 writing.
 
-use super::packed::PackedWeight;
 use super::tensors::{HostTensor, TensorMap};
+use crate::backend::weight::QuantForm;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
@@ -48,9 +48,9 @@ pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect()
         };
-        t.packed = match view.dtype() {
-            Dtype::BF16 if view.shape().len() == 2 => Some(PackedWeight::Bf16(u16s())),
-            Dtype::F16 if view.shape().len() == 2 => Some(PackedWeight::F16(u16s())),
+        t.quant = match view.dtype() {
+            Dtype::BF16 if view.shape().len() == 2 => Some(QuantForm::Bf16(u16s())),
+            Dtype::F16 if view.shape().len() == 2 => Some(QuantForm::F16(u16s())),
             _ => None,
         };
         out.insert(name, t);

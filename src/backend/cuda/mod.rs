@@ -20,6 +20,8 @@ mod ops;
 mod rowwise;
 pub mod sim;
 
+pub use gemm::CudaWeight;
+
 use crate::cli::device::device_failure;
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::CudaBlas;

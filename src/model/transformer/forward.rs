@@ -6,10 +6,6 @@ use crate::backend::{AttnDims, Backend};
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
-/// Products over more rows than this take the wide form (when the backend has one); fewer rows
-/// are decoding, which reads the compact or the plain weight and must not build panels.
-const WIDE_MIN_ROWS: usize = crate::model::packed::MAX_PACKED_ROWS;
-
 /// `y = x Wᵀ + b + LoRA(x)` over all `rows` (DoRA and IA3: see `peft::linear_fwd`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear<B: Backend>(
@@ -26,15 +22,7 @@ pub(super) fn linear<B: Backend>(
     if ad.table.peft != Peft::Lora {
         return super::peft::linear_fwd(be, y, x, l, rows, ad, p, layer, t);
     }
-    let packed = l.packed.as_ref();
-    let done = packed
-        .is_some_and(|pw| be.matmul_packed(y, x, pw, l.b.as_ref(), rows, l.in_dim, l.out_dim))
-        || (rows > WIDE_MIN_ROWS
-            && l.wide(be)
-                .is_some_and(|ww| be.matmul_wide(y, x, ww, l.b.as_ref(), rows)));
-    if !done {
-        be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
-    }
+    be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
     let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
         be.lora_fwd(y, x, ad.params, &segs, l.in_dim, l.out_dim);
@@ -236,24 +224,7 @@ fn forward_on_pool<B: Backend>(
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
-    let packed = w.lm_head_packed();
-    let done = packed
-        .is_some_and(|pw| be.matmul_packed(&mut logits, &hn, pw, bias, r, d, c.vocab_size))
-        || (r > WIDE_MIN_ROWS
-            && w.lm_head_wide(be)
-                .is_some_and(|ww| be.matmul_wide(&mut logits, &hn, ww, bias, r)));
-    if !done {
-        be.matmul_fwd(
-            &mut logits,
-            &hn,
-            w.lm_head_w(),
-            bias,
-            r,
-            d,
-            c.vocab_size,
-            false,
-        );
-    }
+    be.matmul_fwd(&mut logits, &hn, w.lm_head_w(), bias, r, false);
     ForwardOut {
         logits,
         saved: Saved {
