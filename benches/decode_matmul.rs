@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
         let wf = Cpu.upload_weight(HostWeight::dense(w.clone(), rows, cols));
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements((rows * cols) as u64));
-        g.bench_function("f32_gemv", |b| {
+        g.bench_function("matmul_fwd_f32", |b| {
             b.iter(|| Cpu.matmul_fwd(&mut y, &x, &wf, None, 1, false))
         });
         let formats = [

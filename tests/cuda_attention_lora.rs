@@ -13,7 +13,7 @@ use bitune_rt::rng::Rng;
 use cuda_common::*;
 
 #[test]
-fn matmul_both_paths_and_gemv() {
+fn matmul_fwd_and_matmul_bwd_x_on_every_path() {
     let Some(g) = gpu() else { return };
     let paths = [Some(g.clone()), CudaBackend::open(0, false).ok()];
     let (c, mut r) = (Cpu, Rng::new(2));

@@ -53,7 +53,7 @@ impl CpuWeight {
     /// there is one, since reading the weight is the whole cost there; many rows read the panels
     /// where the processor has AVX-512; everything else is the plain f32 product.
     /// `BITUNE_F32_DECODE` turns the compact path off (to compare against it).
-    pub(super) fn matmul(
+    pub(super) fn matmul_fwd(
         &self,
         y: &mut [f32],
         x: &[f32],
@@ -69,26 +69,25 @@ impl CpuWeight {
         let few = m <= MAX_QUANT_ROWS;
         match (&self.quant, self.panels_for(m)) {
             (Some(q), _) if few && !f32_decode => {
-                let _p = prof::scope("matmul_quant");
+                let _p = prof::scope("matmul_fwd (quant)");
                 q.matmul(y, x, m, n, k, accumulate);
             }
             (_, Some(p)) => {
-                let _p = prof::scope("matmul_panels");
+                let _p = prof::scope("matmul_fwd (panels)");
                 tiles::matmul_nt(y, x, p, m, accumulate);
             }
-            _ if m == 1 => ops::gemv(y, x, &self.values, k, accumulate),
-            _ => gemm::sgemm(
-                m,
-                n,
-                k,
-                gemm::rm(x, k),
-                gemm::tr(&self.values, k),
-                y,
-                n,
-                accumulate,
-            ),
+            _ => {
+                let _p = prof::scope("matmul_fwd (f32)");
+                if m == 1 {
+                    ops::gemv(y, x, &self.values, k, accumulate);
+                } else {
+                    let w = gemm::tr(&self.values, k);
+                    gemm::sgemm(m, n, k, gemm::rm(x, k), w, y, n, accumulate);
+                }
+            }
         }
         if let Some(b) = bias {
+            let _p = prof::scope("matmul_fwd (bias)");
             let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
             // A decoding step's few rows are not worth a hand-off to other threads.
             if few {
@@ -156,7 +155,7 @@ mod tests {
                     .collect();
                 for (name, w) in [("compact", &compact), ("plain", &plain)] {
                     let mut y = y0.clone();
-                    w.matmul(&mut y, &x, with_bias.then_some(&bias[..]), m, acc);
+                    w.matmul_fwd(&mut y, &x, with_bias.then_some(&bias[..]), m, acc);
                     for (e, (&g, &r)) in y.iter().zip(&want).enumerate() {
                         assert!(
                             (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),

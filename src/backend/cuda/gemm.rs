@@ -175,7 +175,7 @@ impl CudaBackend {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(self, gemv, cfg;
+            launch!(self, matmul_fwd_gemv, cfg;
                 &mut *y.data, &*x.data, &*w.data, &(k as i32), &(n as i32), &(accumulate as i32));
         } else if let Some(blas) = &self.blas {
             // Row-major y = x·wᵀ is column-major yᵀ = w·xᵀ: op(A) = wᵀ-as-stored, op(B) = x.
