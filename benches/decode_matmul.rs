@@ -1,10 +1,10 @@
-//! Decode-path matmuls on the CPU at SmolLM2-135M's shapes: the f32 GEMV against the packed
-//! kernels (Q4_1 lanes, Q8_0, bf16) and the portable loop that serves ggml-layout Q4 blocks on
+//! Decode-path matmuls on the CPU at SmolLM2-135M's shapes: the f32 GEMV against the compact
+//! (quantised / bf16) weight kernels (Q4_1 lanes, Q8_0, bf16) and the portable loop that serves ggml-layout Q4 blocks on
 //! processors without AVX2. `cargo bench --bench decode_matmul`.
 
+use bitune_rt::backend::cpu::quant::Quant;
 use bitune_rt::backend::cpu::Cpu;
-use bitune_rt::backend::Backend;
-use bitune_rt::model::packed::PackedWeight;
+use bitune_rt::backend::{Backend, HostWeight};
 use bitune_rt::rng::Rng;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -31,31 +31,29 @@ fn bench(c: &mut Criterion) {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(-0.1, 0.1)).collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let mut y = vec![0f32; rows];
+        let wf = Cpu.upload_weight(HostWeight::dense(w.clone(), rows, cols));
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements((rows * cols) as u64));
-        g.bench_function("f32_gemv", |b| {
-            b.iter(|| Cpu.matmul_fwd(&mut y, &x, &w, None, 1, cols, rows, false))
+        g.bench_function("matmul_fwd_f32", |b| {
+            b.iter(|| Cpu.matmul_fwd(&mut y, &x, &wf, None, 1, false))
         });
         let formats = [
             (
                 "q4_1_portable",
-                PackedWeight::Q4_1(q_blocks(rows, cols, 20, &mut rng)),
+                Quant::Q4_1(q_blocks(rows, cols, 20, &mut rng)),
             ),
             (
                 "q4_0_portable",
-                PackedWeight::Q4_0(q_blocks(rows, cols, 18, &mut rng)),
+                Quant::Q4_0(q_blocks(rows, cols, 18, &mut rng)),
             ),
             (
                 "q4_1_lanes",
-                PackedWeight::q4_lanes(&q_blocks(rows, cols, 20, &mut rng), true),
+                Quant::q4_lanes(&q_blocks(rows, cols, 20, &mut rng), true),
             ),
-            (
-                "q8_0",
-                PackedWeight::Q8_0(q_blocks(rows, cols, 34, &mut rng)),
-            ),
+            ("q8_0", Quant::Q8_0(q_blocks(rows, cols, 34, &mut rng))),
             (
                 "bf16",
-                PackedWeight::Bf16(
+                Quant::Bf16(
                     w.iter()
                         .map(|v| half::bf16::from_f32(*v).to_bits())
                         .collect(),
@@ -63,7 +61,7 @@ fn bench(c: &mut Criterion) {
             ),
         ];
         for (f, p) in formats {
-            g.bench_function(format!("{f}_packed"), |b| {
+            g.bench_function(format!("{f}_quant"), |b| {
                 b.iter(|| p.matmul(&mut y, &x, 1, rows, cols, false))
             });
         }

@@ -3,7 +3,7 @@
 // device allocations are 256-byte aligned).
 #include "common.cuh"
 
-extern "C" __global__ void __launch_bounds__(256) gemv(float* y, const float* x, const float* w,
+extern "C" __global__ void __launch_bounds__(256) matmul_fwd_gemv(float* y, const float* x, const float* w,
                                                        int k, int n, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

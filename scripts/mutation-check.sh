@@ -33,7 +33,7 @@ gather_rows wrong stride|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = src[(size_t
 embedding_fwd scale dropped|kernels/rows.cu|cuda_ops|row_ops|1|out[e] = table[(size_t)ids[i] * dim + c] * scale;|out[e] = table[(size_t)ids[i] * dim + c];
 copy_rows accumulate inverted|kernels/rows.cu|cuda_ops|row_ops|1|if (accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;|if (!accumulate) dst[dst_off + i] += v; else dst[dst_off + i] = v;
 act_bwd silu gradient|kernels/act.cu|cuda_ops|activations_fwd_bwd|1|return s * (1.0f + x * (1.0f - s));|return s * (1.0f + x * (1.0f + s));
-gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_both_paths_and_gemv|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
+gemv lane stride|kernels/gemv.cu|cuda_attention_lora|matmul_fwd_and_matmul_bwd_x_on_every_path|1|for (int i = lane; i < k / 4; i += 32)|for (int i = lane; i < k / 4; i += 31)
 mix_alpha without abs|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|    const float a = fabsf(theta);|    const float a = theta;
 kv_mix_dtheta sign|kernels/kv_mix.cu|cuda_ops|kv_mix_theta_fwd_bwd|1|const float da = s * theta_init / (d * d);|const float da = -s * theta_init / (d * d);
 col_dot row stride|kernels/cols.cu|cuda_ops|column_ops_and_dora_norms|1|const size_t at = start + r * width + j;|const size_t at = start + r * (width - 1) + j;

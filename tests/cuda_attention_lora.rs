@@ -7,13 +7,13 @@ mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::cuda::CudaBackend;
-use bitune_rt::backend::{AttnDims, AttnGroup, AttnPlan, Backend, LoraSeg, MaskKind};
+use bitune_rt::backend::{AttnDims, AttnGroup, AttnPlan, Backend, HostWeight, LoraSeg, MaskKind};
 use bitune_rt::bitune::plan::{pack, Seq, METHODS};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
 
 #[test]
-fn matmul_both_paths_and_gemv() {
+fn matmul_fwd_and_matmul_bwd_x_on_every_path() {
     let Some(g) = gpu() else { return };
     let paths = [Some(g.clone()), CudaBackend::open(0, false).ok()];
     let (c, mut r) = (Cpu, Rng::new(2));
@@ -34,22 +34,15 @@ fn matmul_both_paths_and_gemv() {
                 rand(&mut r, n * k, 1.0),
                 rand(&mut r, n, 1.0),
             );
+            let wc = c.upload_weight(HostWeight::dense(w.clone(), n, k));
+            let wg = be.upload_weight(HostWeight::dense(w.clone(), n, k));
             for (acc, bias) in [(false, false), (false, true), (true, false)] {
                 let y0 = rand(&mut r, m * n, 1.0);
                 let mut want = y0.clone();
                 let mut got = if acc { be.upload(&y0) } else { nan(be, m * n) };
                 let (bc, bg) = (b.clone(), be.upload(&b));
-                c.matmul_fwd(&mut want, &x, &w, bias.then_some(&bc), m, k, n, acc);
-                be.matmul_fwd(
-                    &mut got,
-                    &be.upload(&x),
-                    &be.upload(&w),
-                    bias.then_some(&bg),
-                    m,
-                    k,
-                    n,
-                    acc,
-                );
+                c.matmul_fwd(&mut want, &x, &wc, bias.then_some(&bc), m, acc);
+                be.matmul_fwd(&mut got, &be.upload(&x), &wg, bias.then_some(&bg), m, acc);
                 close(
                     &format!("matmul_fwd {m}x{k}x{n} {}", be.name()),
                     &be.download(&got),
@@ -60,8 +53,8 @@ fn matmul_both_paths_and_gemv() {
                 let dx0 = rand(&mut r, m * k, 1.0);
                 let mut want = dx0.clone();
                 let mut got = if acc { be.upload(&dx0) } else { nan(be, m * k) };
-                c.matmul_bwd_x(&mut want, &dy, &w, m, k, n, acc);
-                be.matmul_bwd_x(&mut got, &be.upload(&dy), &be.upload(&w), m, k, n, acc);
+                c.matmul_bwd_x(&mut want, &dy, &wc, m, acc);
+                be.matmul_bwd_x(&mut got, &be.upload(&dy), &wg, m, acc);
                 close(
                     &format!("matmul_bwd_x {m}x{k}x{n} {}", be.name()),
                     &be.download(&got),
@@ -320,11 +313,9 @@ fn timings_smollm2_shapes() {
     });
     println!("TIMING attention_bwd T={t} {ms:.3} ms");
     let x = g.upload(&rand(&mut r, t * d, 1.0));
-    let w = g.upload(&rand(&mut r, inter * d, 0.05));
+    let w = g.upload_weight(HostWeight::dense(rand(&mut r, inter * d, 0.05), inter, d));
     let mut y = g.zeros(t * inter);
-    let ms = time_ms(&g, 10, || {
-        g.matmul_fwd(&mut y, &x, &w, None, t, d, inter, false)
-    });
+    let ms = time_ms(&g, 10, || g.matmul_fwd(&mut y, &x, &w, None, t, false));
     println!(
         "TIMING matmul_fwd {t}x{d}x{inter} {ms:.3} ms ({:.1} TFLOP/s)",
         2.0 * (t * d * inter) as f64 / ms / 1e9
@@ -354,11 +345,9 @@ fn timings_smollm2_shapes() {
     });
     println!("TIMING lora_bwd {ms:.3} ms");
     let xv = g.upload(&rand(&mut r, d, 1.0));
-    let wv = g.upload(&rand(&mut r, vocab * d, 0.05));
+    let wv = g.upload_weight(HostWeight::dense(rand(&mut r, vocab * d, 0.05), vocab, d));
     let mut yv = g.zeros(vocab);
-    let ms = time_ms(&g, 20, || {
-        g.matmul_fwd(&mut yv, &xv, &wv, None, 1, d, vocab, false)
-    });
+    let ms = time_ms(&g, 20, || g.matmul_fwd(&mut yv, &xv, &wv, None, 1, false));
     println!(
         "TIMING gemv 1x{d}x{vocab} {ms:.3} ms ({:.0} GB/s)",
         (vocab * d * 4) as f64 / ms / 1e6

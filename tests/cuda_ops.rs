@@ -8,7 +8,7 @@
 mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
-use bitune_rt::backend::{Activation, AdamStep, Backend, Norm};
+use bitune_rt::backend::{Activation, AdamStep, Backend, HostWeight, Norm};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
 
@@ -51,8 +51,9 @@ fn row_ops() {
     let ids = [3u32, 0, 19, 3];
     let mut want = vec![0f32; ids.len() * w];
     let mut got = nan(&g, ids.len() * w);
-    c.embedding_fwd(&mut want, &ids, &src, w, 1.5);
-    g.embedding_fwd(&mut got, &ids, &g.upload(&src), w, 1.5);
+    let table = HostWeight::dense(src.clone(), src.len() / w, w);
+    c.embedding_fwd(&mut want, &ids, &c.upload_weight(table.clone()), w, 1.5);
+    g.embedding_fwd(&mut got, &ids, &g.upload_weight(table), w, 1.5);
     close("embedding_fwd", &g.download(&got), &want, 1e-6);
 }
 
@@ -376,8 +377,12 @@ fn column_ops_and_dora_norms() {
     };
     let mut want = vec![0f32; n];
     let mut got = nan(&g, n);
-    c.dora_inv_norm(&mut want, &wt, &params, &seg, k, n);
-    g.dora_inv_norm(&mut got, &g.upload(&wt), &g.upload(&params), &seg, k, n);
+    let (wc, wg) = (
+        c.upload_weight(HostWeight::dense(wt.clone(), n, k)),
+        g.upload_weight(HostWeight::dense(wt, n, k)),
+    );
+    c.dora_inv_norm(&mut want, &wc, &params, &seg);
+    g.dora_inv_norm(&mut got, &wg, &g.upload(&params), &seg);
     close("dora_inv_norm", &g.download(&got), &want, 1e-5);
 }
 

@@ -75,7 +75,7 @@ fn loss_frozen_norms(
         let (a, b) = tb.lora(e.set, e.layer, t).unwrap();
         let (k, n) = t.dims(&m.weights.cfg);
         let r = tb.lora.rank;
-        let w = &m.weights.blocks[e.layer].linear(t).w;
+        let w = m.weights.blocks[e.layer].linear(t).w.values();
         let norms = |q: &[f32]| {
             dora_row_norms(w, &q[a..a + r * k], &q[b..b + n * r], tb.lora.scale(), k, n)
         };

@@ -13,8 +13,10 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod scalar;
+pub mod weight;
 
 use std::ops::Range;
+pub use weight::HostWeight;
 
 /// Which keys a query may see, decided by token positions (so one rule serves packed segments,
 /// prefix caches and decoding).
@@ -122,6 +124,9 @@ pub struct MemoryStats {
 
 pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
+    /// A frozen matrix (a linear layer's weight, the embedding table) held the way this backend
+    /// reads it fastest; built once, at load, by [`Backend::upload_weight`].
+    type Weight: Send + Sync;
 
     fn name(&self) -> String;
     /// Waits until every queued op has finished (timing an asynchronous device); a no-op on the
@@ -143,6 +148,12 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill(&self, buf: &mut Self::Buf, value: f32);
+    /// Takes a frozen weight into this backend's form.
+    fn upload_weight(&self, w: HostWeight) -> Self::Weight;
+    /// A weight's f32 values, row-major `[n, k]`, on the host.
+    fn download_weight(&self, w: &Self::Weight) -> Vec<f32>;
+    /// A weight's `(n, k)`: rows (output features), columns (input features).
+    fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// Copies `buf[off..off+n]` to the host (small reads: θ, a row of logits).
     fn download_range(&self, buf: &Self::Buf, off: usize, n: usize) -> Vec<f32>;
     /// `buf[off..off+len] += vals` from the host.
@@ -193,73 +204,30 @@ pub trait Backend: Send + Sync {
         &self,
         out: &mut Self::Buf,
         ids: &[u32],
-        table: &Self::Buf,
+        table: &Self::Weight,
         dim: usize,
         scale: f32,
     );
 
-    /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`
-    #[allow(clippy::too_many_arguments)]
+    /// `y[m,n] (+)= x[m,k] · Wᵀ (+ bias)` with `W` `[n, k]` a frozen weight. How the weight is
+    /// read (a compact form, a backend-specific layout, plain f32) is the backend's choice, made
+    /// per call from `m`; every choice gives the same product up to the order of the additions.
     fn matmul_fwd(
         &self,
         y: &mut Self::Buf,
         x: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         bias: Option<&Self::Buf>,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     );
-    /// The backend's own layout of a frozen weight `[n, k]` for products over many rows, when it
-    /// keeps one: the CPU backend's AVX-512 panels. Built once per weight, on first use.
-    fn wide_form(
-        &self,
-        _w: &Self::Buf,
-        _n: usize,
-        _k: usize,
-    ) -> Option<crate::backend::cpu::tiles::Panels> {
-        None
-    }
-    /// `y[m,n] = x[m,k] · Wᵀ (+ bias)` from [`Backend::wide_form`]'s layout; returns false
-    /// (doing nothing) when this backend does not take this path, and the caller falls back.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_wide(
-        &self,
-        _y: &mut Self::Buf,
-        _x: &Self::Buf,
-        _w: &crate::backend::cpu::tiles::Panels,
-        _bias: Option<&Self::Buf>,
-        _m: usize,
-    ) -> bool {
-        false
-    }
-    /// `y[m,n] = x[m,k] · Wᵀ (+ bias)` reading the weight's compact checkpoint form; returns
-    /// false (doing nothing) when this backend has no such path for these sizes, and the caller
-    /// falls back to `matmul_fwd`.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_packed(
-        &self,
-        _y: &mut Self::Buf,
-        _x: &Self::Buf,
-        _w: &crate::model::packed::PackedWeight,
-        _bias: Option<&Self::Buf>,
-        _m: usize,
-        _k: usize,
-        _n: usize,
-    ) -> bool {
-        false
-    }
-    /// `dx[m,k] (+)= dy[m,n] · w[n,k]`
-    #[allow(clippy::too_many_arguments)]
+    /// `dx[m,k] (+)= dy[m,n] · W` with `W` `[n, k]` a frozen weight.
     fn matmul_bwd_x(
         &self,
         dx: &mut Self::Buf,
         dy: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     );
     /// Segment-aware LoRA: for each segment, `y[rows] += s·(x[rows] Aᵀ) Bᵀ` (x is `[*, k]`, y `[*, n]`).
@@ -333,15 +301,14 @@ pub trait Backend: Send + Sync {
     fn dora_inv_norm(
         &self,
         out: &mut Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         params: &Self::Buf,
         seg: &LoraSeg,
-        k: usize,
-        n: usize,
     ) {
+        let (n, k) = self.weight_shape(w);
         let a = self.download_range(params, seg.a_off, seg.rank * k);
         let b = self.download_range(params, seg.b_off, n * seg.rank);
-        let norms = colops::dora_row_norms(&self.download(w), &a, &b, seg.scale(), k, n);
+        let norms = colops::dora_row_norms(&self.download_weight(w), &a, &b, seg.scale(), k, n);
         *out = self.upload(&norms.iter().map(|x| 1.0 / x).collect::<Vec<_>>());
     }
 

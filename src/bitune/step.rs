@@ -64,7 +64,7 @@ impl<B: Backend> Trainable<B> {
                     let (a_off, b_off) = table.lora(e.set, e.layer, t).unwrap();
                     let (k, n) = t.dims(&w.cfg);
                     let r = table.lora.rank;
-                    let wt = be.download(&w.blocks[e.layer].linear(t).w);
+                    let wt = be.download_weight(&w.blocks[e.layer].linear(t).w);
                     let a = &host[a_off..a_off + r * k];
                     let b = &host[b_off..b_off + n * r];
                     let m = dora_row_norms(&wt, a, b, scale, k, n);

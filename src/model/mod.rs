@@ -4,7 +4,6 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod load;
-pub mod packed;
 pub mod tensors;
 pub mod transformer;
 pub mod weights;

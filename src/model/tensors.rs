@@ -1,7 +1,7 @@
 //! Host tensors keyed by their Hugging Face names: what every checkpoint loader produces and the
 //! model builder consumes.
 
-use super::packed::PackedWeight;
+use crate::backend::weight::{HostWeight, QuantForm};
 use crate::io::safetensors::{self, Dtype};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ pub struct HostTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
     /// The checkpoint's compact form of the same values, when it had one (decode matmuls).
-    pub packed: Option<PackedWeight>,
+    pub quant: Option<QuantForm>,
 }
 
 impl HostTensor {
@@ -23,7 +23,7 @@ impl HostTensor {
         HostTensor {
             shape,
             data,
-            packed: None,
+            quant: None,
         }
     }
 }
@@ -68,16 +68,11 @@ impl TensorMap {
         Ok(t.data)
     }
 
-    /// Like [`TensorMap::take`], also returning the compact form when it fits the shape.
-    pub fn take_with_packed(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-    ) -> Result<(Vec<f32>, Option<PackedWeight>)> {
-        let packed = self.map.get_mut(name).and_then(|t| t.packed.take());
-        let data = self.take(name, shape)?;
-        let packed = packed.filter(|p| shape.len() == 2 && p.fits(shape[0], shape[1]));
-        Ok((data, packed))
+    /// Like [`TensorMap::take`] for a matrix `[n, k]`, keeping the compact form when it fits.
+    pub fn take_weight(&mut self, name: &str, n: usize, k: usize) -> Result<HostWeight> {
+        let quant = self.map.get_mut(name).and_then(|t| t.quant.take());
+        let data = self.take(name, &[n, k])?;
+        Ok(HostWeight::new(data, n, k, quant))
     }
 
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
@@ -101,9 +96,9 @@ pub fn read_file_into(path: &Path, out: &mut TensorMap) -> Result<()> {
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect()
         };
-        t.packed = match dtype {
-            Dtype::BF16 if shape.len() == 2 => Some(PackedWeight::Bf16(u16s())),
-            Dtype::F16 if shape.len() == 2 => Some(PackedWeight::F16(u16s())),
+        t.quant = match dtype {
+            Dtype::BF16 if shape.len() == 2 => Some(QuantForm::Bf16(u16s())),
+            Dtype::F16 if shape.len() == 2 => Some(QuantForm::F16(u16s())),
             _ => None,
         };
         out.insert(name, t);

@@ -1,12 +1,9 @@
 //! Frozen base weights, named as Hugging Face names them, on a backend.
 
 use super::config::{Act, Arch, ModelConfig, NormKind};
-use super::packed::PackedWeight;
 use super::tensors::TensorMap;
-use crate::backend::cpu::tiles::Panels;
 use crate::backend::{Activation, Backend, Norm};
 use anyhow::Result;
-use std::sync::OnceLock;
 
 /// The linear layers an adapter can target, in a fixed order per block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,24 +71,11 @@ impl Target {
 }
 
 pub struct Linear<B: Backend> {
-    pub w: B::Buf,
+    /// `[out_dim, in_dim]`, held as the backend chose (compact forms included).
+    pub w: B::Weight,
     pub b: Option<B::Buf>,
-    /// The checkpoint's compact form of `w` (decode matmuls), when it had one.
-    pub packed: Option<PackedWeight>,
-    /// The backend's own layout of `w` for many-row products (`Backend::wide_form`), built on
-    /// the first such product: decoding alone never pays its memory.
-    pub wide: OnceLock<Option<Panels>>,
     pub in_dim: usize,
     pub out_dim: usize,
-}
-
-impl<B: Backend> Linear<B> {
-    /// The wide form, built now if this backend keeps one and it does not exist yet.
-    pub fn wide(&self, be: &B) -> Option<&Panels> {
-        self.wide
-            .get_or_init(|| be.wide_form(&self.w, self.out_dim, self.in_dim))
-            .as_ref()
-    }
 }
 
 pub struct NormW<B: Backend> {
@@ -128,11 +112,9 @@ impl<B: Backend> Block<B> {
 
 pub struct Weights<B: Backend> {
     pub cfg: ModelConfig,
-    pub embed: B::Buf,
-    /// Compact form of the embedding matrix (the tied LM head reads it when decoding).
-    pub embed_packed: Option<PackedWeight>,
-    /// The tied LM head's wide form (`Linear::wide`).
-    pub embed_wide: OnceLock<Option<Panels>>,
+    /// `[vocab, hidden]`: the gather table of the embedding and, when tied, the LM head's weight
+    /// (one copy serves both).
+    pub embed: B::Weight,
     pub blocks: Vec<Block<B>>,
     pub final_norm: NormW<B>,
     /// None when tied to the embeddings.
@@ -157,36 +139,15 @@ impl<B: Backend> Weights<B> {
         }
     }
 
-    pub fn lm_head_w(&self) -> &B::Buf {
+    pub fn lm_head_w(&self) -> &B::Weight {
         self.lm_head.as_ref().map_or(&self.embed, |l| &l.w)
-    }
-
-    /// The LM head's wide form, built now if this backend keeps one and it does not exist yet.
-    pub fn lm_head_wide(&self, be: &B) -> Option<&Panels> {
-        match &self.lm_head {
-            Some(l) => l.wide(be),
-            None => self
-                .embed_wide
-                .get_or_init(|| {
-                    be.wide_form(&self.embed, self.cfg.vocab_size, self.cfg.hidden_size)
-                })
-                .as_ref(),
-        }
-    }
-
-    pub fn lm_head_packed(&self) -> Option<&PackedWeight> {
-        match &self.lm_head {
-            Some(l) => l.packed.as_ref(),
-            None => self.embed_packed.as_ref(),
-        }
     }
 
     /// Builds the model from a tensor map, checking every name and shape against the config.
     pub fn from_tensors(be: &B, cfg: ModelConfig, mut t: TensorMap) -> Result<Self> {
         let c = &cfg;
         let (d, v) = (c.hidden_size, c.vocab_size);
-        let (embed, embed_packed) = t.take_with_packed("model.embed_tokens.weight", &[v, d])?;
-        let embed = be.upload(&embed);
+        let embed = be.upload_weight(t.take_weight("model.embed_tokens.weight", v, d)?);
         let layer_norm = c.norm == NormKind::Layer;
         let norm = |t: &mut TensorMap, name: &str| -> Result<NormW<B>> {
             let w = be.upload(&t.take(&format!("{name}.weight"), &[d])?);
@@ -199,8 +160,7 @@ impl<B: Backend> Weights<B> {
         };
         let linear =
             |t: &mut TensorMap, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
-                let (w, packed) = t.take_with_packed(&format!("{name}.weight"), &[o, i])?;
-                let w = be.upload(&w);
+                let w = be.upload_weight(t.take_weight(&format!("{name}.weight"), o, i)?);
                 let b = if bias {
                     Some(be.upload(&t.take(&format!("{name}.bias"), &[o])?))
                 } else {
@@ -210,8 +170,6 @@ impl<B: Backend> Weights<B> {
                 Ok(Linear {
                     w,
                     b,
-                    packed,
-                    wide: OnceLock::new(),
                     in_dim: i,
                     out_dim: o,
                 })
@@ -263,8 +221,6 @@ impl<B: Backend> Weights<B> {
         Ok(Weights {
             cfg,
             embed,
-            embed_packed,
-            embed_wide: OnceLock::new(),
             blocks,
             final_norm,
             lm_head,

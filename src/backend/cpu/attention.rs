@@ -306,7 +306,7 @@ fn view(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    crate::model::packed::dot(a, b)
+    super::quant::dot(a, b)
 }
 
 /// dQ is written; dK and dV are added to.

@@ -5,13 +5,16 @@ mod attention;
 pub mod gemm;
 mod ops;
 pub mod prof;
+pub mod quant;
 pub mod simd;
 pub mod tiles;
+pub mod weight;
 
-use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, Norm};
-use gemm::{rm, sgemm, tr};
+use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, HostWeight, LoraSeg, Norm};
+use gemm::{rm, sgemm};
 use rayon::prelude::*;
 use std::ops::Range;
+pub use weight::CpuWeight;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -40,6 +43,7 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Weight = CpuWeight;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -59,6 +63,15 @@ impl Backend for Cpu {
     }
     fn fill(&self, buf: &mut Vec<f32>, value: f32) {
         buf.fill(value)
+    }
+    fn upload_weight(&self, w: HostWeight) -> CpuWeight {
+        CpuWeight::new(w)
+    }
+    fn download_weight(&self, w: &CpuWeight) -> Vec<f32> {
+        w.values().to_vec()
+    }
+    fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
+        (w.n(), w.k())
     }
     fn download_range(&self, buf: &Vec<f32>, off: usize, n: usize) -> Vec<f32> {
         buf[off..off + n].to_vec()
@@ -132,11 +145,12 @@ impl Backend for Cpu {
         &self,
         out: &mut Vec<f32>,
         ids: &[u32],
-        table: &Vec<f32>,
+        table: &CpuWeight,
         dim: usize,
         scale: f32,
     ) {
         let _p = prof::scope("embedding_fwd");
+        let table = table.values();
         for (i, &t) in ids.iter().enumerate() {
             let src = &table[t as usize * dim..(t as usize + 1) * dim];
             out[i * dim..(i + 1) * dim]
@@ -150,89 +164,29 @@ impl Backend for Cpu {
         &self,
         y: &mut Vec<f32>,
         x: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         bias: Option<&Vec<f32>>,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
-        let _p = prof::scope("matmul_fwd");
-        if m == 1 {
-            ops::gemv(&mut y[..n], &x[..k], w, k, accumulate);
-        } else {
-            sgemm(m, n, k, rm(x, k), tr(w, k), y, n, accumulate);
-        }
-        if let Some(b) = bias {
-            y[..m * n]
-                .par_chunks_mut(n)
-                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
-        }
-    }
-
-    fn matmul_packed(
-        &self,
-        y: &mut Vec<f32>,
-        x: &Vec<f32>,
-        w: &crate::model::packed::PackedWeight,
-        bias: Option<&Vec<f32>>,
-        m: usize,
-        k: usize,
-        n: usize,
-    ) -> bool {
-        let _p = prof::scope("matmul_packed");
-        static F32_DECODE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let f32_decode =
-            *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
-        if m > crate::model::packed::MAX_PACKED_ROWS || f32_decode {
-            return false;
-        }
-        w.matmul(&mut y[..m * n], &x[..m * k], m, n, k, false);
-        if let Some(b) = bias {
-            y[..m * n]
-                .chunks_mut(n)
-                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
-        }
-        true
-    }
-
-    fn wide_form(&self, w: &Vec<f32>, n: usize, k: usize) -> Option<tiles::Panels> {
-        tiles::available().then(|| tiles::Panels::pack(w, n, k))
-    }
-
-    fn matmul_wide(
-        &self,
-        y: &mut Vec<f32>,
-        x: &Vec<f32>,
-        w: &tiles::Panels,
-        bias: Option<&Vec<f32>>,
-        m: usize,
-    ) -> bool {
-        let _p = prof::scope("matmul_wide");
-        tiles::matmul_nt(&mut y[..m * w.n], &x[..m * w.k], w, m, false);
-        if let Some(b) = bias {
-            y[..m * w.n]
-                .par_chunks_mut(w.n)
-                .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += c));
-        }
-        true
+        // Timed per path inside (a nested scope would count the time twice).
+        w.matmul_fwd(y, x, bias.map(|b| &b[..]), m, accumulate)
     }
 
     fn matmul_bwd_x(
         &self,
         dx: &mut Vec<f32>,
         dy: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
         let _p = prof::scope("matmul_bwd_x");
+        let (n, k) = (w.n(), w.k());
         mm(
             &mut dx[..m * k],
             &dy[..m * n],
-            &w[..n * k],
+            w.values(),
             m,
             n,
             k,
@@ -262,7 +216,7 @@ impl Backend for Cpu {
             if rows == 1 {
                 // A decoding step: two small dot loops; a gemm call's setup costs more than the
                 // work at m = 1.
-                let dot = crate::model::packed::dot;
+                let dot = quant::dot;
                 let xa: Vec<f32> = a.chunks_exact(k).map(|aj| dot(xs, aj) * sc).collect();
                 let ys = &mut y[s.rows.start * n..s.rows.end * n];
                 for (yi, bi) in ys.iter_mut().zip(b.chunks_exact(r)) {
@@ -351,18 +305,11 @@ impl Backend for Cpu {
     ) {
         super::colops::col_dot(&mut out[off..off + w], a, b, rows, w)
     }
-    fn dora_inv_norm(
-        &self,
-        out: &mut Vec<f32>,
-        w: &Vec<f32>,
-        params: &Vec<f32>,
-        seg: &LoraSeg,
-        k: usize,
-        n: usize,
-    ) {
+    fn dora_inv_norm(&self, out: &mut Vec<f32>, w: &CpuWeight, params: &Vec<f32>, seg: &LoraSeg) {
+        let (n, k) = (w.n(), w.k());
         let a = &params[seg.a_off..seg.a_off + seg.rank * k];
         let b = &params[seg.b_off..seg.b_off + n * seg.rank];
-        let norms = super::colops::dora_row_norms(w, a, b, seg.scale(), k, n);
+        let norms = super::colops::dora_row_norms(w.values(), a, b, seg.scale(), k, n);
         out.iter_mut().zip(norms).for_each(|(o, x)| *o = 1.0 / x);
     }
 

@@ -4,9 +4,21 @@
 //! cuBLAS is unavailable.
 
 use super::{launch, CudaBackend, CudaBuf};
+use crate::backend::{Backend, HostWeight};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// A frozen weight `[n, k]` on the device: its f32 values, uploaded once at load. The checkpoint's
+/// compact form is not kept yet; the bf16 and quantised forms planned for this backend (see
+/// "Precision per device" in docs/ARCHITECTURE.md) become further fields here, chosen among by
+/// [`CudaBackend::matmul_fwd_k`] as the CPU backend chooses among its forms, without the
+/// `Backend` trait changing.
+pub struct CudaWeight {
+    pub(super) f32: CudaBuf,
+    pub(super) n: usize,
+    pub(super) k: usize,
+}
 
 /// Tile sizes of kernels/lora.cu (BM, BN) and the K chunk of split-K (atomic) entries.
 const TILE_M: usize = 64;
@@ -58,6 +70,15 @@ fn span(rows: usize, cols: usize, o: Op) -> usize {
 }
 
 impl CudaBackend {
+    #[track_caller]
+    pub(super) fn upload_weight_k(&self, w: HostWeight) -> CudaWeight {
+        CudaWeight {
+            f32: Backend::upload(self, &w.values),
+            n: w.n,
+            k: w.k,
+        }
+    }
+
     pub(super) fn seg_gemm(&self, entries: &[Entry], mut slots: Vec<Slot>) {
         let mut desc: Vec<i64> = Vec::with_capacity(entries.len() * 16);
         let mut items: Vec<i32> = vec![];
@@ -123,18 +144,16 @@ impl CudaBackend {
     }
 
     /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn matmul(
+    pub(super) fn matmul_fwd_k(
         &self,
         y: &mut CudaBuf,
         x: &CudaBuf,
-        w: &CudaBuf,
+        w: &CudaWeight,
         bias: Option<&CudaBuf>,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
+        let (w, n, k) = (&w.f32, w.n, w.k);
         assert!(
             x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
             "cuda matmul_fwd: sizes"
@@ -156,7 +175,7 @@ impl CudaBackend {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(self, gemv, cfg;
+            launch!(self, matmul_fwd_gemv, cfg;
                 &mut *y.data, &*x.data, &*w.data, &(k as i32), &(n as i32), &(accumulate as i32));
         } else if let Some(blas) = &self.blas {
             // Row-major y = x·wᵀ is column-major yᵀ = w·xᵀ: op(A) = wᵀ-as-stored, op(B) = x.
@@ -195,17 +214,15 @@ impl CudaBackend {
     }
 
     /// `dx[m,k] (+)= dy[m,n] · w[n,k]`
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn matmul_dx(
+    pub(super) fn matmul_bwd_x_k(
         &self,
         dx: &mut CudaBuf,
         dy: &CudaBuf,
-        w: &CudaBuf,
+        w: &CudaWeight,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
+        let (w, n, k) = (&w.f32, w.n, w.k);
         assert!(
             dx.len() >= m * k && dy.len() >= m * n && w.len() >= n * k,
             "cuda matmul_bwd_x: sizes"

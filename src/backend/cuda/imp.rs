@@ -1,13 +1,14 @@
 //! `Backend` for `CudaBackend`: every method delegates to a checked launch wrapper in `ops.rs`,
 //! `gemm.rs` or `attention.rs`.
 
-use super::{CudaBackend, CudaBuf};
+use super::{CudaBackend, CudaBuf, CudaWeight};
 use crate::backend::{
-    Activation, AdamStep, AttnDims, AttnPlan, Backend, LoraSeg, MemoryStats, Norm,
+    Activation, AdamStep, AttnDims, AttnPlan, Backend, HostWeight, LoraSeg, MemoryStats, Norm,
 };
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
+    type Weight = CudaWeight;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -26,6 +27,16 @@ impl Backend for CudaBackend {
     #[track_caller]
     fn zeros(&self, n: usize) -> CudaBuf {
         self.alloc_zeros(n)
+    }
+    #[track_caller]
+    fn upload_weight(&self, w: HostWeight) -> CudaWeight {
+        self.upload_weight_k(w)
+    }
+    fn download_weight(&self, w: &CudaWeight) -> Vec<f32> {
+        self.download(&w.f32)
+    }
+    fn weight_shape(&self, w: &CudaWeight) -> (usize, usize) {
+        (w.n, w.k)
     }
     #[track_caller]
     fn upload(&self, data: &[f32]) -> CudaBuf {
@@ -117,37 +128,33 @@ impl Backend for CudaBackend {
         &self,
         out: &mut CudaBuf,
         ids: &[u32],
-        table: &CudaBuf,
+        table: &CudaWeight,
         dim: usize,
         scale: f32,
     ) {
-        self.embedding(out, ids, table, dim, scale)
+        self.embedding(out, ids, &table.f32, dim, scale)
     }
 
     fn matmul_fwd(
         &self,
         y: &mut CudaBuf,
         x: &CudaBuf,
-        w: &CudaBuf,
+        w: &CudaWeight,
         bias: Option<&CudaBuf>,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
-        self.matmul(y, x, w, bias, m, k, n, accumulate)
+        self.matmul_fwd_k(y, x, w, bias, m, accumulate)
     }
     fn matmul_bwd_x(
         &self,
         dx: &mut CudaBuf,
         dy: &CudaBuf,
-        w: &CudaBuf,
+        w: &CudaWeight,
         m: usize,
-        k: usize,
-        n: usize,
         accumulate: bool,
     ) {
-        self.matmul_dx(dx, dy, w, m, k, n, accumulate)
+        self.matmul_bwd_x_k(dx, dy, w, m, accumulate)
     }
     fn lora_fwd(
         &self,
@@ -334,16 +341,8 @@ impl Backend for CudaBackend {
     ) {
         self.col_dot_k(out, out_off, a, b, rows, width)
     }
-    fn dora_inv_norm(
-        &self,
-        out: &mut CudaBuf,
-        w: &CudaBuf,
-        params: &CudaBuf,
-        seg: &LoraSeg,
-        k: usize,
-        n: usize,
-    ) {
-        self.dora_inv_norm_k(out, w, params, seg, k, n)
+    fn dora_inv_norm(&self, out: &mut CudaBuf, w: &CudaWeight, params: &CudaBuf, seg: &LoraSeg) {
+        self.dora_inv_norm_k(out, &w.f32, params, seg, w.k, w.n)
     }
 
     fn act_fwd(&self, out: &mut CudaBuf, gate: &CudaBuf, up: Option<&CudaBuf>, act: Activation) {

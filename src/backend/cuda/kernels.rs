@@ -55,7 +55,7 @@ kernels! {
     "rope": [rope],
     "cross_entropy": [cross_entropy],
     "optim": [adamw, sgd, sum_sq],
-    "gemv": [gemv],
+    "gemv": [matmul_fwd_gemv],
     "lora": [seg_gemm],
     "attention": [attention_fwd, attention_bwd_dq, attention_bwd_dkv],
 }

@@ -1,14 +1,15 @@
 //! The CUDA backend: hand-written kernels (kernels/*.cu, compiled by build.rs and embedded) plus
 //! cuBLAS for the base-weight matmuls, driven through cudarc on one stream.
 //!
-//! This first version keeps **f32 buffers everywhere** (the trait's `Buf` is f32 on every
-//! backend); bf16 storage with f32 accumulation is the planned next step (DESIGN §3).
+//! This first version keeps **f32 buffers everywhere**: activations (the trait's `Buf` is f32
+//! on every backend) and frozen weights (`CudaWeight`, whose bf16 and quantised forms are the
+//! planned next step; see "Precision per device" in docs/ARCHITECTURE.md).
 //!
 //! Layout: `mod.rs` the backend object, its buffers and launch helpers; `imp.rs` the `Backend`
 //! impl (one-line delegations); `ops.rs` elementwise and row-movement ops; `rowwise.rs` norms,
-//! RoPE, cross-entropy, optimizers; `gemm.rs` cuBLAS, the decode GEMV and the segment GEMM;
-//! `lora.rs` LoRA on that GEMM; `attention.rs` the segment flash attention; `kernels.rs` the eager
-//! kernel table.
+//! RoPE, cross-entropy, optimizers; `gemm.rs` frozen weights, cuBLAS, the decode GEMV and the
+//! segment GEMM; `lora.rs` LoRA on that GEMM; `attention.rs` the segment flash attention;
+//! `kernels.rs` the eager kernel table.
 
 mod attention;
 mod cols;
@@ -19,6 +20,8 @@ mod lora;
 mod ops;
 mod rowwise;
 pub mod sim;
+
+pub use gemm::CudaWeight;
 
 use crate::backend::device::device_failure;
 use anyhow::{anyhow, bail, Result};

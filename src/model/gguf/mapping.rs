@@ -4,7 +4,7 @@
 use super::config::ArchSpec;
 use super::format::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Arch, ModelConfig};
-use crate::model::packed::PackedWeight;
+use crate::backend::weight::QuantForm;
 use crate::model::tensors::{HostTensor, TensorMap};
 use anyhow::{anyhow, ensure, Context, Result};
 use rayon::prelude::*;
@@ -159,8 +159,8 @@ fn convert_tensor(
                 .with_context(|| format!("{path}: tensor `{}`", info.name))?;
         }
     }
-    t.packed = packed_form(file, info, &t)?;
-    if let (Some(p), true) = (&t.packed, spec.permuted_qk) {
+    t.quant = quant_form(file, info, &t)?;
+    if let (Some(p), true) = (&t.quant, spec.permuted_qk) {
         let heads = if info.name.contains(".attn_q.") {
             Some(config.num_heads)
         } else if info.name.contains(".attn_k.") {
@@ -175,7 +175,7 @@ fn convert_tensor(
                 let (h, rest) = (hf / (2 * half), hf % (2 * half));
                 h * 2 * half + 2 * (rest % half) + rest / half
             };
-            t.packed = Some(p.permute_rows(rows, cols, src_of));
+            t.quant = Some(p.permute_rows(rows, cols, src_of));
         }
     }
     if spec.norm_plus_one && info.name.contains("norm.weight") {
@@ -185,7 +185,7 @@ fn convert_tensor(
 }
 
 /// The compact form of a 2-D weight the decode matmuls can read directly.
-fn packed_form(file: &GgufFile, info: &TensorInfo, t: &HostTensor) -> Result<Option<PackedWeight>> {
+fn quant_form(file: &GgufFile, info: &TensorInfo, t: &HostTensor) -> Result<Option<QuantForm>> {
     if t.shape.len() != 2 || !info.name.ends_with(".weight") {
         return Ok(None);
     }
@@ -197,11 +197,11 @@ fn packed_form(file: &GgufFile, info: &TensorInfo, t: &HostTensor) -> Result<Opt
             .collect()
     };
     Ok(match info.dtype {
-        GgmlType::Q4_0 => Some(PackedWeight::Q4_0(bytes.to_vec()).for_this_cpu()),
-        GgmlType::Q4_1 => Some(PackedWeight::Q4_1(bytes.to_vec()).for_this_cpu()),
-        GgmlType::Q8_0 => Some(PackedWeight::Q8_0(bytes.to_vec())),
-        GgmlType::BF16 => Some(PackedWeight::Bf16(u16s())),
-        GgmlType::F16 => Some(PackedWeight::F16(u16s())),
+        GgmlType::Q4_0 => Some(QuantForm::Q4_0(bytes.to_vec())),
+        GgmlType::Q4_1 => Some(QuantForm::Q4_1(bytes.to_vec())),
+        GgmlType::Q8_0 => Some(QuantForm::Q8_0(bytes.to_vec())),
+        GgmlType::BF16 => Some(QuantForm::Bf16(u16s())),
+        GgmlType::F16 => Some(QuantForm::F16(u16s())),
         _ => None,
     })
 }

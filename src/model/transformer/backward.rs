@@ -34,7 +34,7 @@ fn linear_bwd<B: Backend>(
             );
         }
     };
-    be.matmul_bwd_x(dx, dy, &l.w, rows, l.in_dim, l.out_dim, accumulate);
+    be.matmul_bwd_x(dx, dy, &l.w, rows, accumulate);
     if !segs.is_empty() {
         be.lora_bwd(dx, grads, dy, x, ad.params(), &segs, l.in_dim, l.out_dim);
     }
@@ -80,7 +80,7 @@ fn backward_on_pool<B: Backend>(
     // LM head and final norm at the logit rows, scattered back into the full stream.
     let r = p.logit_rows.len();
     let mut dhn = be.zeros(r * d);
-    be.matmul_bwd_x(&mut dhn, dlogits, w.lm_head_w(), r, d, c.vocab_size, false);
+    be.matmul_bwd_x(&mut dhn, dlogits, w.lm_head_w(), r, false);
     let mut dxr = be.zeros(r * d);
     be.norm_bwd(
         &mut dxr,

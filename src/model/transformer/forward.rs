@@ -5,10 +5,6 @@ use super::{Adapters, ForwardOut, KvCache, KvMix, LayerActs, LinearAdapter, Mode
 use crate::backend::{AttnDims, Backend};
 use crate::model::weights::{Linear, Target, Weights};
 
-/// Products over more rows than this take the wide form (when the backend has one); fewer rows
-/// are decoding, which reads the compact or the plain weight and must not build panels.
-const WIDE_MIN_ROWS: usize = crate::model::packed::MAX_PACKED_ROWS;
-
 /// `y = x Wᵀ + b + s·B(A x)` over all `rows` (the vector forms: see `peft::linear_fwd`).
 // The linear's forward (output, input, weight, rows) plus where the adapter is looked up.
 #[allow(clippy::too_many_arguments)]
@@ -27,15 +23,7 @@ pub(super) fn linear<B: Backend>(
         LinearAdapter::LowRank(segs) => segs,
         vec_form => return super::peft::linear_fwd(be, y, x, l, rows, ad.params(), &vec_form),
     };
-    let packed = l.packed.as_ref();
-    let done = packed
-        .is_some_and(|pw| be.matmul_packed(y, x, pw, l.b.as_ref(), rows, l.in_dim, l.out_dim))
-        || (rows > WIDE_MIN_ROWS
-            && l.wide(be)
-                .is_some_and(|ww| be.matmul_wide(y, x, ww, l.b.as_ref(), rows)));
-    if !done {
-        be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, l.in_dim, l.out_dim, false);
-    }
+    be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
     if !segs.is_empty() {
         be.lora_fwd(y, x, ad.params(), &segs, l.in_dim, l.out_dim);
     }
@@ -241,24 +229,7 @@ fn forward_on_pool<B: Backend>(
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
-    let packed = w.lm_head_packed();
-    let done = packed
-        .is_some_and(|pw| be.matmul_packed(&mut logits, &hn, pw, bias, r, d, c.vocab_size))
-        || (r > WIDE_MIN_ROWS
-            && w.lm_head_wide(be)
-                .is_some_and(|ww| be.matmul_wide(&mut logits, &hn, ww, bias, r)));
-    if !done {
-        be.matmul_fwd(
-            &mut logits,
-            &hn,
-            w.lm_head_w(),
-            bias,
-            r,
-            d,
-            c.vocab_size,
-            false,
-        );
-    }
+    be.matmul_fwd(&mut logits, &hn, w.lm_head_w(), bias, r, false);
     ForwardOut {
         logits,
         saved: Saved {

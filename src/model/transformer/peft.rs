@@ -16,14 +16,14 @@ fn lora_segs(segs: &[VecSeg]) -> Vec<LoraSeg> {
 type Factors<B> = Vec<(usize, <B as Backend>::Buf, <B as Backend>::Buf)>;
 
 fn dora_factors<B: Backend>(be: &B, l: &Linear<B>, params: &B::Buf, segs: &[VecSeg]) -> Factors<B> {
-    let (k, n) = (l.in_dim, l.out_dim);
+    let n = l.out_dim;
     let mut out: Factors<B> = Vec::new();
     for s in segs {
         if out.iter().any(|d| d.0 == s.vec_off) {
             continue;
         }
         let mut inv = be.zeros(n);
-        be.dora_inv_norm(&mut inv, &l.w, params, s.lora.as_ref().unwrap(), k, n);
+        be.dora_inv_norm(&mut inv, &l.w, params, s.lora.as_ref().unwrap());
         let mut g = be.zeros(n);
         be.copy_rows(&mut g, 0, params, s.vec_off, n, 1, false);
         be.mul_cols(&mut g, 0..1, n, &inv, 0);
@@ -50,13 +50,13 @@ pub(super) fn linear_fwd<B: Backend>(
     let (k, n) = (l.in_dim, l.out_dim);
     let segs = ad.vec_segs();
     if segs.is_empty() {
-        be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, k, n, false);
+        be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
         return;
     }
     match ad {
         LinearAdapter::Rescaled(_) => {
             // y = (m/n)⊙(W x + s·B A x) + b: the bias is added after the scaling.
-            be.matmul_fwd(y, x, &l.w, None, rows, k, n, false);
+            be.matmul_fwd(y, x, &l.w, None, rows, false);
             be.lora_fwd(y, x, params, &lora_segs(segs), k, n);
             let f = dora_factors(be, l, params, segs);
             for s in segs {
@@ -73,11 +73,11 @@ pub(super) fn linear_fwd<B: Backend>(
             for s in segs {
                 be.mul_cols(&mut xs, s.rows.clone(), k, params, s.vec_off);
             }
-            be.matmul_fwd(y, &xs, &l.w, l.b.as_ref(), rows, k, n, false);
+            be.matmul_fwd(y, &xs, &l.w, l.b.as_ref(), rows, false);
         }
         LinearAdapter::ScaleOutput(_) => {
             // y = l⊙(W x + b)
-            be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, k, n, false);
+            be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
             for s in segs {
                 be.mul_cols(y, s.rows.clone(), n, params, s.vec_off);
             }
@@ -106,7 +106,7 @@ pub(super) fn linear_bwd<B: Backend>(
     let (k, n) = (l.in_dim, l.out_dim);
     let segs = ad.vec_segs();
     if segs.is_empty() {
-        be.matmul_bwd_x(dx, dy, &l.w, rows, k, n, accumulate);
+        be.matmul_bwd_x(dx, dy, &l.w, rows, accumulate);
         return;
     }
     match ad {
@@ -115,7 +115,7 @@ pub(super) fn linear_bwd<B: Backend>(
             // du = (m/n)⊙dy through the plain linear + LoRA backward.
             let ls = lora_segs(segs);
             let mut u = be.zeros(rows * n);
-            be.matmul_fwd(&mut u, x, &l.w, None, rows, k, n, false);
+            be.matmul_fwd(&mut u, x, &l.w, None, rows, false);
             be.lora_fwd(&mut u, x, params, &ls, k, n);
             let mut du = be.zeros(rows * n);
             be.copy_rows(&mut du, 0, dy, 0, rows, n, false);
@@ -126,13 +126,13 @@ pub(super) fn linear_bwd<B: Backend>(
                 be.col_dot(grads, s.vec_off, dy, &u, s.rows.clone(), n);
                 be.mul_cols(&mut du, s.rows.clone(), n, g, 0);
             }
-            be.matmul_bwd_x(dx, &du, &l.w, rows, k, n, accumulate);
+            be.matmul_bwd_x(dx, &du, &l.w, rows, accumulate);
             be.lora_bwd(dx, grads, &du, x, params, &ls, k, n);
         }
         LinearAdapter::ScaleInput(_) => {
             // y = W (l⊙x) + b: with g = dy W, dl = Σ_rows g⊙x and dx = l⊙g.
             let mut g = be.zeros(rows * k);
-            be.matmul_bwd_x(&mut g, dy, &l.w, rows, k, n, false);
+            be.matmul_bwd_x(&mut g, dy, &l.w, rows, false);
             for s in segs {
                 be.col_dot(grads, s.vec_off, &g, x, s.rows.clone(), k);
                 be.mul_cols(&mut g, s.rows.clone(), k, params, s.vec_off);
@@ -142,14 +142,14 @@ pub(super) fn linear_bwd<B: Backend>(
         LinearAdapter::ScaleOutput(_) => {
             // y = l⊙z with z = W x + b: dl = Σ_rows dy⊙z and dx = (l⊙dy) W.
             let mut z = be.zeros(rows * n);
-            be.matmul_fwd(&mut z, x, &l.w, l.b.as_ref(), rows, k, n, false);
+            be.matmul_fwd(&mut z, x, &l.w, l.b.as_ref(), rows, false);
             let mut ds = be.zeros(rows * n);
             be.copy_rows(&mut ds, 0, dy, 0, rows, n, false);
             for s in segs {
                 be.col_dot(grads, s.vec_off, dy, &z, s.rows.clone(), n);
                 be.mul_cols(&mut ds, s.rows.clone(), n, params, s.vec_off);
             }
-            be.matmul_bwd_x(dx, &ds, &l.w, rows, k, n, accumulate);
+            be.matmul_bwd_x(dx, &ds, &l.w, rows, accumulate);
         }
         LinearAdapter::LowRank(_) => unreachable!("the low-rank add runs through lora_bwd"),
     }

@@ -1,4 +1,4 @@
-//! AVX2/FMA/F16C kernels for the packed decode matmul, reading the checkpoint's blocks directly.
+//! AVX2/FMA/F16C kernels for the compact-weight decode matmul, reading the checkpoint's blocks directly.
 //!
 //! A block of 32 weights is `q·d + m` (integer codes q, per-block scale d and, for Q4_1, min m),
 //! so its dot with x factors as `d·Σ q·x + m·Σ x`: the codes become floats in registers (exact),
@@ -8,7 +8,7 @@
 //! read back through a one-hot x comes out bit for bit as the f32 copy holds it. The compiler did
 //! not vectorise the scalar widening loop (it stayed one `vcvtsi2ss`/`vmulss`/`vaddss` per
 //! weight), and a widened 8-bit copy doubled the bytes read; here Q4 codes stay 4 bits in memory,
-//! re-laid at load (`PackedWeight::for_this_cpu`) so that unpacking them needs no byte shuffles.
+//! re-laid at load (`Quant::for_this_cpu`) so that unpacking them needs no byte shuffles.
 
 use std::arch::x86_64::*;
 
@@ -56,7 +56,7 @@ impl Block for Q8_0 {
     }
 }
 
-/// [`super::PackedWeight::Q4Lanes`]: f32 scale and min, codes in lane order, so a block is one
+/// [`super::Quant::Q4Lanes`]: f32 scale and min, codes in lane order, so a block is one
 /// broadcast load and, per 8 values, a variable shift, a mask and a conversion: no byte
 /// shuffles, which all compete for one execution port (they bounded a ggml-layout kernel at
 /// 10 G weights/s against 16 G here).
@@ -128,7 +128,7 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// `out[(r − r0)·M + i] = Σ_c W[r, c] · x[i, c]` for rows `r0..r1` of the packed `w` and the
+/// `out[(r − r0)·M + i] = Σ_c W[r, c] · x[i, c]` for rows `r0..r1` of the compact `w` and the
 /// `M` rows of `x` (`[M, cols]`, cols a multiple of 32); `xsum[i·nb + b]` is the sum of block `b`
 /// of x row `i` (needed only by formats with a min). Each block is decoded once and used for
 /// every input row.

@@ -1,18 +1,22 @@
-//! Weights kept in their checkpoint's compact form (ggml Q4_0/Q4_1/Q8_0 blocks, bf16, f16) for
-//! the few-row matmuls of decoding, where reading the weights is the whole cost. The values are
-//! exactly those the f32 copy holds (that copy was dequantized from the same bytes), so decoding
-//! through them changes only the order of the additions. `avx2` holds the kernels x86-64
-//! processors run; the portable loop below is their reference and the fallback elsewhere.
+//! The CPU's forms of a checkpoint's compact weights (ggml Q4_0/Q4_1/Q8_0 blocks, bf16, f16) and
+//! the kernels that read them for the few-row matmuls of decoding, where reading the weights is
+//! the whole cost. The values are exactly those the f32 copy holds (that copy was dequantized from
+//! the same bytes), so decoding through them changes only the order of the additions. `avx2`
+//! holds the kernels x86-64 processors run; the portable loop below is their reference and the
+//! fallback elsewhere.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+use crate::backend::weight::QuantForm;
 #[cfg(test)]
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+/// A compact weight as the CPU kernels read it: a checkpoint's [`QuantForm`], or its Q4 blocks
+/// re-laid for SIMD.
 #[derive(Clone, Debug, PartialEq)]
-pub enum PackedWeight {
+pub enum Quant {
     /// ggml blocks of 32: f16 scale + 16 bytes of nibbles, value = (q − 8)·d
     Q4_0(Vec<u8>),
     /// ggml blocks of 32: f16 scale, f16 min, 16 bytes of nibbles, value = q·d + m
@@ -31,7 +35,7 @@ pub enum PackedWeight {
     },
 }
 
-/// Where value `i` (0..32) of a block sits in [`PackedWeight::Q4Lanes`]' 16 code bytes: 32-bit
+/// Where value `i` (0..32) of a block sits in [`Quant::Q4Lanes`]' 16 code bytes: 32-bit
 /// word `w`, nibble `n`. Value `8j + l` is nibble `2j` of word `l` for `l < 4`, nibble `2j + 1`
 /// of word `l − 4` otherwise, so one 128-bit load broadcast to both halves of a 256-bit
 /// register, shifted per lane by `8j` (low half) or `8j + 4` (high half) and masked, gives
@@ -51,8 +55,8 @@ fn q4lanes_code(blk: &[u8], i: usize) -> u8 {
     ((word >> (4 * n)) & 0xF) as u8
 }
 
-/// Largest row count served by the packed path; larger matmuls go to the f32 GEMM.
-pub const MAX_PACKED_ROWS: usize = 8;
+/// Largest row count served by the compact kernels; larger matmuls go to the f32 GEMM.
+pub const MAX_QUANT_ROWS: usize = 8;
 
 /// IEEE half to f32 by bit manipulation: inlines into the kernels (the `half` crate's call
 /// does a runtime feature check per value, which dominated the block loop).
@@ -70,33 +74,47 @@ fn f16_le(b: &[u8]) -> f32 {
     f32::from_bits(mag.to_bits() | sign)
 }
 
-impl PackedWeight {
+impl From<QuantForm> for Quant {
+    /// The form this processor reads fastest (see [`Quant::for_this_cpu`]).
+    fn from(q: QuantForm) -> Self {
+        match q {
+            QuantForm::Q4_0(v) => Quant::Q4_0(v),
+            QuantForm::Q4_1(v) => Quant::Q4_1(v),
+            QuantForm::Q8_0(v) => Quant::Q8_0(v),
+            QuantForm::Bf16(v) => Quant::Bf16(v),
+            QuantForm::F16(v) => Quant::F16(v),
+        }
+        .for_this_cpu()
+    }
+}
+
+impl Quant {
     /// Bytes (or u16 elements for bf16/f16) of one row of `cols` values.
     pub fn row_units(&self, cols: usize) -> usize {
         match self {
-            PackedWeight::Q4_0(_) => cols / 32 * 18,
-            PackedWeight::Q4_1(_) => cols / 32 * 20,
-            PackedWeight::Q8_0(_) => cols / 32 * 34,
-            PackedWeight::Q4Lanes { .. } => cols / 32 * 24,
-            PackedWeight::Bf16(_) | PackedWeight::F16(_) => cols,
+            Quant::Q4_0(_) => cols / 32 * 18,
+            Quant::Q4_1(_) => cols / 32 * 20,
+            Quant::Q8_0(_) => cols / 32 * 34,
+            Quant::Q4Lanes { .. } => cols / 32 * 24,
+            Quant::Bf16(_) | Quant::F16(_) => cols,
         }
     }
 
     /// The form this processor's kernels read fastest: Q4_0/Q4_1 become
-    /// [`PackedWeight::Q4Lanes`] where the AVX2 kernels run; everything else is kept.
+    /// [`Quant::Q4Lanes`] where the AVX2 kernels run; everything else is kept.
     pub fn for_this_cpu(self) -> Self {
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return match self {
-                PackedWeight::Q4_0(v) => Self::q4_lanes(&v, false),
-                PackedWeight::Q4_1(v) => Self::q4_lanes(&v, true),
+                Quant::Q4_0(v) => Self::q4_lanes(&v, false),
+                Quant::Q4_1(v) => Self::q4_lanes(&v, true),
                 other => other,
             };
         }
         self
     }
 
-    /// Re-lays ggml Q4_0 (`q4_1` false) or Q4_1 blocks as [`PackedWeight::Q4Lanes`].
+    /// Re-lays ggml Q4_0 (`q4_1` false) or Q4_1 blocks as [`Quant::Q4Lanes`].
     pub fn q4_lanes(bytes: &[u8], q4_1: bool) -> Self {
         let bsz = if q4_1 { 20 } else { 18 };
         let mut data = Vec::with_capacity(bytes.len() / bsz * 24);
@@ -123,7 +141,7 @@ impl PackedWeight {
                 .iter()
                 .for_each(|w| data.extend_from_slice(&w.to_le_bytes()));
         }
-        PackedWeight::Q4Lanes {
+        Quant::Q4Lanes {
             data,
             offset8: !q4_1,
         }
@@ -133,43 +151,18 @@ impl PackedWeight {
     pub fn fits(&self, rows: usize, cols: usize) -> bool {
         let blocked = matches!(
             self,
-            PackedWeight::Q4_0(_)
-                | PackedWeight::Q4_1(_)
-                | PackedWeight::Q8_0(_)
-                | PackedWeight::Q4Lanes { .. }
+            Quant::Q4_0(_) | Quant::Q4_1(_) | Quant::Q8_0(_) | Quant::Q4Lanes { .. }
         );
         let len = match self {
-            PackedWeight::Q4_0(v)
-            | PackedWeight::Q4_1(v)
-            | PackedWeight::Q8_0(v)
-            | PackedWeight::Q4Lanes { data: v, .. } => v.len(),
-            PackedWeight::Bf16(v) | PackedWeight::F16(v) => v.len(),
+            Quant::Q4_0(v) | Quant::Q4_1(v) | Quant::Q8_0(v) | Quant::Q4Lanes { data: v, .. } => {
+                v.len()
+            }
+            Quant::Bf16(v) | Quant::F16(v) => v.len(),
         };
         (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
     }
 
-    /// Reorders rows: row `i` of the result is row `src_of(i)` of `self`.
-    pub fn permute_rows(&self, rows: usize, cols: usize, src_of: impl Fn(usize) -> usize) -> Self {
-        let u = self.row_units(cols);
-        fn perm<T: Copy>(v: &[T], rows: usize, u: usize, f: &dyn Fn(usize) -> usize) -> Vec<T> {
-            (0..rows)
-                .flat_map(|i| v[f(i) * u..(f(i) + 1) * u].iter().copied())
-                .collect()
-        }
-        match self {
-            PackedWeight::Q4_0(v) => PackedWeight::Q4_0(perm(v, rows, u, &src_of)),
-            PackedWeight::Q4_1(v) => PackedWeight::Q4_1(perm(v, rows, u, &src_of)),
-            PackedWeight::Q8_0(v) => PackedWeight::Q8_0(perm(v, rows, u, &src_of)),
-            PackedWeight::Bf16(v) => PackedWeight::Bf16(perm(v, rows, u, &src_of)),
-            PackedWeight::F16(v) => PackedWeight::F16(perm(v, rows, u, &src_of)),
-            PackedWeight::Q4Lanes { data, offset8 } => PackedWeight::Q4Lanes {
-                data: perm(data, rows, u, &src_of),
-                offset8: *offset8,
-            },
-        }
-    }
-
-    /// `y[m, rows] (+)= x[m, cols] · Wᵀ` for a few rows of `x` (at most [`MAX_PACKED_ROWS`]):
+    /// `y[m, rows] (+)= x[m, cols] · Wᵀ` for a few rows of `x` (at most [`MAX_QUANT_ROWS`]):
     /// every weight block is decoded once and dotted with every input row.
     pub fn matmul(
         &self,
@@ -181,16 +174,16 @@ impl PackedWeight {
         accumulate: bool,
     ) {
         assert!(
-            m <= MAX_PACKED_ROWS,
-            "packed matmul serves at most {MAX_PACKED_ROWS} rows"
+            m <= MAX_QUANT_ROWS,
+            "quant matmul serves at most {MAX_QUANT_ROWS} rows"
         );
         assert!(
             self.fits(rows, cols),
-            "packed weight is not [{rows}, {cols}]"
+            "quant weight is not [{rows}, {cols}]"
         );
         assert!(
             x.len() >= m * cols && y.len() >= m * rows,
-            "packed matmul: short buffers"
+            "quant matmul: short buffers"
         );
         // About four chunks per thread (the small K/V projections too), at least 16 rows each.
         let chunk = rows
@@ -199,8 +192,7 @@ impl PackedWeight {
             .max(16);
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
-            PackedWeight::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x
-                [..m * cols]
+            Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
                 .chunks_exact(32)
                 .map(|c| c.iter().sum())
                 .collect(),
@@ -242,7 +234,7 @@ impl PackedWeight {
 /// loop. `out` is `[r1 − r0, m]` (weight-row major).
 #[allow(clippy::too_many_arguments)]
 fn rows_dispatch(
-    w: &PackedWeight,
+    w: &Quant,
     r0: usize,
     r1: usize,
     cols: usize,
@@ -275,17 +267,17 @@ fn rows_dispatch(
         }
         let (kernel, data): (Kernel, &[u8]) = match w {
             // `for_this_cpu` re-lays ggml Q4 blocks wherever this kernel set runs.
-            PackedWeight::Q4_0(_) | PackedWeight::Q4_1(_) => {
+            Quant::Q4_0(_) | Quant::Q4_1(_) => {
                 return rows_kernel(w, r0, r1, cols, x, m, out);
             }
-            PackedWeight::Q8_0(v) => (pick::<Q8_0>(m), v),
-            PackedWeight::Bf16(v) => (pick::<Bf16>(m), bytes(v)),
-            PackedWeight::F16(v) => (pick::<F16>(m), bytes(v)),
-            PackedWeight::Q4Lanes {
+            Quant::Q8_0(v) => (pick::<Q8_0>(m), v),
+            Quant::Bf16(v) => (pick::<Bf16>(m), bytes(v)),
+            Quant::F16(v) => (pick::<F16>(m), bytes(v)),
+            Quant::Q4Lanes {
                 data,
                 offset8: true,
             } => (pick::<Q4Lanes<true>>(m), data),
-            PackedWeight::Q4Lanes {
+            Quant::Q4Lanes {
                 data,
                 offset8: false,
             } => (pick::<Q4Lanes<false>>(m), data),
@@ -303,10 +295,10 @@ fn rows_dispatch(
 /// Widens row `r` of `w` into `out`: per block a scale (and min) and 16 or 32 integer codes,
 /// written with fixed-size arrays so the conversion vectorises.
 #[inline(always)]
-fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
+fn widen_row(w: &Quant, r: usize, cols: usize, out: &mut [f32]) {
     let u = w.row_units(cols);
     match w {
-        PackedWeight::Q4_1(v) => {
+        Quant::Q4_1(v) => {
             for (blk, o) in v[r * u..(r + 1) * u]
                 .chunks_exact(20)
                 .zip(out.chunks_exact_mut(32))
@@ -320,7 +312,7 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
                 }
             }
         }
-        PackedWeight::Q4_0(v) => {
+        Quant::Q4_0(v) => {
             for (blk, o) in v[r * u..(r + 1) * u]
                 .chunks_exact(18)
                 .zip(out.chunks_exact_mut(32))
@@ -334,7 +326,7 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
                 }
             }
         }
-        PackedWeight::Q4Lanes { data, offset8 } => {
+        Quant::Q4Lanes { data, offset8 } => {
             for (blk, o) in data[r * u..(r + 1) * u]
                 .chunks_exact(24)
                 .zip(out.chunks_exact_mut(32))
@@ -347,7 +339,7 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
                 }
             }
         }
-        PackedWeight::Q8_0(v) => {
+        Quant::Q8_0(v) => {
             for (blk, o) in v[r * u..(r + 1) * u]
                 .chunks_exact(34)
                 .zip(out.chunks_exact_mut(32))
@@ -360,12 +352,12 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
                 }
             }
         }
-        PackedWeight::Bf16(v) => {
+        Quant::Bf16(v) => {
             for (o, &bits) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
                 *o = f32::from_bits((bits as u32) << 16);
             }
         }
-        PackedWeight::F16(v) => {
+        Quant::F16(v) => {
             for (o, &bits) in out.iter_mut().zip(&v[r * u..(r + 1) * u]) {
                 *o = f16_le(&bits.to_le_bytes());
             }
@@ -375,15 +367,7 @@ fn widen_row(w: &PackedWeight, r: usize, cols: usize, out: &mut [f32]) {
 
 /// The portable kernel: widen each weight row into an L1-resident buffer, then dot it with every
 /// input row.
-fn rows_kernel(
-    w: &PackedWeight,
-    r0: usize,
-    r1: usize,
-    cols: usize,
-    x: &[f32],
-    m: usize,
-    out: &mut [f32],
-) {
+fn rows_kernel(w: &Quant, r0: usize, r1: usize, cols: usize, x: &[f32], m: usize, out: &mut [f32]) {
     let mut wrow = vec![0f32; cols];
     for r in r0..r1 {
         widen_row(w, r, cols, &mut wrow);
@@ -432,7 +416,7 @@ mod tests {
         v
     }
 
-    fn formats(rows: usize, cols: usize, rng: &mut Rng) -> Vec<PackedWeight> {
+    fn formats(rows: usize, cols: usize, rng: &mut Rng) -> Vec<Quant> {
         let nb = rows * cols / 32;
         let halves = |rng: &mut Rng, f: fn(f32) -> u16| -> Vec<u16> {
             (0..rows * cols)
@@ -441,29 +425,29 @@ mod tests {
         };
         let (q40, q41) = (blocks(nb, 18, false, rng), blocks(nb, 20, true, rng));
         vec![
-            PackedWeight::q4_lanes(&q40, false),
-            PackedWeight::q4_lanes(&q41, true),
-            PackedWeight::Q4_0(q40),
-            PackedWeight::Q4_1(q41),
-            PackedWeight::Q8_0(blocks(nb, 34, false, rng)),
-            PackedWeight::Bf16(halves(rng, |x| bf16::from_f32(x).to_bits())),
-            PackedWeight::F16(halves(rng, |x| f16::from_f32(x).to_bits())),
+            Quant::q4_lanes(&q40, false),
+            Quant::q4_lanes(&q41, true),
+            Quant::Q4_0(q40),
+            Quant::Q4_1(q41),
+            Quant::Q8_0(blocks(nb, 34, false, rng)),
+            Quant::Bf16(halves(rng, |x| bf16::from_f32(x).to_bits())),
+            Quant::F16(halves(rng, |x| f16::from_f32(x).to_bits())),
         ]
     }
 
-    fn name(p: &PackedWeight) -> &'static str {
+    fn name(p: &Quant) -> &'static str {
         match p {
-            PackedWeight::Q4_0(_) => "Q4_0",
-            PackedWeight::Q4_1(_) => "Q4_1",
-            PackedWeight::Q8_0(_) => "Q8_0",
-            PackedWeight::Bf16(_) => "bf16",
-            PackedWeight::F16(_) => "f16",
-            PackedWeight::Q4Lanes { offset8: true, .. } => "Q4_0 lanes",
-            PackedWeight::Q4Lanes { offset8: false, .. } => "Q4_1 lanes",
+            Quant::Q4_0(_) => "Q4_0",
+            Quant::Q4_1(_) => "Q4_1",
+            Quant::Q8_0(_) => "Q8_0",
+            Quant::Bf16(_) => "bf16",
+            Quant::F16(_) => "f16",
+            Quant::Q4Lanes { offset8: true, .. } => "Q4_0 lanes",
+            Quant::Q4Lanes { offset8: false, .. } => "Q4_1 lanes",
         }
     }
 
-    fn widened(p: &PackedWeight, rows: usize, cols: usize) -> Vec<f32> {
+    fn widened(p: &Quant, rows: usize, cols: usize) -> Vec<f32> {
         let mut w = vec![0f32; rows * cols];
         for r in 0..rows {
             widen_row(p, r, cols, &mut w[r * cols..(r + 1) * cols]);
@@ -480,7 +464,7 @@ mod tests {
         let mut rng = Rng::new(4);
         for p in formats(rows, cols, &mut rng) {
             let w = widened(&p, rows, cols);
-            for m in 1..=MAX_PACKED_ROWS {
+            for m in 1..=MAX_QUANT_ROWS {
                 for c0 in (0..cols).step_by(m) {
                     let mut x = vec![0f32; m * cols];
                     let picked: Vec<usize> = (0..m).map(|i| (c0 + i) % cols).collect();
@@ -523,13 +507,13 @@ mod tests {
     }
 
     #[test]
-    fn packed_matmul_equals_widened_f32() {
+    fn quant_matmul_equals_widened_f32() {
         let (rows, cols) = (70, 96);
         let mut rng = Rng::new(5);
         for p in formats(rows, cols, &mut rng) {
             assert!(p.fits(rows, cols) && !p.fits(rows + 1, cols));
             let w = widened(&p, rows, cols);
-            for m in 1..=MAX_PACKED_ROWS {
+            for m in 1..=MAX_QUANT_ROWS {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
                 let y0: Vec<f32> = (0..m * rows).map(|_| rng.uniform(-1.0, 1.0)).collect();
                 for accumulate in [false, true] {

@@ -1,0 +1,174 @@
+//! How the CPU backend holds a frozen weight, and the one matmul that picks how to read it.
+
+use super::quant::{Quant, MAX_QUANT_ROWS};
+use super::tiles::{self, Panels};
+use super::{gemm, ops, prof};
+use crate::backend::weight::HostWeight;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// A frozen weight `[n, k]` on the CPU: its f32 values (the backward, the embedding gather and
+/// the fallback of every product), the checkpoint's compact form when it had one (decoding), and
+/// AVX-512 panels built on the first many-row product, so decoding alone never pays their memory.
+pub struct CpuWeight {
+    values: Vec<f32>,
+    n: usize,
+    k: usize,
+    quant: Option<Quant>,
+    panels: OnceLock<Option<Panels>>,
+}
+
+impl CpuWeight {
+    pub fn new(w: HostWeight) -> Self {
+        CpuWeight {
+            values: w.values,
+            n: w.n,
+            k: w.k,
+            quant: w.quant.map(Quant::from),
+            panels: OnceLock::new(),
+        }
+    }
+
+    /// Row-major `[n, k]` f32.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+    /// Rows (output features).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Columns (input features).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The panels, built now if this processor runs the tiles and they do not exist yet.
+    fn panels(&self) -> Option<&Panels> {
+        self.panels
+            .get_or_init(|| tiles::available().then(|| Panels::pack(&self.values, self.n, self.k)))
+            .as_ref()
+    }
+
+    /// `y[m, n] (+)= x[m, k] · Wᵀ (+ bias)`. A few rows (decoding) read the compact form when
+    /// there is one, since reading the weight is the whole cost there; many rows read the panels
+    /// where the processor has AVX-512; everything else is the plain f32 product.
+    /// `BITUNE_F32_DECODE` turns the compact path off (to compare against it).
+    pub(super) fn matmul_fwd(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        accumulate: bool,
+    ) {
+        static F32_DECODE: OnceLock<bool> = OnceLock::new();
+        let f32_decode =
+            *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
+        let (n, k) = (self.n, self.k);
+        let (y, x) = (&mut y[..m * n], &x[..m * k]);
+        let few = m <= MAX_QUANT_ROWS;
+        match (&self.quant, self.panels_for(m)) {
+            (Some(q), _) if few && !f32_decode => {
+                let _p = prof::scope("matmul_fwd (quant)");
+                q.matmul(y, x, m, n, k, accumulate);
+            }
+            (_, Some(p)) => {
+                let _p = prof::scope("matmul_fwd (panels)");
+                tiles::matmul_nt(y, x, p, m, accumulate);
+            }
+            _ => {
+                let _p = prof::scope("matmul_fwd (f32)");
+                if m == 1 {
+                    ops::gemv(y, x, &self.values, k, accumulate);
+                } else {
+                    let w = gemm::tr(&self.values, k);
+                    gemm::sgemm(m, n, k, gemm::rm(x, k), w, y, n, accumulate);
+                }
+            }
+        }
+        if let Some(b) = bias {
+            let _p = prof::scope("matmul_fwd (bias)");
+            let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
+            // A decoding step's few rows are not worth a hand-off to other threads.
+            if few {
+                y.chunks_mut(n).for_each(add);
+            } else {
+                y.par_chunks_mut(n).for_each(add);
+            }
+        }
+    }
+
+    /// The panels when a product over `m` rows should read them: only past the decoding sizes,
+    /// which must not build them.
+    fn panels_for(&self, m: usize) -> Option<&Panels> {
+        (m > MAX_QUANT_ROWS).then(|| self.panels()).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::weight::QuantForm;
+    use crate::rng::Rng;
+    use half::bf16;
+
+    /// The three paths (compact, panels, plain) compute one product: a bf16 weight, whose f32
+    /// values are exact, against an f64 reference, at decoding and at many-row sizes, with and
+    /// without bias and accumulation.
+    #[test]
+    fn every_path_gives_the_same_product() {
+        let mut rng = Rng::new(7);
+        let (n, k) = (70, 96);
+        let bits: Vec<u16> = (0..n * k)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)).to_bits())
+            .collect();
+        let values: Vec<f32> = bits
+            .iter()
+            .map(|&b| f32::from_bits((b as u32) << 16))
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let compact = CpuWeight::new(HostWeight::new(
+            values.clone(),
+            n,
+            k,
+            Some(QuantForm::Bf16(bits)),
+        ));
+        let plain = CpuWeight::new(HostWeight::dense(values.clone(), n, k));
+        assert!(compact.quant.is_some() && plain.quant.is_none());
+        for m in [1, 3, MAX_QUANT_ROWS, MAX_QUANT_ROWS + 1, 40] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            if m <= MAX_QUANT_ROWS {
+                // Decoding sizes never build panels.
+                assert!(compact.panels.get().is_none() && plain.panels.get().is_none());
+            }
+            let y0: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            for (with_bias, acc) in [(false, false), (true, false), (true, true)] {
+                let want: Vec<f64> = (0..m * n)
+                    .map(|e| {
+                        let (i, j) = (e / n, e % n);
+                        let dot: f64 = (0..k)
+                            .map(|c| x[i * k + c] as f64 * values[j * k + c] as f64)
+                            .sum();
+                        let b = if with_bias { bias[j] as f64 } else { 0.0 };
+                        dot + b + if acc { y0[e] as f64 } else { 0.0 }
+                    })
+                    .collect();
+                for (name, w) in [("compact", &compact), ("plain", &plain)] {
+                    let mut y = y0.clone();
+                    w.matmul_fwd(&mut y, &x, with_bias.then_some(&bias[..]), m, acc);
+                    for (e, (&g, &r)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                            "{name} m={m} bias={with_bias} acc={acc} [{e}]: {g} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+        // A many-row product builds the panels where AVX-512 runs.
+        assert_eq!(
+            compact.panels.get().map(Option::is_some),
+            Some(tiles::available())
+        );
+    }
+}
