@@ -7,7 +7,9 @@ mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::cuda::CudaBackend;
-use bitune_rt::backend::{AttnDims, AttnGroup, AttnPlan, Backend, LoraSeg, MaskKind};
+use bitune_rt::backend::{
+    AttnDims, AttnGroup, AttnPlan, Backend, CrossEntropyTargets, LoraArgs, LoraSeg, MaskKind,
+};
 use bitune_rt::bitune::plan::{pack, Seq, METHODS};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
@@ -74,7 +76,7 @@ fn matmul_both_paths_and_gemv() {
 }
 
 #[test]
-fn lora_segments_fwd_bwd() {
+fn lora_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(3));
     let (k, n) = (48, 40);
@@ -101,23 +103,33 @@ fn lora_segments_fwd_bwd() {
     let (x, params) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 0.5));
     let y0 = rand(&mut r, rows * n, 1.0);
     let (mut want, mut got) = (y0.clone(), g.upload(&y0));
-    c.lora_fwd(&mut want, &x, &params, &segs, k, n);
-    g.lora_fwd(&mut got, &g.upload(&x), &g.upload(&params), &segs, k, n);
+    c.lora_fwd(&mut want, &x, &params, LoraArgs { segs: &segs, k, n });
+    g.lora_fwd(
+        &mut got,
+        &g.upload(&x),
+        &g.upload(&params),
+        LoraArgs { segs: &segs, k, n },
+    );
     close("lora_fwd", &g.download(&got), &want, 1e-5);
     let dy = rand(&mut r, rows * n, 1.0);
     let (dx0, g0) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 1.0));
     let (mut dx_w, mut gr_w) = (dx0.clone(), g0.clone());
     let (mut dx_g, mut gr_g) = (g.upload(&dx0), g.upload(&g0));
-    c.lora_bwd(&mut dx_w, &mut gr_w, &dy, &x, &params, &segs, k, n);
+    c.lora_bwd(
+        &mut dx_w,
+        &mut gr_w,
+        &dy,
+        &x,
+        &params,
+        LoraArgs { segs: &segs, k, n },
+    );
     g.lora_bwd(
         &mut dx_g,
         &mut gr_g,
         &g.upload(&dy),
         &g.upload(&x),
         &g.upload(&params),
-        &segs,
-        k,
-        n,
+        LoraArgs { segs: &segs, k, n },
     );
     close("lora_bwd dx", &g.download(&dx_g), &dx_w, 1e-5);
     close("lora_bwd grads", &g.download(&gr_g), &gr_w, 1e-4);
@@ -176,7 +188,7 @@ fn plans(r: &mut Rng) -> Vec<(String, AttnPlan)> {
 }
 
 #[test]
-fn segment_attention_fwd_bwd() {
+fn attention_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(10));
     for (hq, hkv, hd) in [
@@ -343,14 +355,36 @@ fn timings_smollm2_shapes() {
         })
         .collect();
     let mut yd = g.zeros(t * d);
-    let ms = time_ms(&g, 10, || g.lora_fwd(&mut yd, &x, &params, &segs, d, d));
+    let ms = time_ms(&g, 10, || {
+        g.lora_fwd(
+            &mut yd,
+            &x,
+            &params,
+            LoraArgs {
+                segs: &segs,
+                k: d,
+                n: d,
+            },
+        )
+    });
     println!(
         "TIMING lora_fwd {} segs rank {rank} {t}x{d} {ms:.3} ms",
         segs.len()
     );
     let (mut dx, mut grads) = (g.zeros(t * d), g.zeros(a_n));
     let ms = time_ms(&g, 10, || {
-        g.lora_bwd(&mut dx, &mut grads, &yd, &x, &params, &segs, d, d)
+        g.lora_bwd(
+            &mut dx,
+            &mut grads,
+            &yd,
+            &x,
+            &params,
+            LoraArgs {
+                segs: &segs,
+                k: d,
+                n: d,
+            },
+        )
     });
     println!("TIMING lora_bwd {ms:.3} ms");
     let xv = g.upload(&rand(&mut r, d, 1.0));
@@ -369,7 +403,17 @@ fn timings_smollm2_shapes() {
     let wt = vec![1.0 / rows as f32; rows];
     let (mut lp, mut gr) = (vec![0f64; rows], vec![false; rows]);
     let ms = time_ms(&g, 5, || {
-        g.cross_entropy(&mut logits, &tg, &wt, vocab, false, &mut lp, &mut gr);
+        g.cross_entropy(
+            &mut logits,
+            CrossEntropyTargets {
+                tokens: &tg,
+                weights: &wt,
+            },
+            vocab,
+            false,
+            &mut lp,
+            &mut gr,
+        );
     });
     println!("TIMING cross_entropy {rows}x{vocab} {ms:.3} ms");
 }

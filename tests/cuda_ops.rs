@@ -8,7 +8,10 @@
 mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
-use bitune_rt::backend::{Activation, AdamStep, Backend, Norm};
+use bitune_rt::backend::{
+    Activation, AdamStep, Backend, CrossEntropyTargets, KvMix, Norm, NormArgs, RopeArgs, RowCopy,
+    Theta,
+};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
 
@@ -21,8 +24,28 @@ fn row_ops() {
     for acc in [false, true] {
         let init = rand(&mut r, rows * w, 1.0);
         let (mut want, mut got) = (init.clone(), g.upload(&init));
-        c.copy_rows(&mut want, 3, &src, 9, 7, w, acc);
-        g.copy_rows(&mut got, 3, &g.upload(&src), 9, 7, w, acc);
+        c.copy_rows(
+            &mut want,
+            &src,
+            RowCopy {
+                dst_row: 3,
+                src_row: 9,
+                rows: 7,
+                width: w,
+            },
+            acc,
+        );
+        g.copy_rows(
+            &mut got,
+            &g.upload(&src),
+            RowCopy {
+                dst_row: 3,
+                src_row: 9,
+                rows: 7,
+                width: w,
+            },
+            acc,
+        );
         close("copy_rows", &g.download(&got), &want, 1e-6);
     }
     let idx = [4, 0, 19, 4, 7];
@@ -57,7 +80,7 @@ fn row_ops() {
 }
 
 #[test]
-fn norms_fwd_bwd() {
+fn norm_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(4));
     for d in [48, 576, 1000] {
@@ -71,7 +94,19 @@ fn norms_fwd_bwd() {
             let bias = (kind == Norm::Layer).then_some(&b);
             let (mut o_w, mut s_w) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
             let (mut o_g, mut s_g) = (nan(&g, rows * d), nan(&g, rows * 2));
-            c.norm_fwd(&mut o_w, &mut s_w, &x, &w, bias, rows, d, kind, 1e-5);
+            c.norm_fwd(
+                &mut o_w,
+                &mut s_w,
+                &x,
+                &w,
+                bias,
+                NormArgs {
+                    rows,
+                    d,
+                    kind,
+                    eps: 1e-5,
+                },
+            );
             let bg = g.upload(&b);
             g.norm_fwd(
                 &mut o_g,
@@ -79,10 +114,12 @@ fn norms_fwd_bwd() {
                 &g.upload(&x),
                 &g.upload(&w),
                 bias.map(|_| &bg),
-                rows,
-                d,
-                kind,
-                1e-5,
+                NormArgs {
+                    rows,
+                    d,
+                    kind,
+                    eps: 1e-5,
+                },
             );
             close(
                 &format!("norm_fwd {kind:?} {d}"),
@@ -104,16 +141,32 @@ fn norms_fwd_bwd() {
                 } else {
                     nan(&g, rows * d)
                 };
-                c.norm_bwd(&mut want, &dy, &x, &s_w, &w, rows, d, kind, acc);
+                c.norm_bwd(
+                    &mut want,
+                    &dy,
+                    &x,
+                    &s_w,
+                    &w,
+                    NormArgs {
+                        rows,
+                        d,
+                        kind,
+                        eps: 1e-5,
+                    },
+                    acc,
+                );
                 g.norm_bwd(
                     &mut got,
                     &g.upload(&dy),
                     &g.upload(&x),
                     &g.upload(&s_w),
                     &g.upload(&w),
-                    rows,
-                    d,
-                    kind,
+                    NormArgs {
+                        rows,
+                        d,
+                        kind,
+                        eps: 1e-5,
+                    },
                     acc,
                 );
                 close(
@@ -141,8 +194,28 @@ fn rope_partial_and_inverse() {
         let pos = [0u32, 1, 5, 77, 1000, 4095, 3];
         for inverse in [false, true] {
             let (mut want, mut got) = (x.clone(), g.upload(&x));
-            c.rope(&mut want, &pos, heads, hd, rot, &inv, inverse);
-            g.rope(&mut got, &pos, heads, hd, rot, &inv, inverse);
+            c.rope(
+                &mut want,
+                &pos,
+                RopeArgs {
+                    heads,
+                    head_dim: hd,
+                    rot_dim: rot,
+                },
+                &inv,
+                inverse,
+            );
+            g.rope(
+                &mut got,
+                &pos,
+                RopeArgs {
+                    heads,
+                    head_dim: hd,
+                    rot_dim: rot,
+                },
+                &inv,
+                inverse,
+            );
             close(
                 &format!("rope rot {rot} inverse {inverse}"),
                 &g.download(&got),
@@ -160,13 +233,55 @@ fn kv_mix_fwd_bwd() {
     let (w, rows) = (24, 30);
     let buf = rand(&mut r, rows * w, 1.0);
     let (mut want, mut got) = (buf.clone(), g.upload(&buf));
-    c.kv_mix_fwd(&mut want, 20, 0, 8, 8, w, 0.3);
-    g.kv_mix_fwd(&mut got, 20, 0, 8, 8, w, 0.3);
+    c.kv_mix_fwd(
+        &mut want,
+        KvMix {
+            mix: 20,
+            c: 0,
+            b: 8,
+            n: 8,
+            width: w,
+        },
+        0.3,
+    );
+    g.kv_mix_fwd(
+        &mut got,
+        KvMix {
+            mix: 20,
+            c: 0,
+            b: 8,
+            n: 8,
+            width: w,
+        },
+        0.3,
+    );
     close("kv_mix_fwd", &g.download(&got), &want, 1e-6);
     let d = rand(&mut r, rows * w, 1.0);
     let (mut dw, mut dg) = (d.clone(), g.upload(&d));
-    let sw = c.kv_mix_bwd(&mut dw, &want, 20, 0, 8, 8, w, 0.3);
-    let sg = g.kv_mix_bwd(&mut dg, &got, 20, 0, 8, 8, w, 0.3);
+    let sw = c.kv_mix_bwd(
+        &mut dw,
+        &want,
+        KvMix {
+            mix: 20,
+            c: 0,
+            b: 8,
+            n: 8,
+            width: w,
+        },
+        0.3,
+    );
+    let sg = g.kv_mix_bwd(
+        &mut dg,
+        &got,
+        KvMix {
+            mix: 20,
+            c: 0,
+            b: 8,
+            n: 8,
+            width: w,
+        },
+        0.3,
+    );
     close("kv_mix_bwd", &g.download(&dg), &dw, 1e-6);
     assert!(
         (sg - sw).abs() <= 1e-9 * sw.abs().max(1.0),
@@ -175,7 +290,7 @@ fn kv_mix_fwd_bwd() {
 }
 
 #[test]
-fn activations_fwd_bwd() {
+fn act_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(7));
     let n = 1000;
@@ -250,8 +365,28 @@ fn cross_entropy_fused() {
         let (mut lw, mut gw) = (vec![0f64; rows], vec![false; rows]);
         let (mut lg, mut gg) = (vec![0f64; rows], vec![false; rows]);
         let (mut want, mut got) = (logits.clone(), g.upload(&logits));
-        let loss_w = c.cross_entropy(&mut want, &targets, &weights, vocab, grad, &mut lw, &mut gw);
-        let loss_g = g.cross_entropy(&mut got, &targets, &weights, vocab, grad, &mut lg, &mut gg);
+        let loss_w = c.cross_entropy(
+            &mut want,
+            CrossEntropyTargets {
+                tokens: &targets,
+                weights: &weights,
+            },
+            vocab,
+            grad,
+            &mut lw,
+            &mut gw,
+        );
+        let loss_g = g.cross_entropy(
+            &mut got,
+            CrossEntropyTargets {
+                tokens: &targets,
+                weights: &weights,
+            },
+            vocab,
+            grad,
+            &mut lg,
+            &mut gg,
+        );
         assert!(
             (loss_g - loss_w).abs() <= 1e-9 * loss_w.abs().max(1.0),
             "loss {loss_g} vs {loss_w}"
@@ -268,7 +403,7 @@ fn cross_entropy_fused() {
 }
 
 #[test]
-fn optimizers_and_sum_sq() {
+fn adamw_sgd_sum_sq() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(9));
     let x = rand(&mut r, 100_000, 1.0);
@@ -307,7 +442,7 @@ fn optimizers_and_sum_sq() {
 /// The kv-mix that reads θ from the parameter buffer (forward) and accumulates dθ into the
 /// gradient buffer (backward), for θ > 0, θ < 0 and θ = 0 (dα/dθ = 0 there).
 #[test]
-fn kv_mix_theta_fwd_bwd() {
+fn kv_mix_fwd_bwd_theta() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(16));
     let (w, rows) = (24, 30);
@@ -320,15 +455,63 @@ fn kv_mix_theta_fwd_bwd() {
         let pg = g.upload(&params);
         let buf = rand(&mut r, rows * w, 1.0);
         let (mut want, mut got) = (buf.clone(), g.upload(&buf));
-        c.kv_mix_fwd_theta(&mut want, 20, 0, 8, 8, w, &params, 5, 0.01);
-        g.kv_mix_fwd_theta(&mut got, 20, 0, 8, 8, w, &pg, 5, 0.01);
+        c.kv_mix_fwd_theta(
+            &mut want,
+            KvMix {
+                mix: 20,
+                c: 0,
+                b: 8,
+                n: 8,
+                width: w,
+            },
+            &params,
+            Theta { off: 5, init: 0.01 },
+        );
+        g.kv_mix_fwd_theta(
+            &mut got,
+            KvMix {
+                mix: 20,
+                c: 0,
+                b: 8,
+                n: 8,
+                width: w,
+            },
+            &pg,
+            Theta { off: 5, init: 0.01 },
+        );
         close("kv_mix_fwd_theta", &g.download(&got), &want, 1e-6);
         let d = rand(&mut r, rows * w, 1.0);
         let grads = rand(&mut r, 9, 1.0);
         let (mut dw, mut dg) = (d.clone(), g.upload(&d));
         let (mut gw, mut gg) = (grads.clone(), g.upload(&grads));
-        c.kv_mix_bwd_theta(&mut dw, &want, 20, 0, 8, 8, w, &params, 5, 0.01, &mut gw);
-        g.kv_mix_bwd_theta(&mut dg, &got, 20, 0, 8, 8, w, &pg, 5, 0.01, &mut gg);
+        c.kv_mix_bwd_theta(
+            &mut dw,
+            &want,
+            KvMix {
+                mix: 20,
+                c: 0,
+                b: 8,
+                n: 8,
+                width: w,
+            },
+            &params,
+            Theta { off: 5, init: 0.01 },
+            &mut gw,
+        );
+        g.kv_mix_bwd_theta(
+            &mut dg,
+            &got,
+            KvMix {
+                mix: 20,
+                c: 0,
+                b: 8,
+                n: 8,
+                width: w,
+            },
+            &pg,
+            Theta { off: 5, init: 0.01 },
+            &mut gg,
+        );
         close("kv_mix_bwd_theta dbuf", &g.download(&dg), &dw, 1e-6);
         close("kv_mix_bwd_theta grads", &g.download(&gg), &gw, 1e-6);
         if th != 0.0 {
@@ -339,7 +522,7 @@ fn kv_mix_theta_fwd_bwd() {
 
 /// DoRA's and IA3's column ops on a row range, and DoRA's inverted weight-row norms.
 #[test]
-fn column_ops_and_dora_norms() {
+fn mul_cols_add_cols_col_dot_dora_inv_norm() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(17));
     let (w, rows) = (33, 21);

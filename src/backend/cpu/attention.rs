@@ -173,7 +173,7 @@ fn softmax_row(s: &mut [f32], mask: Option<&[bool]>, scale: f32) -> f32 {
     mx + sum.ln()
 }
 
-pub fn forward(
+pub fn attention_fwd(
     out: &mut [f32],
     lse: &mut [f32],
     q: &[f32],
@@ -311,7 +311,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// dQ is written; dK and dV are added to.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn attention_bwd(
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
@@ -566,7 +566,7 @@ mod tests {
             let (o_ref, lse_ref, dq_ref, dk_ref, dv_ref) = reference(&q, &k, &v, &dout, &plan, d);
             let mut o = vec![f32::NAN; q.len()];
             let mut lse = vec![f32::NAN; rows * hq];
-            forward(&mut o, &mut lse, &q, &k, &v, &plan, d);
+            attention_fwd(&mut o, &mut lse, &q, &k, &v, &plan, d);
             close("out", &o, &o_ref, 1e-5);
             close("lse", &lse, &lse_ref, 1e-5);
             let (mut dq, mut dk, mut dv) = (
@@ -574,7 +574,7 @@ mod tests {
                 vec![1f32; k.len()],
                 vec![2f32; v.len()],
             );
-            backward(
+            attention_bwd(
                 &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &plan, d,
             );
             let plus = |r: &[f64], c: f64| r.iter().map(|x| x + c).collect::<Vec<_>>();

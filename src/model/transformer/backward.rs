@@ -3,7 +3,7 @@
 
 use super::forward::attn_dims;
 use super::{AdapterState, Packed, Saved};
-use crate::backend::Backend;
+use crate::backend::{Backend, KvMix, LoraArgs, NormArgs, RopeArgs, Theta};
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
@@ -30,7 +30,18 @@ fn linear_bwd<B: Backend>(
     be.matmul_bwd_x(dx, dy, &l.w, rows, l.in_dim, l.out_dim, accumulate);
     let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
-        be.lora_bwd(dx, grads, dy, x, ad.params, &segs, l.in_dim, l.out_dim);
+        be.lora_bwd(
+            dx,
+            grads,
+            dy,
+            x,
+            ad.params,
+            LoraArgs {
+                segs: &segs,
+                k: l.in_dim,
+                n: l.out_dim,
+            },
+        );
     }
 }
 
@@ -85,9 +96,12 @@ fn backward_on_pool<B: Backend>(
         &fwd.final_x,
         &fwd.final_stats,
         &w.final_norm.w,
-        r,
-        d,
-        norm,
+        NormArgs {
+            rows: r,
+            d,
+            kind: norm,
+            eps: c.norm_eps,
+        },
         false,
     );
     let mut dx = be.zeros(t * d);
@@ -173,9 +187,12 @@ fn backward_on_pool<B: Backend>(
                 &a.x_mid,
                 &a.stats2,
                 &mn.w,
-                t,
-                d,
-                norm,
+                NormArgs {
+                    rows: t,
+                    d,
+                    kind: norm,
+                    eps: c.norm_eps,
+                },
                 true,
             );
         }
@@ -206,24 +223,60 @@ fn backward_on_pool<B: Backend>(
             // dθ is accumulated into `grads` where they live (no sum comes back to the host).
             let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
             let (pa, th0) = (ad.params, theta_init);
-            be.kv_mix_bwd_theta(&mut dk, &a.k, t, m.c, m.b, m.n, kvd, pa, tk + l, th0, grads);
-            be.kv_mix_bwd_theta(&mut dv, &a.v, t, m.c, m.b, m.n, kvd, pa, tv + l, th0, grads);
+            be.kv_mix_bwd_theta(
+                &mut dk,
+                &a.k,
+                KvMix {
+                    mix: t,
+                    c: m.c,
+                    b: m.b,
+                    n: m.n,
+                    width: kvd,
+                },
+                pa,
+                Theta {
+                    off: tk + l,
+                    init: th0,
+                },
+                grads,
+            );
+            be.kv_mix_bwd_theta(
+                &mut dv,
+                &a.v,
+                KvMix {
+                    mix: t,
+                    c: m.c,
+                    b: m.b,
+                    n: m.n,
+                    width: kvd,
+                },
+                pa,
+                Theta {
+                    off: tv + l,
+                    init: th0,
+                },
+                grads,
+            );
         }
         be.rope(
             &mut dq,
             &p.pos,
-            c.num_heads,
-            c.head_dim,
-            c.rotary_dim,
+            RopeArgs {
+                heads: c.num_heads,
+                head_dim: c.head_dim,
+                rot_dim: c.rotary_dim,
+            },
             &w.inv_freq,
             true,
         );
         be.rope(
             &mut dk,
             &p.pos,
-            c.num_kv_heads,
-            c.head_dim,
-            c.rotary_dim,
+            RopeArgs {
+                heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                rot_dim: c.rotary_dim,
+            },
             &w.inv_freq,
             true,
         );
@@ -279,9 +332,12 @@ fn backward_on_pool<B: Backend>(
             &a.x,
             &a.stats1,
             &blk.attn_norm.w,
-            t,
-            d,
-            norm,
+            NormArgs {
+                rows: t,
+                d,
+                kind: norm,
+                eps: c.norm_eps,
+            },
             true,
         );
         dx = dx_mid;

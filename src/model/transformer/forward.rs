@@ -2,7 +2,7 @@
 //! norm and LM head at the requested rows.
 
 use super::{AdapterState, ForwardOut, KvCache, LayerActs, Mode, Packed, Saved};
-use crate::backend::{AttnDims, Backend};
+use crate::backend::{AttnDims, Backend, KvMix, LoraArgs, NormArgs, RopeArgs, RowCopy, Theta};
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
@@ -37,7 +37,16 @@ pub(super) fn linear<B: Backend>(
     }
     let segs = ad.segs(p, layer, t);
     if !segs.is_empty() {
-        be.lora_fwd(y, x, ad.params, &segs, l.in_dim, l.out_dim);
+        be.lora_fwd(
+            y,
+            x,
+            ad.params,
+            LoraArgs {
+                segs: &segs,
+                k: l.in_dim,
+                n: l.out_dim,
+            },
+        );
     }
 }
 
@@ -94,10 +103,12 @@ fn forward_on_pool<B: Backend>(
             &x,
             &an.w,
             an.b.as_ref(),
-            t,
-            d,
-            norm,
-            c.norm_eps,
+            NormArgs {
+                rows: t,
+                d,
+                kind: norm,
+                eps: c.norm_eps,
+            },
         );
         let mut q = be.zeros(t * qd);
         let mut k = be.zeros(kv_rows * kvd);
@@ -108,18 +119,22 @@ fn forward_on_pool<B: Backend>(
         be.rope(
             &mut q,
             &p.pos,
-            c.num_heads,
-            c.head_dim,
-            c.rotary_dim,
+            RopeArgs {
+                heads: c.num_heads,
+                head_dim: c.head_dim,
+                rot_dim: c.rotary_dim,
+            },
             &w.inv_freq,
             false,
         );
         be.rope(
             &mut k,
             &p.pos,
-            c.num_kv_heads,
-            c.head_dim,
-            c.rotary_dim,
+            RopeArgs {
+                heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                rot_dim: c.rotary_dim,
+            },
             &w.inv_freq,
             false,
         );
@@ -127,13 +142,61 @@ fn forward_on_pool<B: Backend>(
             // α is computed from θ where θ lives: nothing leaves the device.
             let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
             let th0 = ad.theta_init;
-            be.kv_mix_fwd_theta(&mut k, t, m.c, m.b, m.n, kvd, ad.params, tk + l, th0);
-            be.kv_mix_fwd_theta(&mut v, t, m.c, m.b, m.n, kvd, ad.params, tv + l, th0);
+            be.kv_mix_fwd_theta(
+                &mut k,
+                KvMix {
+                    mix: t,
+                    c: m.c,
+                    b: m.b,
+                    n: m.n,
+                    width: kvd,
+                },
+                ad.params,
+                Theta {
+                    off: tk + l,
+                    init: th0,
+                },
+            );
+            be.kv_mix_fwd_theta(
+                &mut v,
+                KvMix {
+                    mix: t,
+                    c: m.c,
+                    b: m.b,
+                    n: m.n,
+                    width: kvd,
+                },
+                ad.params,
+                Theta {
+                    off: tv + l,
+                    init: th0,
+                },
+            );
         }
         if let Some(cache) = cache {
             let at = t + p.mix_rows();
-            be.copy_rows(&mut k, at, &cache.k[l], 0, p.past, kvd, false);
-            be.copy_rows(&mut v, at, &cache.v[l], 0, p.past, kvd, false);
+            be.copy_rows(
+                &mut k,
+                &cache.k[l],
+                RowCopy {
+                    dst_row: at,
+                    src_row: 0,
+                    rows: p.past,
+                    width: kvd,
+                },
+                false,
+            );
+            be.copy_rows(
+                &mut v,
+                &cache.v[l],
+                RowCopy {
+                    dst_row: at,
+                    src_row: 0,
+                    rows: p.past,
+                    width: kvd,
+                },
+                false,
+            );
         }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
@@ -159,10 +222,12 @@ fn forward_on_pool<B: Backend>(
                     &x_mid,
                     &mn.w,
                     mn.b.as_ref(),
-                    t,
-                    d,
-                    norm,
-                    c.norm_eps,
+                    NormArgs {
+                        rows: t,
+                        d,
+                        kind: norm,
+                        eps: c.norm_eps,
+                    },
                 );
                 h2
             }
@@ -229,10 +294,12 @@ fn forward_on_pool<B: Backend>(
         &final_x,
         &fnorm.w,
         fnorm.b.as_ref(),
-        r,
-        d,
-        norm,
-        c.norm_eps,
+        NormArgs {
+            rows: r,
+            d,
+            kind: norm,
+            eps: c.norm_eps,
+        },
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
@@ -268,7 +335,17 @@ fn forward_on_pool<B: Backend>(
 /// The first `rows` rows (of `width`) of `x`.
 fn rows_copy<B: Backend>(be: &B, x: &B::Buf, rows: usize, width: usize) -> B::Buf {
     let mut y = be.zeros(rows * width);
-    be.copy_rows(&mut y, 0, x, 0, rows, width, false);
+    be.copy_rows(
+        &mut y,
+        x,
+        RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows,
+            width,
+        },
+        false,
+    );
     y
 }
 
