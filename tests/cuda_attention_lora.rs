@@ -8,7 +8,8 @@ mod cuda_common;
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::cuda::CudaBackend;
 use bitune_rt::backend::{
-    AttnDims, AttnGroup, AttnPlan, Backend, CrossEntropyTargets, LoraArgs, LoraSeg, MaskKind,
+    AttnArgs, AttnDims, AttnGroup, AttnPlan, AttnSaved, Backend, CrossEntropyTargets, LoraArgs,
+    LoraSeg, MaskKind,
 };
 use bitune_rt::bitune::plan::{pack, Seq, METHODS};
 use bitune_rt::rng::Rng;
@@ -216,8 +217,28 @@ fn attention_fwd_bwd() {
             let (qg, kg, vg) = (g.upload(&q), g.upload(&k), g.upload(&v));
             let (mut o_w, mut l_w) = (vec![0f32; q.len()], vec![0f32; rows * hq]);
             let (mut o_g, mut l_g) = (nan(&g, q.len()), nan(&g, rows * hq));
-            c.attention_fwd(&mut o_w, &mut l_w, &q, &k, &v, &plan, d);
-            g.attention_fwd(&mut o_g, &mut l_g, &qg, &kg, &vg, &plan, d);
+            c.attention_fwd(
+                &mut o_w,
+                &mut l_w,
+                &q,
+                &k,
+                &v,
+                AttnArgs {
+                    plan: &plan,
+                    dims: d,
+                },
+            );
+            g.attention_fwd(
+                &mut o_g,
+                &mut l_g,
+                &qg,
+                &kg,
+                &vg,
+                AttnArgs {
+                    plan: &plan,
+                    dims: d,
+                },
+            );
             close(
                 &format!("attention out {what}"),
                 &g.download(&o_g),
@@ -235,20 +256,38 @@ fn attention_fwd_bwd() {
             let (mut dq_w, mut dk_w, mut dv_w) = (vec![0f32; q.len()], dk0.clone(), dv0.clone());
             let (mut dq_g, mut dk_g, mut dv_g) = (nan(&g, q.len()), g.upload(&dk0), g.upload(&dv0));
             c.attention_bwd(
-                &mut dq_w, &mut dk_w, &mut dv_w, &dout, &q, &k, &v, &o_w, &l_w, &plan, d,
+                &mut dq_w,
+                &mut dk_w,
+                &mut dv_w,
+                &dout,
+                AttnSaved {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    out: &o_w,
+                    lse: &l_w,
+                },
+                AttnArgs {
+                    plan: &plan,
+                    dims: d,
+                },
             );
             g.attention_bwd(
                 &mut dq_g,
                 &mut dk_g,
                 &mut dv_g,
                 &g.upload(&dout),
-                &qg,
-                &kg,
-                &vg,
-                &o_g,
-                &l_g,
-                &plan,
-                d,
+                AttnSaved {
+                    q: &qg,
+                    k: &kg,
+                    v: &vg,
+                    out: &o_g,
+                    lse: &l_g,
+                },
+                AttnArgs {
+                    plan: &plan,
+                    dims: d,
+                },
             );
             close(
                 &format!("attention dq {what}"),
@@ -316,7 +355,17 @@ fn timings_smollm2_shapes() {
     );
     let (mut o, mut lse) = (g.zeros(t * hq * hd), g.zeros(t * hq));
     let ms = time_ms(&g, 10, || {
-        g.attention_fwd(&mut o, &mut lse, &q, &k, &v, &p.attn, dims)
+        g.attention_fwd(
+            &mut o,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
+        )
     });
     println!("TIMING attention_fwd T={t} kv={kr} {ms:.3} ms");
     let (mut dq, mut dk, mut dv) = (
@@ -327,7 +376,21 @@ fn timings_smollm2_shapes() {
     let dout = g.upload(&rand(&mut r, t * hq * hd, 1.0));
     let ms = time_ms(&g, 10, || {
         g.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &p.attn, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dout,
+            AttnSaved {
+                q: &q,
+                k: &k,
+                v: &v,
+                out: &o,
+                lse: &lse,
+            },
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
         )
     });
     println!("TIMING attention_bwd T={t} {ms:.3} ms");

@@ -6,7 +6,8 @@ mod common;
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::{
-    Activation, AttnDims, AttnGroup, AttnPlan, Backend, MaskKind, Norm, NormArgs, RopeArgs,
+    Activation, AttnArgs, AttnDims, AttnGroup, AttnPlan, AttnSaved, Backend, MaskKind, Norm,
+    NormArgs, RopeArgs,
 };
 use bitune_rt::bitune::params::{Kind, LoraSpec, SET_B, SET_C};
 use bitune_rt::bitune::plan::{Example, Method, METHODS};
@@ -324,7 +325,14 @@ fn attention_and_rope_backward_match_finite_differences() {
                 false,
             );
             let (mut o, mut l) = (vec![0f32; tq * hq * hd], vec![0f32; tq * hq]);
-            be.attention_fwd(&mut o, &mut l, &q, &k, &v.to_vec(), &plan, dims);
+            be.attention_fwd(
+                &mut o,
+                &mut l,
+                &q,
+                &k,
+                &v.to_vec(),
+                AttnArgs { plan: &plan, dims },
+            );
             (q, k, o, l)
         };
         let (qr, kr, o, l) = run(&q, &k, &v);
@@ -334,7 +342,18 @@ fn attention_and_rope_backward_match_finite_differences() {
             vec![0f32; v.len()],
         );
         be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dy, &qr, &kr, &v, &o, &l, &plan, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dy,
+            AttnSaved {
+                q: &qr,
+                k: &kr,
+                v: &v,
+                out: &o,
+                lse: &l,
+            },
+            AttnArgs { plan: &plan, dims },
         );
         be.rope(
             &mut dq,

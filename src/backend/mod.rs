@@ -53,6 +53,33 @@ pub struct AttnDims {
     pub scale: f32,
 }
 
+/// What the attention ops take besides tensors: the plan of groups and positions, and the head
+/// layout.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnArgs<'a> {
+    pub plan: &'a AttnPlan,
+    pub dims: AttnDims,
+}
+
+/// The forward's tensors that [`Backend::attention_bwd`] reads: its inputs, its output and the
+/// log-sum-exp of each (query row, head).
+#[derive(Debug)]
+pub struct AttnSaved<'a, T: ?Sized> {
+    pub q: &'a T,
+    pub k: &'a T,
+    pub v: &'a T,
+    pub out: &'a T,
+    pub lse: &'a T,
+}
+
+// By hand: derive would require `T: Copy`, but only the references are copied.
+impl<T: ?Sized> Clone for AttnSaved<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for AttnSaved<'_, T> {}
+
 /// Where [`Backend::copy_rows`] reads and writes: rows `src_row..src_row+rows` of the source
 /// onto rows `dst_row..dst_row+rows` of the destination, rows of `width`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,7 +463,6 @@ pub trait Backend: Send + Sync {
     fn rope(&self, x: &mut Self::Buf, pos: &[u32], a: RopeArgs, inv_freq: &[f32], inverse: bool);
 
     /// Segment attention forward; `lse` receives the log-sum-exp of each (query row, head).
-    #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
         out: &mut Self::Buf,
@@ -444,24 +470,17 @@ pub trait Backend: Send + Sync {
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     );
     /// Segment attention backward: dq overwritten, dk/dv accumulated (key rows are shared).
-    #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         dq: &mut Self::Buf,
         dk: &mut Self::Buf,
         dv: &mut Self::Buf,
         dout: &Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        out: &Self::Buf,
-        lse: &Self::Buf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<Self::Buf>,
+        a: AttnArgs,
     );
 
     /// `buf[mix..mix+n] = (1-α)·buf[c..c+n] + α·buf[b..b+n]` (rows of `width`), in fp32.

@@ -9,7 +9,7 @@ pub mod simd;
 pub mod tiles;
 
 use super::{
-    Activation, AdamStep, AttnDims, AttnPlan, Backend, CrossEntropyTargets, KvMix, LoraArgs,
+    Activation, AdamStep, AttnArgs, AttnSaved, Backend, CrossEntropyTargets, KvMix, LoraArgs,
     LoraSeg, NormArgs, RopeArgs, RowCopy,
 };
 use gemm::{rm, sgemm, tr};
@@ -414,11 +414,10 @@ impl Backend for Cpu {
         q: &Vec<f32>,
         k: &Vec<f32>,
         v: &Vec<f32>,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     ) {
         let _p = prof::scope("attention_fwd");
-        attention::attention_fwd(out, lse, q, k, v, plan, dims)
+        attention::attention_fwd(out, lse, q, k, v, a)
     }
 
     fn attention_bwd(
@@ -427,16 +426,18 @@ impl Backend for Cpu {
         dk: &mut Vec<f32>,
         dv: &mut Vec<f32>,
         dout: &Vec<f32>,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        out: &Vec<f32>,
-        lse: &Vec<f32>,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<Vec<f32>>,
+        a: AttnArgs,
     ) {
         let _p = prof::scope("attention_bwd");
-        attention::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+        let fwd = AttnSaved::<[f32]> {
+            q: fwd.q,
+            k: fwd.k,
+            v: fwd.v,
+            out: fwd.out,
+            lse: fwd.lse,
+        };
+        attention::attention_bwd(dq, dk, dv, dout, fwd, a)
     }
 
     fn kv_mix_fwd(&self, buf: &mut Vec<f32>, m: KvMix, alpha: f32) {

@@ -3,7 +3,7 @@
 //! buffers, and launches the forward or the two backward kernels.
 
 use super::{launch, CudaBackend, CudaBuf};
-use crate::backend::{AttnDims, AttnPlan, MaskKind};
+use crate::backend::{AttnArgs, AttnDims, AttnPlan, AttnSaved, MaskKind};
 use anyhow::Result;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, LaunchConfig};
@@ -160,7 +160,6 @@ fn cfg(items: usize, heads: usize, smem: usize) -> LaunchConfig {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_fwd(
     be: &CudaBackend,
     out: &mut CudaBuf,
@@ -168,9 +167,9 @@ pub(super) fn attention_fwd(
     q: &CudaBuf,
     k: &CudaBuf,
     v: &CudaBuf,
-    plan: &AttnPlan,
-    d: AttnDims,
+    a: AttnArgs,
 ) {
+    let (plan, d) = (a.plan, a.dims);
     let (rows, k_rows) = attn_check(be, q, k, v, d);
     assert!(
         out.len() >= q.len() && lse.len() >= rows * d.q_heads,
@@ -194,21 +193,17 @@ pub(super) fn attention_fwd(
         &(d.q_heads as i32), &(d.kv_heads as i32), &(hd as i32), &d.scale);
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_bwd(
     be: &CudaBackend,
     dq: &mut CudaBuf,
     dk: &mut CudaBuf,
     dv: &mut CudaBuf,
     dout: &CudaBuf,
-    q: &CudaBuf,
-    k: &CudaBuf,
-    v: &CudaBuf,
-    out: &CudaBuf,
-    lse: &CudaBuf,
-    plan: &AttnPlan,
-    d: AttnDims,
+    fwd: AttnSaved<CudaBuf>,
+    a: AttnArgs,
 ) {
+    let AttnSaved { q, k, v, out, lse } = fwd;
+    let (plan, d) = (a.plan, a.dims);
     let (rows, k_rows) = attn_check(be, q, k, v, d);
     assert!(
         dq.len() >= q.len() && dout.len() >= q.len() && out.len() >= q.len(),

@@ -4,7 +4,7 @@
 
 use super::{attention, cols, lora, ops, rowwise, CudaBackend, CudaBuf};
 use crate::backend::{
-    Activation, AdamStep, AttnDims, AttnPlan, Backend, CrossEntropyTargets, KvMix, LoraArgs,
+    Activation, AdamStep, AttnArgs, AttnSaved, Backend, CrossEntropyTargets, KvMix, LoraArgs,
     LoraSeg, MemoryStats, NormArgs, RopeArgs, RowCopy, Theta,
 };
 
@@ -210,10 +210,9 @@ impl Backend for CudaBackend {
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     ) {
-        attention::attention_fwd(self, out, lse, q, k, v, plan, dims)
+        attention::attention_fwd(self, out, lse, q, k, v, a)
     }
     fn attention_bwd(
         &self,
@@ -221,15 +220,10 @@ impl Backend for CudaBackend {
         dk: &mut CudaBuf,
         dv: &mut CudaBuf,
         dout: &CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<CudaBuf>,
+        a: AttnArgs,
     ) {
-        attention::attention_bwd(self, dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+        attention::attention_bwd(self, dq, dk, dv, dout, fwd, a)
     }
 
     fn kv_mix_fwd(&self, buf: &mut CudaBuf, m: KvMix, alpha: f32) {

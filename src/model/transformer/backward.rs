@@ -3,7 +3,7 @@
 
 use super::forward::attn_dims;
 use super::{AdapterState, Packed, Saved};
-use crate::backend::{Backend, KvMix, LoraArgs, NormArgs, RopeArgs, Theta};
+use crate::backend::{AttnArgs, AttnSaved, Backend, KvMix, LoraArgs, NormArgs, RopeArgs, Theta};
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
@@ -217,7 +217,21 @@ fn backward_on_pool<B: Backend>(
         let mut dk = be.zeros(kv_rows * kvd);
         let mut dv = be.zeros(kv_rows * kvd);
         be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dattn,
+            AttnSaved {
+                q: &a.q,
+                k: &a.k,
+                v: &a.v,
+                out: &a.attn,
+                lse: &a.lse,
+            },
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
         );
         if let Some(m) = &p.mix {
             // dθ is accumulated into `grads` where they live (no sum comes back to the host).

@@ -2,7 +2,9 @@
 //! norm and LM head at the requested rows.
 
 use super::{AdapterState, ForwardOut, KvCache, LayerActs, Mode, Packed, Saved};
-use crate::backend::{AttnDims, Backend, KvMix, LoraArgs, NormArgs, RopeArgs, RowCopy, Theta};
+use crate::backend::{
+    AttnArgs, AttnDims, Backend, KvMix, LoraArgs, NormArgs, RopeArgs, RowCopy, Theta,
+};
 use crate::bitune::peft::Peft;
 use crate::model::weights::{Linear, Target, Weights};
 
@@ -200,7 +202,17 @@ fn forward_on_pool<B: Backend>(
         }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
-        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, &p.attn, dims);
+        be.attention_fwd(
+            &mut attn,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
+        );
         let mut o = be.zeros(t * d);
         linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
 
