@@ -268,6 +268,8 @@ pub fn attention_fwd(
 }
 
 /// `c (+)= a · b` on row-major strided operands, on the calling thread.
+// The BLAS gemm signature (three operands with their row strides, the sizes, accumulate), which
+// it forwards to either of two gemm kernels unchanged.
 #[allow(clippy::too_many_arguments)]
 fn mm(
     m: usize,

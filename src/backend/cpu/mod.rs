@@ -21,7 +21,6 @@ pub struct Cpu;
 
 /// `c[m,n] (+)= a[m,k] · b[k,n]`, all dense row-major: the AVX-512 tiles where present, else
 /// the `gemm` crate.
-#[allow(clippy::too_many_arguments)]
 fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
     if tiles::available() {
         tiles::matmul_nn(c, a, b, m, k, n, accumulate);

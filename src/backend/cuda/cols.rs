@@ -1,8 +1,8 @@
-//! Launch wrappers for DoRA's and IA3's per-column kernels (cols.cu) and the kv-mix that reads θ
-//! on the device (kv_mix.cu): none of them copies anything to the host.
+//! Launch wrappers for DoRA's and IA3's per-column kernels (cols.cu): none of them copies
+//! anything to the host.
 
 use super::{grid, launch, per_row, CudaBackend, CudaBuf};
-use crate::backend::{KvMix, LoraSeg, Theta};
+use crate::backend::LoraSeg;
 use std::ops::Range;
 
 /// `y[r, j] *= v[v_off + j]` for `r` in `rows`.
@@ -102,74 +102,4 @@ pub(super) fn dora_inv_norm(
     let b = params.data.slice(seg.b_off..seg.b_off + (n * r).max(1));
     launch!(be, dora_inv_norm, per_row(n, 256);
         &mut *out.data, &*w.data, &a, &b, &seg.scale(), &(r as i32), &(k as i32), &(n as i32));
-}
-
-/// Checks a θ offset; returns the 1-element view of θ.
-fn theta_view<'a>(params: &'a CudaBuf, theta: usize) -> cudarc::driver::CudaView<'a, f32> {
-    assert!(
-        theta < params.len(),
-        "cuda kv_mix: θ offset {theta} out of range"
-    );
-    params.data.slice(theta..theta + 1)
-}
-
-pub(super) fn kv_mix_fwd_theta(
-    be: &CudaBackend,
-    buf: &mut CudaBuf,
-    m: KvMix,
-    params: &CudaBuf,
-    theta: Theta,
-) {
-    super::ops::check_kv_mix(buf.len(), m);
-    let th = theta_view(params, theta.off);
-    let (
-        KvMix {
-            mix,
-            c,
-            b,
-            n,
-            width,
-        },
-        theta_init,
-    ) = (m, theta.init);
-    if n * width == 0 {
-        return;
-    }
-    let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
-    launch!(be, kv_mix_fwd_theta, grid(n * width);
-        &mut *buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init);
-}
-
-pub(super) fn kv_mix_bwd_theta(
-    be: &CudaBackend,
-    dbuf: &mut CudaBuf,
-    buf: &CudaBuf,
-    m: KvMix,
-    params: &CudaBuf,
-    theta: Theta,
-    grads: &mut CudaBuf,
-) {
-    super::ops::check_kv_mix(dbuf.len().min(buf.len()), m);
-    let th = theta_view(params, theta.off);
-    let (
-        KvMix {
-            mix,
-            c,
-            b,
-            n,
-            width,
-        },
-        theta_init,
-        theta,
-    ) = (m, theta.init, theta.off);
-    assert!(theta < grads.len(), "cuda kv_mix: θ gradient out of range");
-    if n * width == 0 {
-        return;
-    }
-    let acc = be.upload_small(&[0f64]);
-    let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
-    launch!(be, kv_mix_bwd_theta, grid(n * width);
-        &mut *dbuf.data, &*buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init, &acc);
-    let mut g = grads.data.slice_mut(theta..theta + 1);
-    launch!(be, kv_mix_bwd_theta_grad, grid(1); &mut g, &th, &theta_init, &acc);
 }

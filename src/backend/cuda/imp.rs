@@ -234,7 +234,7 @@ impl Backend for CudaBackend {
     }
 
     fn kv_mix_fwd_theta(&self, buf: &mut CudaBuf, m: KvMix, params: &CudaBuf, theta: Theta) {
-        cols::kv_mix_fwd_theta(self, buf, m, params, theta)
+        ops::kv_mix_fwd_theta(self, buf, m, params, theta)
     }
     fn kv_mix_bwd_theta(
         &self,
@@ -245,7 +245,7 @@ impl Backend for CudaBackend {
         theta: Theta,
         grads: &mut CudaBuf,
     ) {
-        cols::kv_mix_bwd_theta(self, dbuf, buf, m, params, theta, grads)
+        ops::kv_mix_bwd_theta(self, dbuf, buf, m, params, theta, grads)
     }
     fn mul_cols(
         &self,
@@ -321,7 +321,7 @@ impl Backend for CudaBackend {
         rowwise::sum_sq(self, x)
     }
     fn scale(&self, x: &mut CudaBuf, s: f32) {
-        rowwise::scale(self, x, s)
+        ops::scale(self, x, s)
     }
     fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, h: AdamStep) {
         rowwise::adamw(self, p, g, m, v, h)

@@ -2,7 +2,7 @@
 //! Each checks the sizes the kernel will index with, then launches.
 
 use super::{grid, launch, CudaBackend, CudaBuf, NULL};
-use crate::backend::{Activation, KvMix, RowCopy};
+use crate::backend::{Activation, KvMix, RowCopy, Theta};
 
 fn act_kind(a: Activation) -> i32 {
     match a {
@@ -29,6 +29,13 @@ pub(super) fn fill(be: &CudaBackend, buf: &mut CudaBuf, value: f32) {
         return;
     }
     launch!(be, fill, grid(n); &mut *buf.data, &(n as u64), &value);
+}
+
+pub(super) fn scale(be: &CudaBackend, x: &mut CudaBuf, s: f32) {
+    let n = x.len();
+    if n > 0 {
+        launch!(be, scale, grid(n); &mut *x.data, &(n as u64), &s);
+    }
 }
 
 pub(super) fn add(be: &CudaBackend, y: &mut CudaBuf, off: usize, x: &CudaBuf, n: usize) {
@@ -260,4 +267,74 @@ pub(super) fn act_bwd(
         _ => launch!(be, act_bwd, grid(n);
             &mut *dgate.data, &NULL, &*dout.data, &*gate.data, &NULL, &(n as u64), &k),
     }
+}
+
+/// Checks a θ offset; returns the 1-element view of θ.
+fn theta_view<'a>(params: &'a CudaBuf, theta: usize) -> cudarc::driver::CudaView<'a, f32> {
+    assert!(
+        theta < params.len(),
+        "cuda kv_mix: θ offset {theta} out of range"
+    );
+    params.data.slice(theta..theta + 1)
+}
+
+pub(super) fn kv_mix_fwd_theta(
+    be: &CudaBackend,
+    buf: &mut CudaBuf,
+    m: KvMix,
+    params: &CudaBuf,
+    theta: Theta,
+) {
+    check_kv_mix(buf.len(), m);
+    let th = theta_view(params, theta.off);
+    let (
+        KvMix {
+            mix,
+            c,
+            b,
+            n,
+            width,
+        },
+        theta_init,
+    ) = (m, theta.init);
+    if n * width == 0 {
+        return;
+    }
+    let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
+    launch!(be, kv_mix_fwd_theta, grid(n * width);
+        &mut *buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init);
+}
+
+pub(super) fn kv_mix_bwd_theta(
+    be: &CudaBackend,
+    dbuf: &mut CudaBuf,
+    buf: &CudaBuf,
+    m: KvMix,
+    params: &CudaBuf,
+    theta: Theta,
+    grads: &mut CudaBuf,
+) {
+    check_kv_mix(dbuf.len().min(buf.len()), m);
+    let th = theta_view(params, theta.off);
+    let (
+        KvMix {
+            mix,
+            c,
+            b,
+            n,
+            width,
+        },
+        theta_init,
+        theta,
+    ) = (m, theta.init, theta.off);
+    assert!(theta < grads.len(), "cuda kv_mix: θ gradient out of range");
+    if n * width == 0 {
+        return;
+    }
+    let acc = be.upload_small(&[0f64]);
+    let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
+    launch!(be, kv_mix_bwd_theta, grid(n * width);
+        &mut *dbuf.data, &*buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init, &acc);
+    let mut g = grads.data.slice_mut(theta..theta + 1);
+    launch!(be, kv_mix_bwd_theta_grad, grid(1); &mut g, &th, &theta_init, &acc);
 }

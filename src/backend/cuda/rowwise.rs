@@ -161,13 +161,6 @@ pub(super) fn sum_sq(be: &CudaBackend, x: &CudaBuf) -> f64 {
     be.download_small(&acc, 1)[0]
 }
 
-pub(super) fn scale(be: &CudaBackend, x: &mut CudaBuf, s: f32) {
-    let n = x.len();
-    if n > 0 {
-        launch!(be, scale, grid(n); &mut *x.data, &(n as u64), &s);
-    }
-}
-
 pub(super) fn adamw(
     be: &CudaBackend,
     p: &mut CudaBuf,
