@@ -79,6 +79,25 @@ fn backward_on_pool<B: Backend>(
     let norm = w.norm_kind();
     let act = w.activation();
     let dims = attn_dims(w);
+    let norm_args = |rows| NormArgs {
+        rows,
+        d,
+        kind: norm,
+        eps: c.norm_eps,
+    };
+    let rope_q = RopeArgs {
+        heads: c.num_heads,
+        head_dim: c.head_dim,
+        rot_dim: c.rotary_dim,
+    };
+    let rope_k = RopeArgs {
+        heads: c.num_kv_heads,
+        ..rope_q
+    };
+    let attn_args = AttnArgs {
+        plan: &p.attn,
+        dims,
+    };
     assert_eq!(
         fwd.acts.len(),
         c.num_layers,
@@ -96,12 +115,7 @@ fn backward_on_pool<B: Backend>(
         &fwd.final_x,
         &fwd.final_stats,
         &w.final_norm.w,
-        NormArgs {
-            rows: r,
-            d,
-            kind: norm,
-            eps: c.norm_eps,
-        },
+        norm_args(r),
         false,
     );
     let mut dx = be.zeros(t * d);
@@ -187,12 +201,7 @@ fn backward_on_pool<B: Backend>(
                 &a.x_mid,
                 &a.stats2,
                 &mn.w,
-                NormArgs {
-                    rows: t,
-                    d,
-                    kind: norm,
-                    eps: c.norm_eps,
-                },
+                norm_args(t),
                 true,
             );
         }
@@ -228,25 +237,23 @@ fn backward_on_pool<B: Backend>(
                 out: &a.attn,
                 lse: &a.lse,
             },
-            AttnArgs {
-                plan: &p.attn,
-                dims,
-            },
+            attn_args,
         );
         if let Some(m) = &p.mix {
             // dθ is accumulated into `grads` where they live (no sum comes back to the host).
             let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
             let (pa, th0) = (ad.params, theta_init);
+            let mix = KvMix {
+                mix: t,
+                c: m.c,
+                b: m.b,
+                n: m.n,
+                width: kvd,
+            };
             be.kv_mix_bwd_theta(
                 &mut dk,
                 &a.k,
-                KvMix {
-                    mix: t,
-                    c: m.c,
-                    b: m.b,
-                    n: m.n,
-                    width: kvd,
-                },
+                mix,
                 pa,
                 Theta {
                     off: tk + l,
@@ -257,13 +264,7 @@ fn backward_on_pool<B: Backend>(
             be.kv_mix_bwd_theta(
                 &mut dv,
                 &a.v,
-                KvMix {
-                    mix: t,
-                    c: m.c,
-                    b: m.b,
-                    n: m.n,
-                    width: kvd,
-                },
+                mix,
                 pa,
                 Theta {
                     off: tv + l,
@@ -272,28 +273,8 @@ fn backward_on_pool<B: Backend>(
                 grads,
             );
         }
-        be.rope(
-            &mut dq,
-            &p.pos,
-            RopeArgs {
-                heads: c.num_heads,
-                head_dim: c.head_dim,
-                rot_dim: c.rotary_dim,
-            },
-            &w.inv_freq,
-            true,
-        );
-        be.rope(
-            &mut dk,
-            &p.pos,
-            RopeArgs {
-                heads: c.num_kv_heads,
-                head_dim: c.head_dim,
-                rot_dim: c.rotary_dim,
-            },
-            &w.inv_freq,
-            true,
-        );
+        be.rope(&mut dq, &p.pos, rope_q, &w.inv_freq, true);
+        be.rope(&mut dk, &p.pos, rope_k, &w.inv_freq, true);
         let mut dh = be.zeros(t * d);
         linear_bwd(
             be,
@@ -346,12 +327,7 @@ fn backward_on_pool<B: Backend>(
             &a.x,
             &a.stats1,
             &blk.attn_norm.w,
-            NormArgs {
-                rows: t,
-                d,
-                kind: norm,
-                eps: c.norm_eps,
-            },
+            norm_args(t),
             true,
         );
         dx = dx_mid;

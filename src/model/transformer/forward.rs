@@ -88,6 +88,25 @@ fn forward_on_pool<B: Backend>(
     let norm = w.norm_kind();
     let act = w.activation();
     let dims = attn_dims(w);
+    let norm_args = |rows| NormArgs {
+        rows,
+        d,
+        kind: norm,
+        eps: c.norm_eps,
+    };
+    let rope_q = RopeArgs {
+        heads: c.num_heads,
+        head_dim: c.head_dim,
+        rot_dim: c.rotary_dim,
+    };
+    let rope_k = RopeArgs {
+        heads: c.num_kv_heads,
+        ..rope_q
+    };
+    let attn_args = AttnArgs {
+        plan: &p.attn,
+        dims,
+    };
 
     let mut x = be.zeros(t * d);
     be.embedding_fwd(&mut x, &p.tokens, &w.embed, d, c.embed_scale.unwrap_or(1.0));
@@ -99,60 +118,29 @@ fn forward_on_pool<B: Backend>(
         let mut h = be.zeros(t * d);
         let mut stats1 = be.zeros(t * 2);
         let an = &blk.attn_norm;
-        be.norm_fwd(
-            &mut h,
-            &mut stats1,
-            &x,
-            &an.w,
-            an.b.as_ref(),
-            NormArgs {
-                rows: t,
-                d,
-                kind: norm,
-                eps: c.norm_eps,
-            },
-        );
+        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), norm_args(t));
         let mut q = be.zeros(t * qd);
         let mut k = be.zeros(kv_rows * kvd);
         let mut v = be.zeros(kv_rows * kvd);
         linear(be, &mut q, &h, &blk.q, t, ad, p, l, Target::Q);
         linear(be, &mut k, &h, &blk.k, t, ad, p, l, Target::K);
         linear(be, &mut v, &h, &blk.v, t, ad, p, l, Target::V);
-        be.rope(
-            &mut q,
-            &p.pos,
-            RopeArgs {
-                heads: c.num_heads,
-                head_dim: c.head_dim,
-                rot_dim: c.rotary_dim,
-            },
-            &w.inv_freq,
-            false,
-        );
-        be.rope(
-            &mut k,
-            &p.pos,
-            RopeArgs {
-                heads: c.num_kv_heads,
-                head_dim: c.head_dim,
-                rot_dim: c.rotary_dim,
-            },
-            &w.inv_freq,
-            false,
-        );
+        be.rope(&mut q, &p.pos, rope_q, &w.inv_freq, false);
+        be.rope(&mut k, &p.pos, rope_k, &w.inv_freq, false);
         if let Some(m) = &p.mix {
             // α is computed from θ where θ lives: nothing leaves the device.
             let (tk, tv) = ad.table.theta().expect("a plan that mixes has θ");
             let th0 = ad.theta_init;
+            let mix = KvMix {
+                mix: t,
+                c: m.c,
+                b: m.b,
+                n: m.n,
+                width: kvd,
+            };
             be.kv_mix_fwd_theta(
                 &mut k,
-                KvMix {
-                    mix: t,
-                    c: m.c,
-                    b: m.b,
-                    n: m.n,
-                    width: kvd,
-                },
+                mix,
                 ad.params,
                 Theta {
                     off: tk + l,
@@ -161,13 +149,7 @@ fn forward_on_pool<B: Backend>(
             );
             be.kv_mix_fwd_theta(
                 &mut v,
-                KvMix {
-                    mix: t,
-                    c: m.c,
-                    b: m.b,
-                    n: m.n,
-                    width: kvd,
-                },
+                mix,
                 ad.params,
                 Theta {
                     off: tv + l,
@@ -176,43 +158,18 @@ fn forward_on_pool<B: Backend>(
             );
         }
         if let Some(cache) = cache {
-            let at = t + p.mix_rows();
-            be.copy_rows(
-                &mut k,
-                &cache.k[l],
-                RowCopy {
-                    dst_row: at,
-                    src_row: 0,
-                    rows: p.past,
-                    width: kvd,
-                },
-                false,
-            );
-            be.copy_rows(
-                &mut v,
-                &cache.v[l],
-                RowCopy {
-                    dst_row: at,
-                    src_row: 0,
-                    rows: p.past,
-                    width: kvd,
-                },
-                false,
-            );
+            let past = RowCopy {
+                dst_row: t + p.mix_rows(),
+                src_row: 0,
+                rows: p.past,
+                width: kvd,
+            };
+            be.copy_rows(&mut k, &cache.k[l], past, false);
+            be.copy_rows(&mut v, &cache.v[l], past, false);
         }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
-        be.attention_fwd(
-            &mut attn,
-            &mut lse,
-            &q,
-            &k,
-            &v,
-            AttnArgs {
-                plan: &p.attn,
-                dims,
-            },
-        );
+        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, attn_args);
         let mut o = be.zeros(t * d);
         linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
 
@@ -234,12 +191,7 @@ fn forward_on_pool<B: Backend>(
                     &x_mid,
                     &mn.w,
                     mn.b.as_ref(),
-                    NormArgs {
-                        rows: t,
-                        d,
-                        kind: norm,
-                        eps: c.norm_eps,
-                    },
+                    norm_args(t),
                 );
                 h2
             }
@@ -306,12 +258,7 @@ fn forward_on_pool<B: Backend>(
         &final_x,
         &fnorm.w,
         fnorm.b.as_ref(),
-        NormArgs {
-            rows: r,
-            d,
-            kind: norm,
-            eps: c.norm_eps,
-        },
+        norm_args(r),
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
