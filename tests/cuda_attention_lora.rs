@@ -105,25 +105,14 @@ fn lora_fwd_bwd() {
     let y0 = rand(&mut r, rows * n, 1.0);
     let (mut want, mut got) = (y0.clone(), g.upload(&y0));
     c.lora_fwd(&mut want, &x, &params, LoraArgs { segs: &segs, k, n });
-    g.lora_fwd(
-        &mut got,
-        &g.upload(&x),
-        &g.upload(&params),
-        LoraArgs { segs: &segs, k, n },
-    );
+    let la = LoraArgs { segs: &segs, k, n };
+    g.lora_fwd(&mut got, &g.upload(&x), &g.upload(&params), la);
     close("lora_fwd", &g.download(&got), &want, 1e-5);
     let dy = rand(&mut r, rows * n, 1.0);
     let (dx0, g0) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 1.0));
     let (mut dx_w, mut gr_w) = (dx0.clone(), g0.clone());
     let (mut dx_g, mut gr_g) = (g.upload(&dx0), g.upload(&g0));
-    c.lora_bwd(
-        &mut dx_w,
-        &mut gr_w,
-        &dy,
-        &x,
-        &params,
-        LoraArgs { segs: &segs, k, n },
-    );
+    c.lora_bwd(&mut dx_w, &mut gr_w, &dy, &x, &params, la);
     g.lora_bwd(
         &mut dx_g,
         &mut gr_g,
@@ -217,28 +206,12 @@ fn attention_fwd_bwd() {
             let (qg, kg, vg) = (g.upload(&q), g.upload(&k), g.upload(&v));
             let (mut o_w, mut l_w) = (vec![0f32; q.len()], vec![0f32; rows * hq]);
             let (mut o_g, mut l_g) = (nan(&g, q.len()), nan(&g, rows * hq));
-            c.attention_fwd(
-                &mut o_w,
-                &mut l_w,
-                &q,
-                &k,
-                &v,
-                AttnArgs {
-                    plan: &plan,
-                    dims: d,
-                },
-            );
-            g.attention_fwd(
-                &mut o_g,
-                &mut l_g,
-                &qg,
-                &kg,
-                &vg,
-                AttnArgs {
-                    plan: &plan,
-                    dims: d,
-                },
-            );
+            let aa = AttnArgs {
+                plan: &plan,
+                dims: d,
+            };
+            c.attention_fwd(&mut o_w, &mut l_w, &q, &k, &v, aa);
+            g.attention_fwd(&mut o_g, &mut l_g, &qg, &kg, &vg, aa);
             close(
                 &format!("attention out {what}"),
                 &g.download(&o_g),
@@ -255,6 +228,10 @@ fn attention_fwd_bwd() {
             let (dk0, dv0) = (rand(&mut r, k.len(), 1.0), rand(&mut r, k.len(), 1.0));
             let (mut dq_w, mut dk_w, mut dv_w) = (vec![0f32; q.len()], dk0.clone(), dv0.clone());
             let (mut dq_g, mut dk_g, mut dv_g) = (nan(&g, q.len()), g.upload(&dk0), g.upload(&dv0));
+            let aa = AttnArgs {
+                plan: &plan,
+                dims: d,
+            };
             c.attention_bwd(
                 &mut dq_w,
                 &mut dk_w,
@@ -267,10 +244,7 @@ fn attention_fwd_bwd() {
                     out: &o_w,
                     lse: &l_w,
                 },
-                AttnArgs {
-                    plan: &plan,
-                    dims: d,
-                },
+                aa,
             );
             g.attention_bwd(
                 &mut dq_g,
@@ -284,10 +258,7 @@ fn attention_fwd_bwd() {
                     out: &o_g,
                     lse: &l_g,
                 },
-                AttnArgs {
-                    plan: &plan,
-                    dims: d,
-                },
+                aa,
             );
             close(
                 &format!("attention dq {what}"),

@@ -186,34 +186,15 @@ fn norm_backward_matches_finite_differences() {
             dot(&o, &dy)
         };
         let (mut o, mut st) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
-        be.norm_fwd(
-            &mut o,
-            &mut st,
-            &x,
-            &w,
-            Some(&b),
-            NormArgs {
-                rows,
-                d,
-                kind,
-                eps: 1e-5,
-            },
-        );
+        let na = NormArgs {
+            rows,
+            d,
+            kind,
+            eps: 1e-5,
+        };
+        be.norm_fwd(&mut o, &mut st, &x, &w, Some(&b), na);
         let mut dx = vec![0f32; rows * d];
-        be.norm_bwd(
-            &mut dx,
-            &dy,
-            &x,
-            &st,
-            &w,
-            NormArgs {
-                rows,
-                d,
-                kind,
-                eps: 1e-5,
-            },
-            false,
-        );
+        be.norm_bwd(&mut dx, &dy, &x, &st, &w, na, false);
         let (a, n) = (dot(&dx, &u), fd(&f, &x, &u, 1e-2));
         assert!(
             (a - n).abs() < 1e-3 * n.abs().max(1.0),
