@@ -60,7 +60,7 @@ extern "C" __global__ void kv_mix_bwd_theta(float* dbuf, const float* buf, unsig
 
 // grad[0] += dα/dθ · acc[0], dα/dθ = sign(θ)·θ_init / (θ_init + |θ|)² in f32 as on the CPU (one
 // thread; queued after kv_mix_bwd_theta has summed acc).
-extern "C" __global__ void kv_mix_dtheta(float* grad, const float* theta, float theta_init,
+extern "C" __global__ void kv_mix_bwd_theta_grad(float* grad, const float* theta, float theta_init,
                                          const double* acc) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const float th = theta[0];

@@ -106,8 +106,8 @@ grep '^TIMING' "$OUT/.last" | sed 's/^TIMING /- /' >>"$RES"
 
 if [ "${GPU_CHECK_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     echo -e "\n## compute-sanitizer (memcheck)\n" >>"$RES"
-    for bt in cuda_ops:row_ops cuda_ops:norms_fwd_bwd cuda_ops:cross_entropy_fused \
-        cuda_attention_lora:lora_segments_fwd_bwd cuda_attention_lora:segment_attention_fwd_bwd; do
+    for bt in cuda_ops:row_ops cuda_ops:norm_fwd_bwd cuda_ops:cross_entropy_fused \
+        cuda_attention_lora:lora_fwd_bwd cuda_attention_lora:attention_fwd_bwd; do
         run "memcheck $bt" 180 compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$bins/bin/${bt%%:*}" --exact "${bt#*:}"
         rc=$?

@@ -7,7 +7,10 @@ mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::cuda::CudaBackend;
-use bitune_rt::backend::{AttnDims, AttnGroup, AttnPlan, Backend, HostWeight, LoraSeg, MaskKind};
+use bitune_rt::backend::{
+    AttnArgs, AttnDims, AttnGroup, AttnPlan, AttnSaved, Backend, CrossEntropyTargets, HostWeight,
+    LoraArgs, LoraSeg, MaskKind,
+};
 use bitune_rt::bitune::plan::{pack, Seq, METHODS};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
@@ -67,7 +70,7 @@ fn matmul_fwd_and_matmul_bwd_x_on_every_path() {
 }
 
 #[test]
-fn lora_segments_fwd_bwd() {
+fn lora_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(3));
     let (k, n) = (48, 40);
@@ -94,23 +97,22 @@ fn lora_segments_fwd_bwd() {
     let (x, params) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 0.5));
     let y0 = rand(&mut r, rows * n, 1.0);
     let (mut want, mut got) = (y0.clone(), g.upload(&y0));
-    c.lora_fwd(&mut want, &x, &params, &segs, k, n);
-    g.lora_fwd(&mut got, &g.upload(&x), &g.upload(&params), &segs, k, n);
+    c.lora_fwd(&mut want, &x, &params, LoraArgs { segs: &segs, k, n });
+    let la = LoraArgs { segs: &segs, k, n };
+    g.lora_fwd(&mut got, &g.upload(&x), &g.upload(&params), la);
     close("lora_fwd", &g.download(&got), &want, 1e-5);
     let dy = rand(&mut r, rows * n, 1.0);
     let (dx0, g0) = (rand(&mut r, rows * k, 1.0), rand(&mut r, total, 1.0));
     let (mut dx_w, mut gr_w) = (dx0.clone(), g0.clone());
     let (mut dx_g, mut gr_g) = (g.upload(&dx0), g.upload(&g0));
-    c.lora_bwd(&mut dx_w, &mut gr_w, &dy, &x, &params, &segs, k, n);
+    c.lora_bwd(&mut dx_w, &mut gr_w, &dy, &x, &params, la);
     g.lora_bwd(
         &mut dx_g,
         &mut gr_g,
         &g.upload(&dy),
         &g.upload(&x),
         &g.upload(&params),
-        &segs,
-        k,
-        n,
+        LoraArgs { segs: &segs, k, n },
     );
     close("lora_bwd dx", &g.download(&dx_g), &dx_w, 1e-5);
     close("lora_bwd grads", &g.download(&gr_g), &gr_w, 1e-4);
@@ -169,7 +171,7 @@ fn plans(r: &mut Rng) -> Vec<(String, AttnPlan)> {
 }
 
 #[test]
-fn segment_attention_fwd_bwd() {
+fn attention_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(10));
     for (hq, hkv, hd) in [
@@ -197,8 +199,12 @@ fn segment_attention_fwd_bwd() {
             let (qg, kg, vg) = (g.upload(&q), g.upload(&k), g.upload(&v));
             let (mut o_w, mut l_w) = (vec![0f32; q.len()], vec![0f32; rows * hq]);
             let (mut o_g, mut l_g) = (nan(&g, q.len()), nan(&g, rows * hq));
-            c.attention_fwd(&mut o_w, &mut l_w, &q, &k, &v, &plan, d);
-            g.attention_fwd(&mut o_g, &mut l_g, &qg, &kg, &vg, &plan, d);
+            let aa = AttnArgs {
+                plan: &plan,
+                dims: d,
+            };
+            c.attention_fwd(&mut o_w, &mut l_w, &q, &k, &v, aa);
+            g.attention_fwd(&mut o_g, &mut l_g, &qg, &kg, &vg, aa);
             close(
                 &format!("attention out {what}"),
                 &g.download(&o_g),
@@ -215,21 +221,37 @@ fn segment_attention_fwd_bwd() {
             let (dk0, dv0) = (rand(&mut r, k.len(), 1.0), rand(&mut r, k.len(), 1.0));
             let (mut dq_w, mut dk_w, mut dv_w) = (vec![0f32; q.len()], dk0.clone(), dv0.clone());
             let (mut dq_g, mut dk_g, mut dv_g) = (nan(&g, q.len()), g.upload(&dk0), g.upload(&dv0));
+            let aa = AttnArgs {
+                plan: &plan,
+                dims: d,
+            };
             c.attention_bwd(
-                &mut dq_w, &mut dk_w, &mut dv_w, &dout, &q, &k, &v, &o_w, &l_w, &plan, d,
+                &mut dq_w,
+                &mut dk_w,
+                &mut dv_w,
+                &dout,
+                AttnSaved {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    out: &o_w,
+                    lse: &l_w,
+                },
+                aa,
             );
             g.attention_bwd(
                 &mut dq_g,
                 &mut dk_g,
                 &mut dv_g,
                 &g.upload(&dout),
-                &qg,
-                &kg,
-                &vg,
-                &o_g,
-                &l_g,
-                &plan,
-                d,
+                AttnSaved {
+                    q: &qg,
+                    k: &kg,
+                    v: &vg,
+                    out: &o_g,
+                    lse: &l_g,
+                },
+                aa,
             );
             close(
                 &format!("attention dq {what}"),
@@ -297,7 +319,17 @@ fn timings_smollm2_shapes() {
     );
     let (mut o, mut lse) = (g.zeros(t * hq * hd), g.zeros(t * hq));
     let ms = time_ms(&g, 10, || {
-        g.attention_fwd(&mut o, &mut lse, &q, &k, &v, &p.attn, dims)
+        g.attention_fwd(
+            &mut o,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
+        )
     });
     println!("TIMING attention_fwd T={t} kv={kr} {ms:.3} ms");
     let (mut dq, mut dk, mut dv) = (
@@ -308,7 +340,21 @@ fn timings_smollm2_shapes() {
     let dout = g.upload(&rand(&mut r, t * hq * hd, 1.0));
     let ms = time_ms(&g, 10, || {
         g.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &p.attn, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dout,
+            AttnSaved {
+                q: &q,
+                k: &k,
+                v: &v,
+                out: &o,
+                lse: &lse,
+            },
+            AttnArgs {
+                plan: &p.attn,
+                dims,
+            },
         )
     });
     println!("TIMING attention_bwd T={t} {ms:.3} ms");
@@ -334,14 +380,36 @@ fn timings_smollm2_shapes() {
         })
         .collect();
     let mut yd = g.zeros(t * d);
-    let ms = time_ms(&g, 10, || g.lora_fwd(&mut yd, &x, &params, &segs, d, d));
+    let ms = time_ms(&g, 10, || {
+        g.lora_fwd(
+            &mut yd,
+            &x,
+            &params,
+            LoraArgs {
+                segs: &segs,
+                k: d,
+                n: d,
+            },
+        )
+    });
     println!(
         "TIMING lora_fwd {} segs rank {rank} {t}x{d} {ms:.3} ms",
         segs.len()
     );
     let (mut dx, mut grads) = (g.zeros(t * d), g.zeros(a_n));
     let ms = time_ms(&g, 10, || {
-        g.lora_bwd(&mut dx, &mut grads, &yd, &x, &params, &segs, d, d)
+        g.lora_bwd(
+            &mut dx,
+            &mut grads,
+            &yd,
+            &x,
+            &params,
+            LoraArgs {
+                segs: &segs,
+                k: d,
+                n: d,
+            },
+        )
     });
     println!("TIMING lora_bwd {ms:.3} ms");
     let xv = g.upload(&rand(&mut r, d, 1.0));
@@ -358,7 +426,17 @@ fn timings_smollm2_shapes() {
     let wt = vec![1.0 / rows as f32; rows];
     let (mut lp, mut gr) = (vec![0f64; rows], vec![false; rows]);
     let ms = time_ms(&g, 5, || {
-        g.cross_entropy(&mut logits, &tg, &wt, vocab, false, &mut lp, &mut gr);
+        g.cross_entropy(
+            &mut logits,
+            CrossEntropyTargets {
+                tokens: &tg,
+                weights: &wt,
+            },
+            vocab,
+            false,
+            &mut lp,
+            &mut gr,
+        );
     });
     println!("TIMING cross_entropy {rows}x{vocab} {ms:.3} ms");
 }

@@ -8,7 +8,10 @@
 mod cuda_common;
 
 use bitune_rt::backend::cpu::Cpu;
-use bitune_rt::backend::{Activation, AdamStep, Backend, HostWeight, Norm};
+use bitune_rt::backend::{
+    Activation, AdamStep, Backend, CrossEntropyTargets, HostWeight, KvMix, Norm, NormArgs,
+    RopeArgs, RowCopy, Theta,
+};
 use bitune_rt::rng::Rng;
 use cuda_common::*;
 
@@ -21,8 +24,14 @@ fn row_ops() {
     for acc in [false, true] {
         let init = rand(&mut r, rows * w, 1.0);
         let (mut want, mut got) = (init.clone(), g.upload(&init));
-        c.copy_rows(&mut want, 3, &src, 9, 7, w, acc);
-        g.copy_rows(&mut got, 3, &g.upload(&src), 9, 7, w, acc);
+        let rc = RowCopy {
+            dst_row: 3,
+            src_row: 9,
+            rows: 7,
+            width: w,
+        };
+        c.copy_rows(&mut want, &src, rc, acc);
+        g.copy_rows(&mut got, &g.upload(&src), rc, acc);
         close("copy_rows", &g.download(&got), &want, 1e-6);
     }
     let idx = [4, 0, 19, 4, 7];
@@ -58,7 +67,7 @@ fn row_ops() {
 }
 
 #[test]
-fn norms_fwd_bwd() {
+fn norm_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(4));
     for d in [48, 576, 1000] {
@@ -72,7 +81,13 @@ fn norms_fwd_bwd() {
             let bias = (kind == Norm::Layer).then_some(&b);
             let (mut o_w, mut s_w) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
             let (mut o_g, mut s_g) = (nan(&g, rows * d), nan(&g, rows * 2));
-            c.norm_fwd(&mut o_w, &mut s_w, &x, &w, bias, rows, d, kind, 1e-5);
+            let na = NormArgs {
+                rows,
+                d,
+                kind,
+                eps: 1e-5,
+            };
+            c.norm_fwd(&mut o_w, &mut s_w, &x, &w, bias, na);
             let bg = g.upload(&b);
             g.norm_fwd(
                 &mut o_g,
@@ -80,10 +95,7 @@ fn norms_fwd_bwd() {
                 &g.upload(&x),
                 &g.upload(&w),
                 bias.map(|_| &bg),
-                rows,
-                d,
-                kind,
-                1e-5,
+                na,
             );
             close(
                 &format!("norm_fwd {kind:?} {d}"),
@@ -105,16 +117,20 @@ fn norms_fwd_bwd() {
                 } else {
                     nan(&g, rows * d)
                 };
-                c.norm_bwd(&mut want, &dy, &x, &s_w, &w, rows, d, kind, acc);
+                let na = NormArgs {
+                    rows,
+                    d,
+                    kind,
+                    eps: 1e-5,
+                };
+                c.norm_bwd(&mut want, &dy, &x, &s_w, &w, na, acc);
                 g.norm_bwd(
                     &mut got,
                     &g.upload(&dy),
                     &g.upload(&x),
                     &g.upload(&s_w),
                     &g.upload(&w),
-                    rows,
-                    d,
-                    kind,
+                    na,
                     acc,
                 );
                 close(
@@ -142,8 +158,13 @@ fn rope_partial_and_inverse() {
         let pos = [0u32, 1, 5, 77, 1000, 4095, 3];
         for inverse in [false, true] {
             let (mut want, mut got) = (x.clone(), g.upload(&x));
-            c.rope(&mut want, &pos, heads, hd, rot, &inv, inverse);
-            g.rope(&mut got, &pos, heads, hd, rot, &inv, inverse);
+            let ra = RopeArgs {
+                heads,
+                head_dim: hd,
+                rot_dim: rot,
+            };
+            c.rope(&mut want, &pos, ra, &inv, inverse);
+            g.rope(&mut got, &pos, ra, &inv, inverse);
             close(
                 &format!("rope rot {rot} inverse {inverse}"),
                 &g.download(&got),
@@ -161,13 +182,20 @@ fn kv_mix_fwd_bwd() {
     let (w, rows) = (24, 30);
     let buf = rand(&mut r, rows * w, 1.0);
     let (mut want, mut got) = (buf.clone(), g.upload(&buf));
-    c.kv_mix_fwd(&mut want, 20, 0, 8, 8, w, 0.3);
-    g.kv_mix_fwd(&mut got, 20, 0, 8, 8, w, 0.3);
+    let km = KvMix {
+        mix: 20,
+        c: 0,
+        b: 8,
+        n: 8,
+        width: w,
+    };
+    c.kv_mix_fwd(&mut want, km, 0.3);
+    g.kv_mix_fwd(&mut got, km, 0.3);
     close("kv_mix_fwd", &g.download(&got), &want, 1e-6);
     let d = rand(&mut r, rows * w, 1.0);
     let (mut dw, mut dg) = (d.clone(), g.upload(&d));
-    let sw = c.kv_mix_bwd(&mut dw, &want, 20, 0, 8, 8, w, 0.3);
-    let sg = g.kv_mix_bwd(&mut dg, &got, 20, 0, 8, 8, w, 0.3);
+    let sw = c.kv_mix_bwd(&mut dw, &want, km, 0.3);
+    let sg = g.kv_mix_bwd(&mut dg, &got, km, 0.3);
     close("kv_mix_bwd", &g.download(&dg), &dw, 1e-6);
     assert!(
         (sg - sw).abs() <= 1e-9 * sw.abs().max(1.0),
@@ -176,7 +204,7 @@ fn kv_mix_fwd_bwd() {
 }
 
 #[test]
-fn activations_fwd_bwd() {
+fn act_fwd_bwd() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(7));
     let n = 1000;
@@ -251,8 +279,12 @@ fn cross_entropy_fused() {
         let (mut lw, mut gw) = (vec![0f64; rows], vec![false; rows]);
         let (mut lg, mut gg) = (vec![0f64; rows], vec![false; rows]);
         let (mut want, mut got) = (logits.clone(), g.upload(&logits));
-        let loss_w = c.cross_entropy(&mut want, &targets, &weights, vocab, grad, &mut lw, &mut gw);
-        let loss_g = g.cross_entropy(&mut got, &targets, &weights, vocab, grad, &mut lg, &mut gg);
+        let ce = CrossEntropyTargets {
+            tokens: &targets,
+            weights: &weights,
+        };
+        let loss_w = c.cross_entropy(&mut want, ce, vocab, grad, &mut lw, &mut gw);
+        let loss_g = g.cross_entropy(&mut got, ce, vocab, grad, &mut lg, &mut gg);
         assert!(
             (loss_g - loss_w).abs() <= 1e-9 * loss_w.abs().max(1.0),
             "loss {loss_g} vs {loss_w}"
@@ -269,7 +301,7 @@ fn cross_entropy_fused() {
 }
 
 #[test]
-fn optimizers_and_sum_sq() {
+fn adamw_sgd_sum_sq() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(9));
     let x = rand(&mut r, 100_000, 1.0);
@@ -308,7 +340,7 @@ fn optimizers_and_sum_sq() {
 /// The kv-mix that reads θ from the parameter buffer (forward) and accumulates dθ into the
 /// gradient buffer (backward), for θ > 0, θ < 0 and θ = 0 (dα/dθ = 0 there).
 #[test]
-fn kv_mix_theta_fwd_bwd() {
+fn kv_mix_fwd_bwd_theta() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(16));
     let (w, rows) = (24, 30);
@@ -321,15 +353,23 @@ fn kv_mix_theta_fwd_bwd() {
         let pg = g.upload(&params);
         let buf = rand(&mut r, rows * w, 1.0);
         let (mut want, mut got) = (buf.clone(), g.upload(&buf));
-        c.kv_mix_fwd_theta(&mut want, 20, 0, 8, 8, w, &params, 5, 0.01);
-        g.kv_mix_fwd_theta(&mut got, 20, 0, 8, 8, w, &pg, 5, 0.01);
+        let km = KvMix {
+            mix: 20,
+            c: 0,
+            b: 8,
+            n: 8,
+            width: w,
+        };
+        let at = Theta { off: 5, init: 0.01 };
+        c.kv_mix_fwd_theta(&mut want, km, &params, at);
+        g.kv_mix_fwd_theta(&mut got, km, &pg, at);
         close("kv_mix_fwd_theta", &g.download(&got), &want, 1e-6);
         let d = rand(&mut r, rows * w, 1.0);
         let grads = rand(&mut r, 9, 1.0);
         let (mut dw, mut dg) = (d.clone(), g.upload(&d));
         let (mut gw, mut gg) = (grads.clone(), g.upload(&grads));
-        c.kv_mix_bwd_theta(&mut dw, &want, 20, 0, 8, 8, w, &params, 5, 0.01, &mut gw);
-        g.kv_mix_bwd_theta(&mut dg, &got, 20, 0, 8, 8, w, &pg, 5, 0.01, &mut gg);
+        c.kv_mix_bwd_theta(&mut dw, &want, km, &params, at, &mut gw);
+        g.kv_mix_bwd_theta(&mut dg, &got, km, &pg, at, &mut gg);
         close("kv_mix_bwd_theta dbuf", &g.download(&dg), &dw, 1e-6);
         close("kv_mix_bwd_theta grads", &g.download(&gg), &gw, 1e-6);
         if th != 0.0 {
@@ -340,7 +380,7 @@ fn kv_mix_theta_fwd_bwd() {
 
 /// DoRA's and IA3's column ops on a row range, and DoRA's inverted weight-row norms.
 #[test]
-fn column_ops_and_dora_norms() {
+fn mul_cols_add_cols_col_dot_dora_inv_norm() {
     let Some(g) = gpu() else { return };
     let (c, mut r) = (Cpu, Rng::new(17));
     let (w, rows) = (33, 21);

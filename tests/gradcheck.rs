@@ -5,7 +5,10 @@
 mod common;
 
 use bitune_rt::backend::cpu::Cpu;
-use bitune_rt::backend::{Activation, AttnDims, AttnGroup, AttnPlan, Backend, MaskKind, Norm};
+use bitune_rt::backend::{
+    Activation, AttnArgs, AttnDims, AttnGroup, AttnPlan, AttnSaved, Backend, MaskKind, Norm,
+    NormArgs, RopeArgs,
+};
 use bitune_rt::bitune::params::{Kind, LoraSpec, SET_B, SET_C};
 use bitune_rt::bitune::plan::{Example, Method, METHODS};
 use bitune_rt::bitune::step::{loss_and_grad, Trainable};
@@ -173,17 +176,25 @@ fn norm_backward_matches_finite_differences() {
                 &x.to_vec(),
                 &w,
                 Some(&b),
-                rows,
-                d,
-                kind,
-                1e-5,
+                NormArgs {
+                    rows,
+                    d,
+                    kind,
+                    eps: 1e-5,
+                },
             );
             dot(&o, &dy)
         };
         let (mut o, mut st) = (vec![0f32; rows * d], vec![0f32; rows * 2]);
-        be.norm_fwd(&mut o, &mut st, &x, &w, Some(&b), rows, d, kind, 1e-5);
+        let na = NormArgs {
+            rows,
+            d,
+            kind,
+            eps: 1e-5,
+        };
+        be.norm_fwd(&mut o, &mut st, &x, &w, Some(&b), na);
         let mut dx = vec![0f32; rows * d];
-        be.norm_bwd(&mut dx, &dy, &x, &st, &w, rows, d, kind, false);
+        be.norm_bwd(&mut dx, &dy, &x, &st, &w, na, false);
         let (a, n) = (dot(&dx, &u), fd(&f, &x, &u, 1e-2));
         assert!(
             (a - n).abs() < 1e-3 * n.abs().max(1.0),
@@ -272,18 +283,37 @@ fn attention_and_rope_backward_match_finite_differences() {
         // Loss = <attention(rope(q), rope(k), v), dy> with RoPE on 4 of 6 channels (partial).
         let run = |q: &[f32], k: &[f32], v: &[f32]| {
             let (mut q, mut k) = (q.to_vec(), k.to_vec());
-            be.rope(&mut q, &q_pos, hq, hd, 4, &inv, false);
+            be.rope(
+                &mut q,
+                &q_pos,
+                RopeArgs {
+                    heads: hq,
+                    head_dim: hd,
+                    rot_dim: 4,
+                },
+                &inv,
+                false,
+            );
             be.rope(
                 &mut k,
                 &[0, 1, 2, 3, 4, 5, 6, 0, 1],
-                hkv,
-                hd,
-                4,
+                RopeArgs {
+                    heads: hkv,
+                    head_dim: hd,
+                    rot_dim: 4,
+                },
                 &inv,
                 false,
             );
             let (mut o, mut l) = (vec![0f32; tq * hq * hd], vec![0f32; tq * hq]);
-            be.attention_fwd(&mut o, &mut l, &q, &k, &v.to_vec(), &plan, dims);
+            be.attention_fwd(
+                &mut o,
+                &mut l,
+                &q,
+                &k,
+                &v.to_vec(),
+                AttnArgs { plan: &plan, dims },
+            );
             (q, k, o, l)
         };
         let (qr, kr, o, l) = run(&q, &k, &v);
@@ -293,15 +323,38 @@ fn attention_and_rope_backward_match_finite_differences() {
             vec![0f32; v.len()],
         );
         be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dy, &qr, &kr, &v, &o, &l, &plan, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dy,
+            AttnSaved {
+                q: &qr,
+                k: &kr,
+                v: &v,
+                out: &o,
+                lse: &l,
+            },
+            AttnArgs { plan: &plan, dims },
         );
-        be.rope(&mut dq, &q_pos, hq, hd, 4, &inv, true);
+        be.rope(
+            &mut dq,
+            &q_pos,
+            RopeArgs {
+                heads: hq,
+                head_dim: hd,
+                rot_dim: 4,
+            },
+            &inv,
+            true,
+        );
         be.rope(
             &mut dk,
             &[0, 1, 2, 3, 4, 5, 6, 0, 1],
-            hkv,
-            hd,
-            4,
+            RopeArgs {
+                heads: hkv,
+                head_dim: hd,
+                rot_dim: 4,
+            },
             &inv,
             true,
         );

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 const RULES: &[(&str, &[&str])] = &[
     ("model", &["bitune", "train", "cli", "eval", "jobs"]),
     ("bitune", &["train", "cli", "eval", "jobs"]),
-    ("backend", &["model", "bitune", "train", "cli", "eval", "jobs"]),
-    ("io", &["model", "bitune", "backend", "train", "cli", "eval", "jobs"]),
+    (
+        "backend",
+        &["model", "bitune", "train", "cli", "eval", "jobs"],
+    ),
+    (
+        "io",
+        &["model", "bitune", "backend", "train", "cli", "eval", "jobs"],
+    ),
     ("data", &["train", "cli", "eval", "jobs"]),
     ("train", &["cli", "eval", "jobs"]),
     ("eval", &["cli", "train", "jobs"]),
@@ -28,7 +34,9 @@ fn layers_import_only_downwards() {
             for (line, target) in reached_modules(&text, &module) {
                 if forbidden.contains(&target.as_str()) {
                     let rel = file.strip_prefix(&src).unwrap().display().to_string();
-                    broken.push(format!("src/{rel}:{line}: src/{dir} reaches crate::{target}"));
+                    broken.push(format!(
+                        "src/{rel}:{line}: src/{dir} reaches crate::{target}"
+                    ));
                 }
             }
         }
@@ -265,11 +273,14 @@ fn strip_comments_and_strings(text: &str) -> String {
 /// for a lifetime.
 fn char_literal_len(b: &[u8]) -> usize {
     if b.len() > 1 && b[1] == b'\\' {
-        return b.iter().skip(2).position(|&c| c == b'\'').map_or(0, |p| p + 3);
+        return b
+            .iter()
+            .skip(2)
+            .position(|&c| c == b'\'')
+            .map_or(0, |p| p + 3);
     }
-    let s = std::str::from_utf8(&b[1..b.len().min(6)]).unwrap_or_else(|e| {
-        std::str::from_utf8(&b[1..1 + e.valid_up_to()]).unwrap()
-    });
+    let s = std::str::from_utf8(&b[1..b.len().min(6)])
+        .unwrap_or_else(|e| std::str::from_utf8(&b[1..1 + e.valid_up_to()]).unwrap());
     match s.chars().next() {
         Some(c) if s[c.len_utf8()..].starts_with('\'') => 2 + c.len_utf8(),
         _ => 0,

@@ -56,6 +56,97 @@ pub struct AttnDims {
     pub scale: f32,
 }
 
+/// What the attention ops take besides tensors: the plan of groups and positions, and the head
+/// layout.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnArgs<'a> {
+    pub plan: &'a AttnPlan,
+    pub dims: AttnDims,
+}
+
+/// The forward's tensors that [`Backend::attention_bwd`] reads: its inputs, its output and the
+/// log-sum-exp of each (query row, head).
+#[derive(Debug)]
+pub struct AttnSaved<'a, T: ?Sized> {
+    pub q: &'a T,
+    pub k: &'a T,
+    pub v: &'a T,
+    pub out: &'a T,
+    pub lse: &'a T,
+}
+
+// By hand: derive would require `T: Copy`, but only the references are copied.
+impl<T: ?Sized> Clone for AttnSaved<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for AttnSaved<'_, T> {}
+
+/// Where [`Backend::copy_rows`] reads and writes: rows `src_row..src_row+rows` of the source
+/// onto rows `dst_row..dst_row+rows` of the destination, rows of `width`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowCopy {
+    pub dst_row: usize,
+    pub src_row: usize,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Sizes and flavour of a normalisation over `rows` rows of `d` ([`Backend::norm_fwd`],
+/// [`Backend::norm_bwd`]); the backward reads the statistics saved by the forward, not `eps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormArgs {
+    pub rows: usize,
+    pub d: usize,
+    pub kind: Norm,
+    pub eps: f32,
+}
+
+/// Head layout of a [`Backend::rope`]: the first `rot_dim` channels of each of `heads` heads of
+/// `head_dim` are rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RopeArgs {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub rot_dim: usize,
+}
+
+/// The three row spans of a kv-mix in one K (or V) buffer, rows of `width`: `n` rows at `mix`
+/// are written from the `n` rows at `c` (causal pass) and at `b` (bidirectional pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvMix {
+    pub mix: usize,
+    pub c: usize,
+    pub b: usize,
+    pub n: usize,
+    pub width: usize,
+}
+
+/// Where θ of a kv-mix lives in the flat parameter buffer (`off`), and the θ_init of
+/// `α = |θ| / (|θ| + θ_init)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Theta {
+    pub off: usize,
+    pub init: f32,
+}
+
+/// The segments of a LoRA product and its sizes: x is `[*, k]`, y `[*, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraArgs<'a> {
+    pub segs: &'a [LoraSeg],
+    pub k: usize,
+    pub n: usize,
+}
+
+/// What [`Backend::cross_entropy`] scores each row of logits against: its target token and
+/// its weight in the loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrossEntropyTargets<'a> {
+    pub tokens: &'a [u32],
+    pub weights: &'a [f32],
+}
+
 /// A LoRA update applied to a contiguous row range: `y[rows] += scale · (x[rows] Aᵀ) Bᵀ`, with A
 /// `[rank, in]` and B `[out, rank]` stored at offsets of the flat parameter buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +231,13 @@ pub trait Backend: Send + Sync {
     fn duplicate(&self, buf: &Self::Buf) -> Self::Buf {
         let n = self.len(buf);
         let mut d = self.zeros(n);
-        self.copy_rows(&mut d, 0, buf, 0, 1, n, false);
+        let all = RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows: 1,
+            width: n,
+        };
+        self.copy_rows(&mut d, buf, all, false);
         d
     }
     fn zeros(&self, n: usize) -> Self::Buf;
@@ -165,17 +262,7 @@ pub trait Backend: Send + Sync {
         scalar::argmax(&self.download_range(buf, 0, n))
     }
     /// `dst[dst_row..dst_row+rows] (+)= src[src_row..src_row+rows]`, rows of `width`.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_rows(
-        &self,
-        dst: &mut Self::Buf,
-        dst_row: usize,
-        src: &Self::Buf,
-        src_row: usize,
-        rows: usize,
-        width: usize,
-        accumulate: bool,
-    );
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, at: RowCopy, accumulate: bool);
     /// Appends `src[src_row..src_row+rows]` (rows of `width`) to the end of `dst`. The default
     /// reallocates; backends whose buffers can grow in place amortise it (a KV cache grows by
     /// one row per decoded token).
@@ -189,8 +276,20 @@ pub trait Backend: Send + Sync {
     ) {
         let have = self.len(dst) / width;
         let mut grown = self.zeros((have + rows) * width);
-        self.copy_rows(&mut grown, 0, dst, 0, have, width, false);
-        self.copy_rows(&mut grown, have, src, src_row, rows, width, false);
+        let old = RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows: have,
+            width,
+        };
+        self.copy_rows(&mut grown, dst, old, false);
+        let new = RowCopy {
+            dst_row: have,
+            src_row,
+            rows,
+            width,
+        };
+        self.copy_rows(&mut grown, src, new, false);
         *dst = grown;
     }
     /// `out[i] = src[idx[i]]`, rows of `width`.
@@ -231,17 +330,8 @@ pub trait Backend: Send + Sync {
         accumulate: bool,
     );
     /// Segment-aware LoRA: for each segment, `y[rows] += s·(x[rows] Aᵀ) Bᵀ` (x is `[*, k]`, y `[*, n]`).
-    fn lora_fwd(
-        &self,
-        y: &mut Self::Buf,
-        x: &Self::Buf,
-        params: &Self::Buf,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
-    );
+    fn lora_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, params: &Self::Buf, a: LoraArgs);
     /// LoRA backward: `dx[rows] += s·(dy Bᵀᵀ…)`: dx += s·(dy B) A, dA += s·(dy B)ᵀ x, dB += s·dyᵀ (x Aᵀ).
-    #[allow(clippy::too_many_arguments)]
     fn lora_bwd(
         &self,
         dx: &mut Self::Buf,
@@ -249,9 +339,7 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buf,
         x: &Self::Buf,
         params: &Self::Buf,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
+        a: LoraArgs,
     );
 
     /// `y[r, j] *= v[v_off + j]` for `r` in `rows` (`y` is `[*, width]`): DoRA's `m/n` and IA3's
@@ -314,7 +402,6 @@ pub trait Backend: Send + Sync {
 
     /// Normalises each row of `x` (`[rows, d]`); `stats` receives 2 floats per row (mean, rstd)
     /// for the backward.
-    #[allow(clippy::too_many_arguments)]
     fn norm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -322,12 +409,11 @@ pub trait Backend: Send + Sync {
         x: &Self::Buf,
         w: &Self::Buf,
         b: Option<&Self::Buf>,
-        rows: usize,
-        d: usize,
-        kind: Norm,
-        eps: f32,
+        a: NormArgs,
     );
     /// `dx (+)= ∂norm/∂x · dy` (weights are frozen: no weight gradient).
+    // Five buffers (the gradient in and out, the forward's input and statistics, the weight),
+    // the sizes and the accumulate flag every activation-gradient op takes: none groups further.
     #[allow(clippy::too_many_arguments)]
     fn norm_bwd(
         &self,
@@ -336,28 +422,15 @@ pub trait Backend: Send + Sync {
         x: &Self::Buf,
         stats: &Self::Buf,
         w: &Self::Buf,
-        rows: usize,
-        d: usize,
-        kind: Norm,
+        a: NormArgs,
         accumulate: bool,
     );
 
     /// In-place rotary embedding of the first `rot_dim` channels of every head (HF rotate_half
     /// layout); `inverse` rotates back, which is the backward.
-    #[allow(clippy::too_many_arguments)]
-    fn rope(
-        &self,
-        x: &mut Self::Buf,
-        pos: &[u32],
-        heads: usize,
-        head_dim: usize,
-        rot_dim: usize,
-        inv_freq: &[f32],
-        inverse: bool,
-    );
+    fn rope(&self, x: &mut Self::Buf, pos: &[u32], a: RopeArgs, inv_freq: &[f32], inverse: bool);
 
     /// Segment attention forward; `lse` receives the log-sum-exp of each (query row, head).
-    #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
         out: &mut Self::Buf,
@@ -365,94 +438,48 @@ pub trait Backend: Send + Sync {
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     );
     /// Segment attention backward: dq overwritten, dk/dv accumulated (key rows are shared).
-    #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         dq: &mut Self::Buf,
         dk: &mut Self::Buf,
         dv: &mut Self::Buf,
         dout: &Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        out: &Self::Buf,
-        lse: &Self::Buf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<Self::Buf>,
+        a: AttnArgs,
     );
 
     /// `buf[mix..mix+n] = (1-α)·buf[c..c+n] + α·buf[b..b+n]` (rows of `width`), in fp32.
-    #[allow(clippy::too_many_arguments)]
-    fn kv_mix_fwd(
-        &self,
-        buf: &mut Self::Buf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    );
+    fn kv_mix_fwd(&self, buf: &mut Self::Buf, m: KvMix, alpha: f32);
     /// Folds `dbuf[mix..]` into `dbuf[c..] += (1-α)·dmix`, `dbuf[b..] += α·dmix` and returns
     /// `Σ (K_B − K_C) ⊙ dmix` (the caller multiplies by dα/dθ).
-    #[allow(clippy::too_many_arguments)]
-    fn kv_mix_bwd(
-        &self,
-        dbuf: &mut Self::Buf,
-        buf: &Self::Buf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    ) -> f64;
+    fn kv_mix_bwd(&self, dbuf: &mut Self::Buf, buf: &Self::Buf, m: KvMix, alpha: f32) -> f64;
 
-    /// [`Backend::kv_mix_fwd`] with `α = |θ| / (|θ| + theta_init)`, θ = `params[theta]`, read
+    /// [`Backend::kv_mix_fwd`] with `α = |θ| / (|θ| + θ.init)`, θ = `params[θ.off]`, read
     /// where the parameters live (a device keeps θ on the device).
-    #[allow(clippy::too_many_arguments)]
-    fn kv_mix_fwd_theta(
-        &self,
-        buf: &mut Self::Buf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        params: &Self::Buf,
-        theta: usize,
-        theta_init: f32,
-    ) {
-        let th = self.download_range(params, theta, 1)[0];
-        let a = scalar::alpha(th, theta_init);
-        self.kv_mix_fwd(buf, mix, c, b, n, width, a);
+    fn kv_mix_fwd_theta(&self, buf: &mut Self::Buf, m: KvMix, params: &Self::Buf, theta: Theta) {
+        let th = self.download_range(params, theta.off, 1)[0];
+        let a = scalar::alpha(th, theta.init);
+        self.kv_mix_fwd(buf, m, a);
     }
-    /// [`Backend::kv_mix_bwd`] with α from θ = `params[theta]`, whose gradient
-    /// `dα/dθ · Σ (K_B − K_C) ⊙ dmix` it accumulates into `grads[theta]` (in f64, then f32).
-    #[allow(clippy::too_many_arguments)]
+    /// [`Backend::kv_mix_bwd`] with α from θ = `params[θ.off]`, whose gradient
+    /// `dα/dθ · Σ (K_B − K_C) ⊙ dmix` it accumulates into `grads[θ.off]` (in f64, then f32).
     fn kv_mix_bwd_theta(
         &self,
         dbuf: &mut Self::Buf,
         buf: &Self::Buf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
+        m: KvMix,
         params: &Self::Buf,
-        theta: usize,
-        theta_init: f32,
+        theta: Theta,
         grads: &mut Self::Buf,
     ) {
-        let th = self.download_range(params, theta, 1)[0];
-        let a = scalar::alpha(th, theta_init);
-        let s = self.kv_mix_bwd(dbuf, buf, mix, c, b, n, width, a);
-        let d = scalar::dalpha_dtheta(th, theta_init) as f64 * s;
-        self.add_host(grads, theta, &[d as f32]);
+        let th = self.download_range(params, theta.off, 1)[0];
+        let a = scalar::alpha(th, theta.init);
+        let s = self.kv_mix_bwd(dbuf, buf, m, a);
+        let d = scalar::dalpha_dtheta(th, theta.init) as f64 * s;
+        self.add_host(grads, theta.off, &[d as f32]);
     }
 
     /// `out = act(gate) ⊙ up` (gated) or `out = act(gate)` (`up` = None).
@@ -477,12 +504,10 @@ pub trait Backend: Send + Sync {
     /// Weighted cross-entropy over rows of logits `[rows, vocab]`: returns Σ wᵢ·(−log pᵢ[tᵢ]) and
     /// overwrites `logits` with its gradient `wᵢ·(softmax − onehot)` when `grad` is set.
     /// `logprobs[i]` receives log pᵢ[tᵢ] and `greedy[i]` whether tᵢ is the argmax.
-    #[allow(clippy::too_many_arguments)]
     fn cross_entropy(
         &self,
         logits: &mut Self::Buf,
-        targets: &[u32],
-        weights: &[f32],
+        targets: CrossEntropyTargets,
         vocab: usize,
         grad: bool,
         logprobs: &mut [f64],

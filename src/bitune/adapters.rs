@@ -6,8 +6,8 @@
 
 use super::params::ParamTable;
 use super::peft::{is_feedforward, Peft};
-use crate::backend::{Backend, LoraSeg};
-use crate::model::transformer::{Adapters, KvMix, LinearAdapter, Packed, VecSeg};
+use crate::backend::{Backend, KvMix, LoraSeg, Theta};
+use crate::model::transformer::{Adapters, LayerMix, LinearAdapter, Packed, VecSeg};
 use crate::model::weights::Target;
 
 /// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init.
@@ -19,11 +19,25 @@ pub struct AdapterState<'a, B: Backend> {
 }
 
 impl<B: Backend> AdapterState<'_, B> {
-    /// Offset of the θ that mixes `m`'s target in `m`'s layer.
-    fn theta(&self, m: &KvMix) -> usize {
+    /// The θ that mixes `m`'s target in `m`'s layer: its offset and θ_init.
+    fn theta(&self, m: &LayerMix) -> Theta {
         let (tk, tv) = self.table.theta().expect("a plan that mixes has θ");
         let base = if m.target == Target::K { tk } else { tv };
-        base + m.layer
+        Theta {
+            off: base + m.layer,
+            init: self.theta_init,
+        }
+    }
+}
+
+/// The backend's row ranges of one layer's mix.
+fn kv_mix(m: &LayerMix) -> KvMix {
+    KvMix {
+        mix: m.rows,
+        c: m.plan.c,
+        b: m.plan.b,
+        n: m.plan.n,
+        width: m.width,
     }
 }
 
@@ -84,17 +98,18 @@ impl<B: Backend> Adapters<B> for AdapterState<'_, B> {
         }
     }
 
-    fn kv_mix_fwd(&self, be: &B, m: &KvMix, buf: &mut B::Buf) {
-        let (pl, th) = (m.plan, self.theta(m));
-        let th0 = self.theta_init;
-        be.kv_mix_fwd_theta(buf, m.rows, pl.c, pl.b, pl.n, m.width, self.params, th, th0);
+    fn kv_mix_fwd(&self, be: &B, m: &LayerMix, buf: &mut B::Buf) {
+        be.kv_mix_fwd_theta(buf, kv_mix(m), self.params, self.theta(m));
     }
 
-    fn kv_mix_bwd(&self, be: &B, m: &KvMix, dbuf: &mut B::Buf, buf: &B::Buf, grads: &mut B::Buf) {
-        let (pl, th, pa) = (m.plan, self.theta(m), self.params);
-        let th0 = self.theta_init;
-        be.kv_mix_bwd_theta(
-            dbuf, buf, m.rows, pl.c, pl.b, pl.n, m.width, pa, th, th0, grads,
-        );
+    fn kv_mix_bwd(
+        &self,
+        be: &B,
+        m: &LayerMix,
+        dbuf: &mut B::Buf,
+        buf: &B::Buf,
+        grads: &mut B::Buf,
+    ) {
+        be.kv_mix_bwd_theta(dbuf, buf, kv_mix(m), self.params, self.theta(m), grads);
     }
 }

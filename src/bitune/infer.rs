@@ -3,7 +3,7 @@
 
 use super::plan::{pack, pack_answers, Seq};
 use super::step::Trainable;
-use crate::backend::Backend;
+use crate::backend::{Backend, CrossEntropyTargets, RowCopy};
 use crate::model::transformer::{forward, KvCache, Mode};
 use crate::model::weights::Weights;
 use anyhow::{bail, Result};
@@ -81,38 +81,46 @@ pub fn prefill<B: Backend>(
         let mut cv = be.zeros(rows * kvd);
         be.copy_rows(
             &mut ck,
-            0,
             k,
-            prompt_rows.start,
-            prompt_rows.len(),
-            kvd,
+            RowCopy {
+                dst_row: 0,
+                src_row: prompt_rows.start,
+                rows: prompt_rows.len(),
+                width: kvd,
+            },
             false,
         );
         be.copy_rows(
             &mut cv,
-            0,
             v,
-            prompt_rows.start,
-            prompt_rows.len(),
-            kvd,
+            RowCopy {
+                dst_row: 0,
+                src_row: prompt_rows.start,
+                rows: prompt_rows.len(),
+                width: kvd,
+            },
             false,
         );
         be.copy_rows(
             &mut ck,
-            prompt_rows.len(),
             k,
-            a_rows.start,
-            a_rows.len(),
-            kvd,
+            RowCopy {
+                dst_row: prompt_rows.len(),
+                src_row: a_rows.start,
+                rows: a_rows.len(),
+                width: kvd,
+            },
             false,
         );
         be.copy_rows(
             &mut cv,
-            prompt_rows.len(),
             v,
-            a_rows.start,
-            a_rows.len(),
-            kvd,
+            RowCopy {
+                dst_row: prompt_rows.len(),
+                src_row: a_rows.start,
+                rows: a_rows.len(),
+                width: kvd,
+            },
             false,
         );
         cache.k.push(ck);
@@ -220,7 +228,11 @@ pub fn score_continuations<B: Backend>(
     for c in conts {
         let (mut lp, mut g) = ([0f64], [false]);
         let mut l = be.upload(&first_logits);
-        be.cross_entropy(&mut l, &[c[0]], &[1.0], vocab, false, &mut lp, &mut g);
+        let first = CrossEntropyTargets {
+            tokens: &[c[0]],
+            weights: &[1.0],
+        };
+        be.cross_entropy(&mut l, first, vocab, false, &mut lp, &mut g);
         results.push((vec![lp[0]], g[0]));
     }
     let (p, tg) = pack_answers(&seqs, &cache.pos);
@@ -232,8 +244,10 @@ pub fn score_continuations<B: Backend>(
         let (mut lp, mut g) = (vec![0f64; r], vec![false; r]);
         be.cross_entropy(
             &mut logits,
-            &tg.tokens,
-            &tg.weights,
+            CrossEntropyTargets {
+                tokens: &tg.tokens,
+                weights: &tg.weights,
+            },
             vocab,
             false,
             &mut lp,

@@ -4,7 +4,7 @@ use super::adapters::AdapterState;
 use super::params::{alpha, Kind, LoraSpec, ParamTable};
 use super::peft::{dora_row_norms, Peft};
 use super::plan::{pack, train_seq, Example, Method};
-use crate::backend::Backend;
+use crate::backend::{Backend, CrossEntropyTargets};
 use crate::model::transformer::{backward, forward, Mode};
 use crate::model::weights::Weights;
 use crate::rng::Rng;
@@ -159,8 +159,10 @@ pub fn loss_and_grad<B: Backend>(
     let grad = grads.is_some();
     let loss = be.cross_entropy(
         &mut dlogits,
-        &tg.tokens,
-        &tg.weights,
+        CrossEntropyTargets {
+            tokens: &tg.tokens,
+            weights: &tg.weights,
+        },
         w.cfg.vocab_size,
         grad,
         &mut lp,

@@ -10,7 +10,7 @@
 use super::gemm::{sgemm_serial, Mat};
 use super::ops::exp_f32 as exp;
 use super::transpose;
-use crate::backend::{AttnDims, AttnGroup, AttnPlan, MaskKind};
+use crate::backend::{AttnArgs, AttnGroup, AttnPlan, AttnSaved, MaskKind};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -173,15 +173,15 @@ fn softmax_row(s: &mut [f32], mask: Option<&[bool]>, scale: f32) -> f32 {
     mx + sum.ln()
 }
 
-pub fn forward(
+pub fn attention_fwd(
     out: &mut [f32],
     lse: &mut [f32],
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    plan: &AttnPlan,
-    d: AttnDims,
+    a: AttnArgs,
 ) {
+    let (plan, d) = (a.plan, a.dims);
     let (hq, hkv, hd) = (d.q_heads, d.kv_heads, d.head_dim);
     let (qw, kw) = (hq * hd, hkv * hd);
     let per_kv = hq / hkv;
@@ -268,6 +268,8 @@ pub fn forward(
 }
 
 /// `c (+)= a · b` on row-major strided operands, on the calling thread.
+// The BLAS gemm signature (three operands with their row strides, the sizes, accumulate), which
+// it forwards to either of two gemm kernels unchanged.
 #[allow(clippy::too_many_arguments)]
 fn mm(
     m: usize,
@@ -310,20 +312,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// dQ is written; dK and dV are added to.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn attention_bwd(
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
     dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    plan: &AttnPlan,
-    d: AttnDims,
+    fwd: AttnSaved<[f32]>,
+    a: AttnArgs,
 ) {
+    let AttnSaved { q, k, v, out, lse } = fwd;
+    let (plan, d) = (a.plan, a.dims);
     let (hq, hkv, hd) = (d.q_heads, d.kv_heads, d.head_dim);
     let (qw, kw) = (hq * hd, hkv * hd);
     let per_kv = hq / hkv;
@@ -420,6 +418,7 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::AttnDims;
     use crate::rng::Rng;
 
     /// Attention in f64 by its definition, and its gradients through the same definition.
@@ -566,7 +565,11 @@ mod tests {
             let (o_ref, lse_ref, dq_ref, dk_ref, dv_ref) = reference(&q, &k, &v, &dout, &plan, d);
             let mut o = vec![f32::NAN; q.len()];
             let mut lse = vec![f32::NAN; rows * hq];
-            forward(&mut o, &mut lse, &q, &k, &v, &plan, d);
+            let a = AttnArgs {
+                plan: &plan,
+                dims: d,
+            };
+            attention_fwd(&mut o, &mut lse, &q, &k, &v, a);
             close("out", &o, &o_ref, 1e-5);
             close("lse", &lse, &lse_ref, 1e-5);
             let (mut dq, mut dk, mut dv) = (
@@ -574,9 +577,14 @@ mod tests {
                 vec![1f32; k.len()],
                 vec![2f32; v.len()],
             );
-            backward(
-                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &plan, d,
-            );
+            let fwd = AttnSaved {
+                q: &q[..],
+                k: &k[..],
+                v: &v[..],
+                out: &o[..],
+                lse: &lse[..],
+            };
+            attention_bwd(&mut dq, &mut dk, &mut dv, &dout, fwd, a);
             let plus = |r: &[f64], c: f64| r.iter().map(|x| x + c).collect::<Vec<_>>();
             close("dq", &dq, &dq_ref, 1e-4);
             close("dk", &dk, &plus(&dk_ref, 1.0), 1e-4);

@@ -10,7 +10,10 @@ pub mod simd;
 pub mod tiles;
 pub mod weight;
 
-use super::{Activation, AdamStep, AttnDims, AttnPlan, Backend, HostWeight, LoraSeg, Norm};
+use super::{
+    Activation, AdamStep, AttnArgs, AttnSaved, Backend, CrossEntropyTargets, HostWeight, KvMix,
+    LoraArgs, LoraSeg, NormArgs, RopeArgs, RowCopy,
+};
 use gemm::{rm, sgemm};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -21,7 +24,6 @@ pub struct Cpu;
 
 /// `c[m,n] (+)= a[m,k] · b[k,n]`, all dense row-major: the AVX-512 tiles where present, else
 /// the `gemm` crate.
-#[allow(clippy::too_many_arguments)]
 fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
     if tiles::available() {
         tiles::matmul_nn(c, a, b, m, k, n, accumulate);
@@ -83,17 +85,14 @@ impl Backend for Cpu {
             .for_each(|(a, b)| *a += b);
     }
 
-    fn copy_rows(
-        &self,
-        dst: &mut Vec<f32>,
-        dst_row: usize,
-        src: &Vec<f32>,
-        src_row: usize,
-        rows: usize,
-        width: usize,
-        accumulate: bool,
-    ) {
+    fn copy_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, at: RowCopy, accumulate: bool) {
         let _p = prof::scope("copy_rows");
+        let RowCopy {
+            dst_row,
+            src_row,
+            rows,
+            width,
+        } = at;
         let d = &mut dst[dst_row * width..(dst_row + rows) * width];
         let s = &src[src_row * width..(src_row + rows) * width];
         if accumulate {
@@ -194,16 +193,9 @@ impl Backend for Cpu {
         );
     }
 
-    fn lora_fwd(
-        &self,
-        y: &mut Vec<f32>,
-        x: &Vec<f32>,
-        params: &Vec<f32>,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
-    ) {
+    fn lora_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, params: &Vec<f32>, la: LoraArgs) {
         let _p = prof::scope("lora_fwd");
+        let LoraArgs { segs, k, n } = la;
         for s in segs {
             let rows = s.rows.len();
             if rows == 0 {
@@ -239,11 +231,10 @@ impl Backend for Cpu {
         dy: &Vec<f32>,
         x: &Vec<f32>,
         params: &Vec<f32>,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
+        la: LoraArgs,
     ) {
         let _p = prof::scope("lora_bwd");
+        let LoraArgs { segs, k, n } = la;
         for s in segs {
             let rows = s.rows.len();
             if rows == 0 {
@@ -320,21 +311,17 @@ impl Backend for Cpu {
         x: &Vec<f32>,
         w: &Vec<f32>,
         b: Option<&Vec<f32>>,
-        rows: usize,
-        d: usize,
-        kind: Norm,
-        eps: f32,
+        a: NormArgs,
     ) {
         let _p = prof::scope("norm_fwd");
+        let (rows, d) = (a.rows, a.d);
         ops::norm_fwd(
             &mut out[..rows * d],
             &mut stats[..rows * 2],
             &x[..rows * d],
             w,
             b.map(|v| &v[..]),
-            d,
-            kind,
-            eps,
+            a,
         )
     }
 
@@ -345,36 +332,25 @@ impl Backend for Cpu {
         x: &Vec<f32>,
         stats: &Vec<f32>,
         w: &Vec<f32>,
-        rows: usize,
-        d: usize,
-        kind: Norm,
+        a: NormArgs,
         accumulate: bool,
     ) {
         let _p = prof::scope("norm_bwd");
+        let (rows, d) = (a.rows, a.d);
         ops::norm_bwd(
             &mut dx[..rows * d],
             &dy[..rows * d],
             &x[..rows * d],
             &stats[..rows * 2],
             w,
-            d,
-            kind,
+            a,
             accumulate,
         )
     }
 
-    fn rope(
-        &self,
-        x: &mut Vec<f32>,
-        pos: &[u32],
-        heads: usize,
-        head_dim: usize,
-        rot_dim: usize,
-        inv_freq: &[f32],
-        inverse: bool,
-    ) {
+    fn rope(&self, x: &mut Vec<f32>, pos: &[u32], a: RopeArgs, inv_freq: &[f32], inverse: bool) {
         let _p = prof::scope("rope");
-        ops::rope(x, pos, heads, head_dim, rot_dim, inv_freq, inverse)
+        ops::rope(x, pos, a, inv_freq, inverse)
     }
 
     fn attention_fwd(
@@ -384,11 +360,10 @@ impl Backend for Cpu {
         q: &Vec<f32>,
         k: &Vec<f32>,
         v: &Vec<f32>,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     ) {
         let _p = prof::scope("attention_fwd");
-        attention::forward(out, lse, q, k, v, plan, dims)
+        attention::attention_fwd(out, lse, q, k, v, a)
     }
 
     fn attention_bwd(
@@ -397,29 +372,29 @@ impl Backend for Cpu {
         dk: &mut Vec<f32>,
         dv: &mut Vec<f32>,
         dout: &Vec<f32>,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        out: &Vec<f32>,
-        lse: &Vec<f32>,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<Vec<f32>>,
+        a: AttnArgs,
     ) {
         let _p = prof::scope("attention_bwd");
-        attention::backward(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+        let fwd = AttnSaved::<[f32]> {
+            q: fwd.q,
+            k: fwd.k,
+            v: fwd.v,
+            out: fwd.out,
+            lse: fwd.lse,
+        };
+        attention::attention_bwd(dq, dk, dv, dout, fwd, a)
     }
 
-    fn kv_mix_fwd(
-        &self,
-        buf: &mut Vec<f32>,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    ) {
+    fn kv_mix_fwd(&self, buf: &mut Vec<f32>, m: KvMix, alpha: f32) {
         let _p = prof::scope("kv_mix_fwd");
+        let KvMix {
+            mix,
+            c,
+            b,
+            n,
+            width,
+        } = m;
         for i in 0..n * width {
             let kc = buf[c * width + i];
             let kb = buf[b * width + i];
@@ -427,18 +402,15 @@ impl Backend for Cpu {
         }
     }
 
-    fn kv_mix_bwd(
-        &self,
-        dbuf: &mut Vec<f32>,
-        buf: &Vec<f32>,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    ) -> f64 {
+    fn kv_mix_bwd(&self, dbuf: &mut Vec<f32>, buf: &Vec<f32>, m: KvMix, alpha: f32) -> f64 {
         let _p = prof::scope("kv_mix_bwd");
+        let KvMix {
+            mix,
+            c,
+            b,
+            n,
+            width,
+        } = m;
         let mut dalpha = 0f64;
         for i in 0..n * width {
             let g = dbuf[mix * width + i];
@@ -477,15 +449,14 @@ impl Backend for Cpu {
     fn cross_entropy(
         &self,
         logits: &mut Vec<f32>,
-        targets: &[u32],
-        weights: &[f32],
+        targets: CrossEntropyTargets,
         vocab: usize,
         grad: bool,
         logprobs: &mut [f64],
         greedy: &mut [bool],
     ) -> f64 {
         let _p = prof::scope("cross_entropy");
-        ops::cross_entropy(logits, targets, weights, vocab, grad, logprobs, greedy)
+        ops::cross_entropy(logits, targets, vocab, grad, logprobs, greedy)
     }
 
     fn sum_sq(&self, x: &Vec<f32>) -> f64 {

@@ -1,7 +1,7 @@
 //! Row-wise CPU kernels: GEMV, norms, RoPE, activations, cross-entropy, AdamW.
 
 use super::simd::vectorize;
-use crate::backend::{Activation, AdamStep, Norm};
+use crate::backend::{Activation, AdamStep, CrossEntropyTargets, Norm, NormArgs, RopeArgs};
 use rayon::prelude::*;
 
 /// `y[n] (+)= w[n,k] · x[k]`: the decode path, where the weight read dominates. Rows are split
@@ -26,17 +26,17 @@ pub fn gemv(y: &mut [f32], x: &[f32], w: &[f32], k: usize, accumulate: bool) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Rows of `x` are `a.d` wide; how many is the slices' business (the caller cuts them to
+/// `a.rows`).
 pub fn norm_fwd(
     out: &mut [f32],
     stats: &mut [f32],
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
-    d: usize,
-    kind: Norm,
-    eps: f32,
+    a: NormArgs,
 ) {
+    let NormArgs { d, kind, eps, .. } = a;
     out.par_chunks_mut(d)
         .zip(stats.par_chunks_mut(2))
         .zip(x.par_chunks(d))
@@ -66,17 +66,16 @@ pub fn norm_fwd(
         });
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn norm_bwd(
     dx: &mut [f32],
     dy: &[f32],
     x: &[f32],
     stats: &[f32],
     w: &[f32],
-    d: usize,
-    kind: Norm,
+    a: NormArgs,
     accumulate: bool,
 ) {
+    let NormArgs { d, kind, .. } = a;
     dx.par_chunks_mut(d)
         .zip(dy.par_chunks(d))
         .zip(x.par_chunks(d).zip(stats.par_chunks(2)))
@@ -114,15 +113,12 @@ pub fn norm_bwd(
         });
 }
 
-pub fn rope(
-    x: &mut [f32],
-    pos: &[u32],
-    heads: usize,
-    head_dim: usize,
-    rot_dim: usize,
-    inv_freq: &[f32],
-    inverse: bool,
-) {
+pub fn rope(x: &mut [f32], pos: &[u32], a: RopeArgs, inv_freq: &[f32], inverse: bool) {
+    let RopeArgs {
+        heads,
+        head_dim,
+        rot_dim,
+    } = a;
     let half = rot_dim / 2;
     let width = heads * head_dim;
     x.par_chunks_mut(width)
@@ -397,8 +393,7 @@ fn act_bwd_with(
 
 pub fn cross_entropy(
     logits: &mut [f32],
-    targets: &[u32],
-    weights: &[f32],
+    targets: CrossEntropyTargets,
     vocab: usize,
     grad: bool,
     logprobs: &mut [f64],
@@ -406,7 +401,7 @@ pub fn cross_entropy(
 ) -> f64 {
     let per_row: Vec<(f64, f64, bool)> = logits
         .par_chunks_mut(vocab)
-        .zip(targets.par_iter().zip(weights.par_iter()))
+        .zip(targets.tokens.par_iter().zip(targets.weights.par_iter()))
         .map(|(row, (&t, &w))| {
             vectorize(
                 #[inline(always)]

@@ -3,7 +3,7 @@
 //! buffers, and launches the forward or the two backward kernels.
 
 use super::{launch, CudaBackend, CudaBuf};
-use crate::backend::{AttnDims, AttnPlan, MaskKind};
+use crate::backend::{AttnArgs, AttnDims, AttnPlan, AttnSaved, MaskKind};
 use anyhow::Result;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, LaunchConfig};
@@ -125,114 +125,113 @@ fn pack(plan: &AttnPlan, rows: usize, k_rows: usize, with_dkv: bool) -> Packed {
     }
 }
 
-impl CudaBackend {
-    /// Checks dims and buffer sizes; returns (query rows, key rows).
-    fn attn_check(&self, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, d: AttnDims) -> (usize, usize) {
-        let (hq, hkv, hd) = (d.q_heads, d.kv_heads, d.head_dim);
-        assert!(
-            hd > 0 && hd <= MAX_HEAD_DIM,
-            "cuda attention: head_dim {hd} (max 256)"
-        );
-        assert!(
-            hkv > 0 && hq % hkv == 0,
-            "cuda attention: q heads not a multiple of kv heads"
-        );
-        let need = smem_fwd(hd).max(smem_dq(hd)).max(smem_dkv(hd));
-        assert!(
-            need <= self.attn_smem_limit,
-            "cuda attention: head_dim {hd} needs {need} B of shared memory, device allows {}",
-            self.attn_smem_limit
-        );
-        assert!(k.len() == v.len(), "cuda attention: K and V sizes differ");
-        (q.len() / (hq * hd), k.len() / (hkv * hd))
-    }
+/// Checks dims and buffer sizes; returns (query rows, key rows).
+fn attn_check(
+    be: &CudaBackend,
+    q: &CudaBuf,
+    k: &CudaBuf,
+    v: &CudaBuf,
+    d: AttnDims,
+) -> (usize, usize) {
+    let (hq, hkv, hd) = (d.q_heads, d.kv_heads, d.head_dim);
+    assert!(
+        hd > 0 && hd <= MAX_HEAD_DIM,
+        "cuda attention: head_dim {hd} (max 256)"
+    );
+    assert!(
+        hkv > 0 && hq % hkv == 0,
+        "cuda attention: q heads not a multiple of kv heads"
+    );
+    let need = smem_fwd(hd).max(smem_dq(hd)).max(smem_dkv(hd));
+    assert!(
+        need <= be.attn_smem_limit,
+        "cuda attention: head_dim {hd} needs {need} B of shared memory, device allows {}",
+        be.attn_smem_limit
+    );
+    assert!(k.len() == v.len(), "cuda attention: K and V sizes differ");
+    (q.len() / (hq * hd), k.len() / (hkv * hd))
+}
 
-    fn cfg(items: usize, heads: usize, smem: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (items as u32, heads as u32, 1),
-            block_dim: ((NW * 32) as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
-        }
+fn cfg(items: usize, heads: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (items as u32, heads as u32, 1),
+        block_dim: ((NW * 32) as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attn_fwd(
-        &self,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        plan: &AttnPlan,
-        d: AttnDims,
-    ) {
-        let (rows, k_rows) = self.attn_check(q, k, v, d);
-        assert!(
-            out.len() >= q.len() && lse.len() >= rows * d.q_heads,
-            "cuda attention_fwd: outputs"
-        );
-        let p = pack(plan, rows, k_rows, false);
-        if !p.covers_all {
-            // Rows outside every group: zeros and lse = −∞, as on the CPU.
-            self.fill_buf(out, 0.0);
-            self.fill_buf(lse, f32::NEG_INFINITY);
-        }
-        if p.n_items == 0 {
-            return;
-        }
-        // The same plan for every layer of a pass: uploaded once.
-        let plan_d = self.up_i32.get(self, &p.ints);
-        let hd = d.head_dim;
-        launch!(self, attention_fwd, Self::cfg(p.n_items, d.q_heads, smem_fwd(hd));
-            &mut *out.data, &mut *lse.data, &*q.data, &*k.data, &*v.data, &*plan_d,
-            &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
-            &(d.q_heads as i32), &(d.kv_heads as i32), &(hd as i32), &d.scale);
+pub(super) fn attention_fwd(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    lse: &mut CudaBuf,
+    q: &CudaBuf,
+    k: &CudaBuf,
+    v: &CudaBuf,
+    a: AttnArgs,
+) {
+    let (plan, d) = (a.plan, a.dims);
+    let (rows, k_rows) = attn_check(be, q, k, v, d);
+    assert!(
+        out.len() >= q.len() && lse.len() >= rows * d.q_heads,
+        "cuda attention_fwd: outputs"
+    );
+    let p = pack(plan, rows, k_rows, false);
+    if !p.covers_all {
+        // Rows outside every group: zeros and lse = −∞, as on the CPU.
+        super::ops::fill(be, out, 0.0);
+        super::ops::fill(be, lse, f32::NEG_INFINITY);
     }
+    if p.n_items == 0 {
+        return;
+    }
+    // The same plan for every layer of a pass: uploaded once.
+    let plan_d = be.up_i32.get(be, &p.ints);
+    let hd = d.head_dim;
+    launch!(be, attention_fwd, cfg(p.n_items, d.q_heads, smem_fwd(hd));
+        &mut *out.data, &mut *lse.data, &*q.data, &*k.data, &*v.data, &*plan_d,
+        &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
+        &(d.q_heads as i32), &(d.kv_heads as i32), &(hd as i32), &d.scale);
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attn_bwd(
-        &self,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
-        dout: &CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        plan: &AttnPlan,
-        d: AttnDims,
-    ) {
-        let (rows, k_rows) = self.attn_check(q, k, v, d);
-        assert!(
-            dq.len() >= q.len() && dout.len() >= q.len() && out.len() >= q.len(),
-            "cuda attention_bwd: sizes"
-        );
-        assert!(
-            dk.len() >= k.len() && dv.len() >= v.len() && lse.len() >= rows * d.q_heads,
-            "cuda attention_bwd: sizes"
-        );
-        let p = pack(plan, rows, k_rows, true);
-        if !p.covers_all {
-            self.fill_buf(dq, 0.0); // dq is overwritten: rows in no group get zeros
-        }
-        if p.n_items == 0 {
-            return;
-        }
-        // The same plan for every layer of a pass: uploaded once.
-        let plan_d = self.up_i32.get(self, &p.ints);
-        let mut dsum = self.alloc_zeros(rows * d.q_heads);
-        let (hq, hkv, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
-        launch!(self, attention_bwd_dq, Self::cfg(p.n_items, d.q_heads, smem_dq(d.head_dim));
-            &mut *dq.data, &mut *dsum.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*out.data,
-            &*lse.data, &*plan_d, &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
-            &hq, &hkv, &hd, &d.scale);
-        if p.n_dkv == 0 {
-            return;
-        }
-        launch!(self, attention_bwd_dkv, Self::cfg(p.n_dkv, d.q_heads, smem_dkv(d.head_dim));
-            &mut *dk.data, &mut *dv.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*lse.data,
-            &*dsum.data, &*plan_d, &p.dkv_off, &p.qpos_off, &p.kpos_off, &hq, &hkv, &hd, &d.scale);
+pub(super) fn attention_bwd(
+    be: &CudaBackend,
+    dq: &mut CudaBuf,
+    dk: &mut CudaBuf,
+    dv: &mut CudaBuf,
+    dout: &CudaBuf,
+    fwd: AttnSaved<CudaBuf>,
+    a: AttnArgs,
+) {
+    let AttnSaved { q, k, v, out, lse } = fwd;
+    let (plan, d) = (a.plan, a.dims);
+    let (rows, k_rows) = attn_check(be, q, k, v, d);
+    assert!(
+        dq.len() >= q.len() && dout.len() >= q.len() && out.len() >= q.len(),
+        "cuda attention_bwd: sizes"
+    );
+    assert!(
+        dk.len() >= k.len() && dv.len() >= v.len() && lse.len() >= rows * d.q_heads,
+        "cuda attention_bwd: sizes"
+    );
+    let p = pack(plan, rows, k_rows, true);
+    if !p.covers_all {
+        super::ops::fill(be, dq, 0.0); // dq is overwritten: rows in no group get zeros
     }
+    if p.n_items == 0 {
+        return;
+    }
+    // The same plan for every layer of a pass: uploaded once.
+    let plan_d = be.up_i32.get(be, &p.ints);
+    let mut dsum = be.alloc_zeros(rows * d.q_heads);
+    let (hq, hkv, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
+    launch!(be, attention_bwd_dq, cfg(p.n_items, d.q_heads, smem_dq(d.head_dim));
+        &mut *dq.data, &mut *dsum.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*out.data,
+        &*lse.data, &*plan_d, &p.ranges_off, &p.items_off, &p.qpos_off, &p.kpos_off,
+        &hq, &hkv, &hd, &d.scale);
+    if p.n_dkv == 0 {
+        return;
+    }
+    launch!(be, attention_bwd_dkv, cfg(p.n_dkv, d.q_heads, smem_dkv(d.head_dim));
+        &mut *dk.data, &mut *dv.data, &*dout.data, &*q.data, &*k.data, &*v.data, &*lse.data,
+        &*dsum.data, &*plan_d, &p.dkv_off, &p.qpos_off, &p.kpos_off, &hq, &hkv, &hd, &d.scale);
 }

@@ -1,146 +1,105 @@
-//! Launch wrappers for DoRA's and IA3's per-column kernels (cols.cu) and the kv-mix that reads θ
-//! on the device (kv_mix.cu): none of them copies anything to the host.
+//! Launch wrappers for DoRA's and IA3's per-column kernels (cols.cu): none of them copies
+//! anything to the host.
 
 use super::{grid, launch, per_row, CudaBackend, CudaBuf};
 use crate::backend::LoraSeg;
 use std::ops::Range;
 
-impl CudaBackend {
-    pub(super) fn cols_k(
-        &self,
-        add: bool,
-        y: &mut CudaBuf,
-        rows: Range<usize>,
-        width: usize,
-        v: &CudaBuf,
-        v_off: usize,
-    ) {
-        assert!(
-            rows.end * width <= y.len() && v_off + width <= v.len(),
-            "cuda mul_cols/add_cols: out of range"
-        );
-        let n = rows.len() * width;
-        if n == 0 {
-            return;
-        }
-        let (start, w) = ((rows.start * width) as u64, width as u64);
-        let vs = v.data.slice(v_off..v_off + width);
-        if add {
-            launch!(self, add_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
-        } else {
-            launch!(self, mul_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
-        }
-    }
+/// `y[r, j] *= v[v_off + j]` for `r` in `rows`.
+pub(super) fn mul_cols(
+    be: &CudaBackend,
+    y: &mut CudaBuf,
+    rows: Range<usize>,
+    width: usize,
+    v: &CudaBuf,
+    v_off: usize,
+) {
+    cols(be, false, y, rows, width, v, v_off)
+}
 
-    pub(super) fn col_dot_k(
-        &self,
-        out: &mut CudaBuf,
-        out_off: usize,
-        a: &CudaBuf,
-        b: &CudaBuf,
-        rows: Range<usize>,
-        width: usize,
-    ) {
-        assert!(
-            out_off + width <= out.len()
-                && rows.end * width <= a.len()
-                && rows.end * width <= b.len(),
-            "cuda col_dot: out of range"
-        );
-        if width == 0 || rows.is_empty() {
-            return;
-        }
-        let mut o = out.data.slice_mut(out_off..out_off + width);
-        let (start, r, w) = ((rows.start * width) as u64, rows.len() as u64, width as u64);
-        launch!(self, col_dot, grid(width); &mut o, &*a.data, &*b.data, &start, &r, &w);
-    }
+/// `y[r, j] += v[v_off + j]` for `r` in `rows`.
+pub(super) fn add_cols(
+    be: &CudaBackend,
+    y: &mut CudaBuf,
+    rows: Range<usize>,
+    width: usize,
+    v: &CudaBuf,
+    v_off: usize,
+) {
+    cols(be, true, y, rows, width, v, v_off)
+}
 
-    pub(super) fn dora_inv_norm_k(
-        &self,
-        out: &mut CudaBuf,
-        w: &CudaBuf,
-        params: &CudaBuf,
-        seg: &LoraSeg,
-        k: usize,
-        n: usize,
-    ) {
-        let r = seg.rank;
-        assert!(
-            n * k <= w.len()
-                && seg.a_off + r * k <= params.len()
-                && seg.b_off + n * r <= params.len(),
-            "cuda dora_inv_norm: out of range"
-        );
-        if out.len() < n {
-            *out = self.alloc_zeros(n);
-        }
-        if n == 0 {
-            return;
-        }
-        let a = params.data.slice(seg.a_off..seg.a_off + (r * k).max(1));
-        let b = params.data.slice(seg.b_off..seg.b_off + (n * r).max(1));
-        launch!(self, dora_inv_norm, per_row(n, 256);
-            &mut *out.data, &*w.data, &a, &b, &seg.scale(), &(r as i32), &(k as i32), &(n as i32));
+// The launcher shared by mul_cols and add_cols: its arguments are theirs plus which kernel.
+#[allow(clippy::too_many_arguments)]
+fn cols(
+    be: &CudaBackend,
+    add: bool,
+    y: &mut CudaBuf,
+    rows: Range<usize>,
+    width: usize,
+    v: &CudaBuf,
+    v_off: usize,
+) {
+    assert!(
+        rows.end * width <= y.len() && v_off + width <= v.len(),
+        "cuda mul_cols/add_cols: out of range"
+    );
+    let n = rows.len() * width;
+    if n == 0 {
+        return;
     }
+    let (start, w) = ((rows.start * width) as u64, width as u64);
+    let vs = v.data.slice(v_off..v_off + width);
+    if add {
+        launch!(be, add_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
+    } else {
+        launch!(be, mul_cols, grid(n); &mut *y.data, &start, &(n as u64), &w, &vs);
+    }
+}
 
-    /// Checks a θ offset; returns the 1-element view of θ.
-    fn theta_view<'a>(params: &'a CudaBuf, theta: usize) -> cudarc::driver::CudaView<'a, f32> {
-        assert!(
-            theta < params.len(),
-            "cuda kv_mix: θ offset {theta} out of range"
-        );
-        params.data.slice(theta..theta + 1)
+pub(super) fn col_dot(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    out_off: usize,
+    a: &CudaBuf,
+    b: &CudaBuf,
+    rows: Range<usize>,
+    width: usize,
+) {
+    assert!(
+        out_off + width <= out.len() && rows.end * width <= a.len() && rows.end * width <= b.len(),
+        "cuda col_dot: out of range"
+    );
+    if width == 0 || rows.is_empty() {
+        return;
     }
+    let mut o = out.data.slice_mut(out_off..out_off + width);
+    let (start, r, w) = ((rows.start * width) as u64, rows.len() as u64, width as u64);
+    launch!(be, col_dot, grid(width); &mut o, &*a.data, &*b.data, &start, &r, &w);
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn mix_fwd_theta(
-        &self,
-        buf: &mut CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        params: &CudaBuf,
-        theta: usize,
-        theta_init: f32,
-    ) {
-        Self::check_mix(buf.len(), mix, c, b, n, width);
-        let th = Self::theta_view(params, theta);
-        if n * width == 0 {
-            return;
-        }
-        let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
-        launch!(self, kv_mix_fwd_theta, grid(n * width);
-            &mut *buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init);
+pub(super) fn dora_inv_norm(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    w: &CudaBuf,
+    params: &CudaBuf,
+    seg: &LoraSeg,
+    k: usize,
+    n: usize,
+) {
+    let r = seg.rank;
+    assert!(
+        n * k <= w.len() && seg.a_off + r * k <= params.len() && seg.b_off + n * r <= params.len(),
+        "cuda dora_inv_norm: out of range"
+    );
+    if out.len() < n {
+        *out = be.alloc_zeros(n);
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn mix_bwd_theta(
-        &self,
-        dbuf: &mut CudaBuf,
-        buf: &CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        params: &CudaBuf,
-        theta: usize,
-        theta_init: f32,
-        grads: &mut CudaBuf,
-    ) {
-        Self::check_mix(dbuf.len().min(buf.len()), mix, c, b, n, width);
-        let th = Self::theta_view(params, theta);
-        assert!(theta < grads.len(), "cuda kv_mix: θ gradient out of range");
-        if n * width == 0 {
-            return;
-        }
-        let acc = self.upload_small(&[0f64]);
-        let (m0, c0, b0) = ((mix * width) as u64, (c * width) as u64, (b * width) as u64);
-        launch!(self, kv_mix_bwd_theta, grid(n * width);
-            &mut *dbuf.data, &*buf.data, &m0, &c0, &b0, &((n * width) as u64), &th, &theta_init, &acc);
-        let mut g = grads.data.slice_mut(theta..theta + 1);
-        launch!(self, kv_mix_dtheta, grid(1); &mut g, &th, &theta_init, &acc);
+    if n == 0 {
+        return;
     }
+    let a = params.data.slice(seg.a_off..seg.a_off + (r * k).max(1));
+    let b = params.data.slice(seg.b_off..seg.b_off + (n * r).max(1));
+    launch!(be, dora_inv_norm, per_row(n, 256);
+        &mut *out.data, &*w.data, &a, &b, &seg.scale(), &(r as i32), &(k as i32), &(n as i32));
 }

@@ -1,5 +1,5 @@
 //! Matmuls: base weights through cuBLAS (sgemm, row-major via the transposed problem), the
-//! batch-1 decode GEMV kernel, and `seg_gemm` (kernels/lora.cu), a list of small strided GEMMs in
+//! batch-1 decode GEMV kernel, and `seg_gemm` (kernels/seg_gemm.cu), a list of small strided GEMMs in
 //! one launch: the engine of the segment-aware LoRA (lora.rs) and the matmul fallback when
 //! cuBLAS is unavailable.
 
@@ -20,7 +20,7 @@ pub struct CudaWeight {
     pub(super) k: usize,
 }
 
-/// Tile sizes of kernels/lora.cu (BM, BN) and the K chunk of split-K (atomic) entries.
+/// Tile sizes of kernels/seg_gemm.cu (BM, BN) and the K chunk of split-K (atomic) entries.
 const TILE_M: usize = 64;
 const TILE_N: usize = 64;
 const SPLIT_K: usize = 256;
@@ -167,7 +167,7 @@ impl CudaBackend {
         }
         if k == 0 {
             if !accumulate {
-                self.fill_buf(y, 0.0); // an empty product (only y[..m·n] is specified)
+                super::ops::fill(self, y, 0.0); // an empty product (only y[..m·n] is specified)
             }
         } else if m == 1 {
             let cfg = LaunchConfig {
@@ -232,7 +232,7 @@ impl CudaBackend {
         }
         if n == 0 {
             if !accumulate {
-                self.fill_buf(dx, 0.0);
+                super::ops::fill(self, dx, 0.0);
             }
         } else if let Some(blas) = &self.blas {
             // Column-major dxᵀ[k,m] = w-as-stored[k,n] · dyᵀ[n,m].

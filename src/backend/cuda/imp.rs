@@ -1,9 +1,11 @@
-//! `Backend` for `CudaBackend`: every method delegates to a checked launch wrapper in `ops.rs`,
-//! `gemm.rs` or `attention.rs`.
+//! `Backend` for `CudaBackend`: every method delegates to the checked launch wrapper of the same
+//! name in its family's file (`ops.rs`, `rowwise.rs`, `cols.rs`, `lora.rs`, `attention.rs`,
+//! `gemm.rs`), which launches the kernel of that name (docs/ARCHITECTURE.md, "The backend seam").
 
-use super::{CudaBackend, CudaBuf, CudaWeight};
+use super::{attention, cols, lora, ops, rowwise, CudaBackend, CudaBuf, CudaWeight};
 use crate::backend::{
-    Activation, AdamStep, AttnDims, AttnPlan, Backend, HostWeight, LoraSeg, MemoryStats, Norm,
+    Activation, AdamStep, AttnArgs, AttnSaved, Backend, CrossEntropyTargets, HostWeight, KvMix,
+    LoraArgs, LoraSeg, MemoryStats, NormArgs, RopeArgs, RowCopy, Theta,
 };
 
 impl Backend for CudaBackend {
@@ -21,7 +23,13 @@ impl Backend for CudaBackend {
     }
     fn duplicate(&self, buf: &CudaBuf) -> CudaBuf {
         let mut d = self.alloc_zeros(buf.len());
-        self.copy_rows_k(&mut d, 0, buf, 0, 1, buf.len(), false);
+        let all = RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows: 1,
+            width: buf.len(),
+        };
+        ops::copy_rows(self, &mut d, buf, all, false);
         d
     }
     #[track_caller]
@@ -56,7 +64,7 @@ impl Backend for CudaBackend {
         buf.len()
     }
     fn fill(&self, buf: &mut CudaBuf, value: f32) {
-        self.fill_buf(buf, value)
+        ops::fill(self, buf, value)
     }
     fn download_range(&self, buf: &CudaBuf, off: usize, n: usize) -> Vec<f32> {
         assert!(off + n <= buf.len(), "cuda download_range: out of range");
@@ -71,24 +79,15 @@ impl Backend for CudaBackend {
         out
     }
     fn argmax(&self, buf: &CudaBuf, n: usize) -> u32 {
-        self.argmax_k(buf, n)
+        ops::argmax(self, buf, n)
     }
     fn add_host(&self, buf: &mut CudaBuf, off: usize, vals: &[f32]) {
         let v = self.upload(vals);
-        self.add_at(buf, off, &v, vals.len())
+        ops::add(self, buf, off, &v, vals.len())
     }
 
-    fn copy_rows(
-        &self,
-        dst: &mut CudaBuf,
-        dst_row: usize,
-        src: &CudaBuf,
-        src_row: usize,
-        rows: usize,
-        width: usize,
-        accumulate: bool,
-    ) {
-        self.copy_rows_k(dst, dst_row, src, src_row, rows, width, accumulate)
+    fn copy_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, at: RowCopy, accumulate: bool) {
+        ops::copy_rows(self, dst, src, at, accumulate)
     }
     /// Grows `dst` in place while its allocation has room; otherwise moves it once into an
     /// allocation with room for as many rows again (at least 64 rows), so a KV cache growing by
@@ -106,22 +105,34 @@ impl Backend for CudaBackend {
         if need > dst.capacity() {
             let cap_rows = (have + rows).max(2 * have).max(64);
             let mut grown = self.alloc_with_capacity(dst.len(), cap_rows * width);
-            self.copy_rows_k(&mut grown, 0, dst, 0, have, width, false);
+            let old = RowCopy {
+                dst_row: 0,
+                src_row: 0,
+                rows: have,
+                width,
+            };
+            ops::copy_rows(self, &mut grown, dst, old, false);
             *dst = grown;
         }
         dst.set_len(need);
-        self.copy_rows_k(dst, have, src, src_row, rows, width, false);
+        let new = RowCopy {
+            dst_row: have,
+            src_row,
+            rows,
+            width,
+        };
+        ops::copy_rows(self, dst, src, new, false);
     }
     fn gather_rows(&self, out: &mut CudaBuf, src: &CudaBuf, idx: &[usize], width: usize) {
-        self.gather(out, src, idx, width)
+        ops::gather_rows(self, out, src, idx, width)
     }
     fn scatter_add_rows(&self, out: &mut CudaBuf, src: &CudaBuf, idx: &[usize], width: usize) {
-        self.scatter_add(out, src, idx, width)
+        ops::scatter_add_rows(self, out, src, idx, width)
     }
     fn add(&self, y: &mut CudaBuf, x: &CudaBuf) {
         assert_eq!(y.len(), x.len(), "cuda add: length mismatch");
         let n = y.len();
-        self.add_at(y, 0, x, n)
+        ops::add(self, y, 0, x, n)
     }
 
     fn embedding_fwd(
@@ -132,7 +143,7 @@ impl Backend for CudaBackend {
         dim: usize,
         scale: f32,
     ) {
-        self.embedding(out, ids, &table.f32, dim, scale)
+        ops::embedding_fwd(self, out, ids, &table.f32, dim, scale)
     }
 
     fn matmul_fwd(
@@ -156,16 +167,8 @@ impl Backend for CudaBackend {
     ) {
         self.matmul_bwd_x_k(dx, dy, w, m, accumulate)
     }
-    fn lora_fwd(
-        &self,
-        y: &mut CudaBuf,
-        x: &CudaBuf,
-        params: &CudaBuf,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
-    ) {
-        self.lora_f(y, x, params, segs, k, n)
+    fn lora_fwd(&self, y: &mut CudaBuf, x: &CudaBuf, params: &CudaBuf, a: LoraArgs) {
+        lora::lora_fwd(self, y, x, params, a)
     }
     fn lora_bwd(
         &self,
@@ -174,11 +177,9 @@ impl Backend for CudaBackend {
         dy: &CudaBuf,
         x: &CudaBuf,
         params: &CudaBuf,
-        segs: &[LoraSeg],
-        k: usize,
-        n: usize,
+        a: LoraArgs,
     ) {
-        self.lora_b(dx, grads, dy, x, params, segs, k, n)
+        lora::lora_bwd(self, dx, grads, dy, x, params, a)
     }
 
     fn norm_fwd(
@@ -188,12 +189,9 @@ impl Backend for CudaBackend {
         x: &CudaBuf,
         w: &CudaBuf,
         b: Option<&CudaBuf>,
-        rows: usize,
-        d: usize,
-        kind: Norm,
-        eps: f32,
+        a: NormArgs,
     ) {
-        self.norm_f(out, stats, x, w, b, rows, d, kind, eps)
+        rowwise::norm_fwd(self, out, stats, x, w, b, a)
     }
     fn norm_bwd(
         &self,
@@ -202,25 +200,14 @@ impl Backend for CudaBackend {
         x: &CudaBuf,
         stats: &CudaBuf,
         w: &CudaBuf,
-        rows: usize,
-        d: usize,
-        kind: Norm,
+        a: NormArgs,
         accumulate: bool,
     ) {
-        self.norm_b(dx, dy, x, stats, w, rows, d, kind, accumulate)
+        rowwise::norm_bwd(self, dx, dy, x, stats, w, a, accumulate)
     }
 
-    fn rope(
-        &self,
-        x: &mut CudaBuf,
-        pos: &[u32],
-        heads: usize,
-        head_dim: usize,
-        rot_dim: usize,
-        inv_freq: &[f32],
-        inverse: bool,
-    ) {
-        self.rope_k(x, pos, heads, head_dim, rot_dim, inv_freq, inverse)
+    fn rope(&self, x: &mut CudaBuf, pos: &[u32], a: RopeArgs, inv_freq: &[f32], inverse: bool) {
+        rowwise::rope(self, x, pos, a, inv_freq, inverse)
     }
 
     fn attention_fwd(
@@ -230,10 +217,9 @@ impl Backend for CudaBackend {
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        a: AttnArgs,
     ) {
-        self.attn_fwd(out, lse, q, k, v, plan, dims)
+        attention::attention_fwd(self, out, lse, q, k, v, a)
     }
     fn attention_bwd(
         &self,
@@ -241,74 +227,32 @@ impl Backend for CudaBackend {
         dk: &mut CudaBuf,
         dv: &mut CudaBuf,
         dout: &CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        plan: &AttnPlan,
-        dims: AttnDims,
+        fwd: AttnSaved<CudaBuf>,
+        a: AttnArgs,
     ) {
-        self.attn_bwd(dq, dk, dv, dout, q, k, v, out, lse, plan, dims)
+        attention::attention_bwd(self, dq, dk, dv, dout, fwd, a)
     }
 
-    fn kv_mix_fwd(
-        &self,
-        buf: &mut CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    ) {
-        self.mix_fwd(buf, mix, c, b, n, width, alpha)
+    fn kv_mix_fwd(&self, buf: &mut CudaBuf, m: KvMix, alpha: f32) {
+        ops::kv_mix_fwd(self, buf, m, alpha)
     }
-    fn kv_mix_bwd(
-        &self,
-        dbuf: &mut CudaBuf,
-        buf: &CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        alpha: f32,
-    ) -> f64 {
-        self.mix_bwd(dbuf, buf, mix, c, b, n, width, alpha)
+    fn kv_mix_bwd(&self, dbuf: &mut CudaBuf, buf: &CudaBuf, m: KvMix, alpha: f32) -> f64 {
+        ops::kv_mix_bwd(self, dbuf, buf, m, alpha)
     }
 
-    fn kv_mix_fwd_theta(
-        &self,
-        buf: &mut CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
-        params: &CudaBuf,
-        theta: usize,
-        theta_init: f32,
-    ) {
-        self.mix_fwd_theta(buf, mix, c, b, n, width, params, theta, theta_init)
+    fn kv_mix_fwd_theta(&self, buf: &mut CudaBuf, m: KvMix, params: &CudaBuf, theta: Theta) {
+        ops::kv_mix_fwd_theta(self, buf, m, params, theta)
     }
     fn kv_mix_bwd_theta(
         &self,
         dbuf: &mut CudaBuf,
         buf: &CudaBuf,
-        mix: usize,
-        c: usize,
-        b: usize,
-        n: usize,
-        width: usize,
+        m: KvMix,
         params: &CudaBuf,
-        theta: usize,
-        theta_init: f32,
+        theta: Theta,
         grads: &mut CudaBuf,
     ) {
-        self.mix_bwd_theta(
-            dbuf, buf, mix, c, b, n, width, params, theta, theta_init, grads,
-        )
+        ops::kv_mix_bwd_theta(self, dbuf, buf, m, params, theta, grads)
     }
     fn mul_cols(
         &self,
@@ -318,7 +262,7 @@ impl Backend for CudaBackend {
         v: &CudaBuf,
         v_off: usize,
     ) {
-        self.cols_k(false, y, rows, width, v, v_off)
+        cols::mul_cols(self, y, rows, width, v, v_off)
     }
     fn add_cols(
         &self,
@@ -328,7 +272,7 @@ impl Backend for CudaBackend {
         v: &CudaBuf,
         v_off: usize,
     ) {
-        self.cols_k(true, y, rows, width, v, v_off)
+        cols::add_cols(self, y, rows, width, v, v_off)
     }
     fn col_dot(
         &self,
@@ -339,14 +283,14 @@ impl Backend for CudaBackend {
         rows: std::ops::Range<usize>,
         width: usize,
     ) {
-        self.col_dot_k(out, out_off, a, b, rows, width)
+        cols::col_dot(self, out, out_off, a, b, rows, width)
     }
     fn dora_inv_norm(&self, out: &mut CudaBuf, w: &CudaWeight, params: &CudaBuf, seg: &LoraSeg) {
-        self.dora_inv_norm_k(out, &w.f32, params, seg, w.k, w.n)
+        cols::dora_inv_norm(self, out, &w.f32, params, seg, w.k, w.n)
     }
 
     fn act_fwd(&self, out: &mut CudaBuf, gate: &CudaBuf, up: Option<&CudaBuf>, act: Activation) {
-        self.act_f(out, gate, up, act)
+        ops::act_fwd(self, out, gate, up, act)
     }
     fn act_bwd(
         &self,
@@ -357,32 +301,31 @@ impl Backend for CudaBackend {
         up: Option<&CudaBuf>,
         act: Activation,
     ) {
-        self.act_b(dgate, dup, dout, gate, up, act)
+        ops::act_bwd(self, dgate, dup, dout, gate, up, act)
     }
 
     fn cross_entropy(
         &self,
         logits: &mut CudaBuf,
-        targets: &[u32],
-        weights: &[f32],
+        targets: CrossEntropyTargets,
         vocab: usize,
         grad: bool,
         logprobs: &mut [f64],
         greedy: &mut [bool],
     ) -> f64 {
-        self.xent(logits, targets, weights, vocab, grad, logprobs, greedy)
+        rowwise::cross_entropy(self, logits, targets, vocab, grad, logprobs, greedy)
     }
 
     fn sum_sq(&self, x: &CudaBuf) -> f64 {
-        self.sum_squares(x)
+        rowwise::sum_sq(self, x)
     }
     fn scale(&self, x: &mut CudaBuf, s: f32) {
-        self.scale_buf(x, s)
+        ops::scale(self, x, s)
     }
     fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, h: AdamStep) {
-        self.adamw_k(p, g, m, v, h)
+        rowwise::adamw(self, p, g, m, v, h)
     }
     fn sgd(&self, p: &mut CudaBuf, g: &CudaBuf, lr: f32) {
-        self.sgd_k(p, g, lr)
+        rowwise::sgd(self, p, g, lr)
     }
 }

@@ -48,7 +48,7 @@ macro_rules! kernels {
 kernels! {
     "rows": [fill, add, scale, add_bias_rows, copy_rows, gather_rows, scatter_add_rows,
              embedding_fwd, argmax],
-    "kv_mix": [kv_mix_fwd, kv_mix_bwd, kv_mix_fwd_theta, kv_mix_bwd_theta, kv_mix_dtheta],
+    "kv_mix": [kv_mix_fwd, kv_mix_bwd, kv_mix_fwd_theta, kv_mix_bwd_theta, kv_mix_bwd_theta_grad],
     "cols": [mul_cols, add_cols, col_dot, dora_inv_norm],
     "act": [act_fwd, act_bwd],
     "norm": [norm_fwd, norm_bwd],
@@ -56,6 +56,6 @@ kernels! {
     "cross_entropy": [cross_entropy],
     "optim": [adamw, sgd, sum_sq],
     "gemv": [matmul_fwd_gemv],
-    "lora": [seg_gemm],
+    "seg_gemm": [seg_gemm],
     "attention": [attention_fwd, attention_bwd_dq, attention_bwd_dkv],
 }

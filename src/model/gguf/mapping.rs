@@ -3,8 +3,8 @@
 
 use super::config::ArchSpec;
 use super::format::{GgmlType, GgufFile, TensorInfo};
-use crate::model::config::{Arch, ModelConfig};
 use crate::backend::weight::QuantForm;
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::tensors::{HostTensor, TensorMap};
 use anyhow::{anyhow, ensure, Context, Result};
 use rayon::prelude::*;

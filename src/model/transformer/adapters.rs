@@ -60,7 +60,7 @@ impl LinearAdapter {
 /// One kv-mix of a layer: rows `[rows, rows + plan.n)` of the `target` (K or V) buffer, `width`
 /// wide, are `(1-α)·` rows `[plan.c, …)` `+ α·` rows `[plan.b, …)`.
 #[derive(Clone, Copy, Debug)]
-pub struct KvMix<'a> {
+pub struct LayerMix<'a> {
     pub plan: &'a MixPlan,
     /// The packed stream's token rows (where the mixed rows start).
     pub rows: usize,
@@ -77,8 +77,8 @@ pub trait Adapters<B: Backend>: Sync {
     /// The adapter op of linear `t` of `layer` over the rows of `p`.
     fn linear(&self, p: &super::Packed, layer: usize, t: Target) -> LinearAdapter;
     /// Writes the mixed rows of `buf` (after the K/V projection and RoPE).
-    fn kv_mix_fwd(&self, be: &B, m: &KvMix, buf: &mut B::Buf);
+    fn kv_mix_fwd(&self, be: &B, m: &LayerMix, buf: &mut B::Buf);
     /// Backward of [`Adapters::kv_mix_fwd`]: folds the mixed rows' gradient of `dbuf` into the
     /// rows they were mixed from, and accumulates the coefficient's gradient into `grads`.
-    fn kv_mix_bwd(&self, be: &B, m: &KvMix, dbuf: &mut B::Buf, buf: &B::Buf, grads: &mut B::Buf);
+    fn kv_mix_bwd(&self, be: &B, m: &LayerMix, dbuf: &mut B::Buf, buf: &B::Buf, grads: &mut B::Buf);
 }

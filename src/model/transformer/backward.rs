@@ -2,8 +2,8 @@
 //! LoRA matrices and θ receive parameter gradients (accumulated into the flat gradient buffer).
 
 use super::forward::attn_dims;
-use super::{Adapters, KvMix, LinearAdapter, Packed, Saved};
-use crate::backend::Backend;
+use super::{Adapters, LayerMix, LinearAdapter, Packed, Saved};
+use crate::backend::{AttnArgs, AttnSaved, Backend, LoraArgs, NormArgs, RopeArgs};
 use crate::model::weights::{Linear, Target, Weights};
 
 /// `dx (+)= dy W` plus the low-rank add's backward of that linear (dA, dB into `grads`); the
@@ -36,7 +36,18 @@ fn linear_bwd<B: Backend>(
     };
     be.matmul_bwd_x(dx, dy, &l.w, rows, accumulate);
     if !segs.is_empty() {
-        be.lora_bwd(dx, grads, dy, x, ad.params(), &segs, l.in_dim, l.out_dim);
+        be.lora_bwd(
+            dx,
+            grads,
+            dy,
+            x,
+            ad.params(),
+            LoraArgs {
+                segs: &segs,
+                k: l.in_dim,
+                n: l.out_dim,
+            },
+        );
     }
 }
 
@@ -71,6 +82,25 @@ fn backward_on_pool<B: Backend>(
     let norm = w.norm_kind();
     let act = w.activation();
     let dims = attn_dims(w);
+    let norm_args = |rows| NormArgs {
+        rows,
+        d,
+        kind: norm,
+        eps: c.norm_eps,
+    };
+    let rope_q = RopeArgs {
+        heads: c.num_heads,
+        head_dim: c.head_dim,
+        rot_dim: c.rotary_dim,
+    };
+    let rope_k = RopeArgs {
+        heads: c.num_kv_heads,
+        ..rope_q
+    };
+    let attn_args = AttnArgs {
+        plan: &p.attn,
+        dims,
+    };
     assert_eq!(
         fwd.acts.len(),
         c.num_layers,
@@ -88,9 +118,7 @@ fn backward_on_pool<B: Backend>(
         &fwd.final_x,
         &fwd.final_stats,
         &w.final_norm.w,
-        r,
-        d,
-        norm,
+        norm_args(r),
         false,
     );
     let mut dx = be.zeros(t * d);
@@ -176,9 +204,7 @@ fn backward_on_pool<B: Backend>(
                 &a.x_mid,
                 &a.stats2,
                 &mn.w,
-                t,
-                d,
-                norm,
+                norm_args(t),
                 true,
             );
         }
@@ -203,11 +229,22 @@ fn backward_on_pool<B: Backend>(
         let mut dk = be.zeros(kv_rows * kvd);
         let mut dv = be.zeros(kv_rows * kvd);
         be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &p.attn, dims,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dattn,
+            AttnSaved {
+                q: &a.q,
+                k: &a.k,
+                v: &a.v,
+                out: &a.attn,
+                lse: &a.lse,
+            },
+            attn_args,
         );
         if let Some(plan) = &p.mix {
             // The method owns the coefficient's chain rule (see `Adapters`).
-            let mix = |target| KvMix {
+            let mix = |target| LayerMix {
                 plan,
                 rows: t,
                 width: kvd,
@@ -217,24 +254,8 @@ fn backward_on_pool<B: Backend>(
             ad.kv_mix_bwd(be, &mix(Target::K), &mut dk, &a.k, grads);
             ad.kv_mix_bwd(be, &mix(Target::V), &mut dv, &a.v, grads);
         }
-        be.rope(
-            &mut dq,
-            &p.pos,
-            c.num_heads,
-            c.head_dim,
-            c.rotary_dim,
-            &w.inv_freq,
-            true,
-        );
-        be.rope(
-            &mut dk,
-            &p.pos,
-            c.num_kv_heads,
-            c.head_dim,
-            c.rotary_dim,
-            &w.inv_freq,
-            true,
-        );
+        be.rope(&mut dq, &p.pos, rope_q, &w.inv_freq, true);
+        be.rope(&mut dk, &p.pos, rope_k, &w.inv_freq, true);
         let mut dh = be.zeros(t * d);
         linear_bwd(
             be,
@@ -287,9 +308,7 @@ fn backward_on_pool<B: Backend>(
             &a.x,
             &a.stats1,
             &blk.attn_norm.w,
-            t,
-            d,
-            norm,
+            norm_args(t),
             true,
         );
         dx = dx_mid;

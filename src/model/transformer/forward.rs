@@ -1,8 +1,10 @@
 //! The forward pass: embeddings, blocks (attention over segments with the kv-mix, MLP), final
 //! norm and LM head at the requested rows.
 
-use super::{Adapters, ForwardOut, KvCache, KvMix, LayerActs, LinearAdapter, Mode, Packed, Saved};
-use crate::backend::{AttnDims, Backend};
+use super::{
+    Adapters, ForwardOut, KvCache, LayerActs, LayerMix, LinearAdapter, Mode, Packed, Saved,
+};
+use crate::backend::{AttnArgs, AttnDims, Backend, LoraArgs, NormArgs, RopeArgs, RowCopy};
 use crate::model::weights::{Linear, Target, Weights};
 
 /// `y = x Wᵀ + b + s·B(A x)` over all `rows` (the vector forms: see `peft::linear_fwd`).
@@ -25,7 +27,16 @@ pub(super) fn linear<B: Backend>(
     };
     be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
     if !segs.is_empty() {
-        be.lora_fwd(y, x, ad.params(), &segs, l.in_dim, l.out_dim);
+        be.lora_fwd(
+            y,
+            x,
+            ad.params(),
+            LoraArgs {
+                segs: &segs,
+                k: l.in_dim,
+                n: l.out_dim,
+            },
+        );
     }
 }
 
@@ -65,6 +76,25 @@ fn forward_on_pool<B: Backend>(
     let norm = w.norm_kind();
     let act = w.activation();
     let dims = attn_dims(w);
+    let norm_args = |rows| NormArgs {
+        rows,
+        d,
+        kind: norm,
+        eps: c.norm_eps,
+    };
+    let rope_q = RopeArgs {
+        heads: c.num_heads,
+        head_dim: c.head_dim,
+        rot_dim: c.rotary_dim,
+    };
+    let rope_k = RopeArgs {
+        heads: c.num_kv_heads,
+        ..rope_q
+    };
+    let attn_args = AttnArgs {
+        plan: &p.attn,
+        dims,
+    };
 
     let mut x = be.zeros(t * d);
     be.embedding_fwd(&mut x, &p.tokens, &w.embed, d, c.embed_scale.unwrap_or(1.0));
@@ -76,44 +106,18 @@ fn forward_on_pool<B: Backend>(
         let mut h = be.zeros(t * d);
         let mut stats1 = be.zeros(t * 2);
         let an = &blk.attn_norm;
-        be.norm_fwd(
-            &mut h,
-            &mut stats1,
-            &x,
-            &an.w,
-            an.b.as_ref(),
-            t,
-            d,
-            norm,
-            c.norm_eps,
-        );
+        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), norm_args(t));
         let mut q = be.zeros(t * qd);
         let mut k = be.zeros(kv_rows * kvd);
         let mut v = be.zeros(kv_rows * kvd);
         linear(be, &mut q, &h, &blk.q, t, ad, p, l, Target::Q);
         linear(be, &mut k, &h, &blk.k, t, ad, p, l, Target::K);
         linear(be, &mut v, &h, &blk.v, t, ad, p, l, Target::V);
-        be.rope(
-            &mut q,
-            &p.pos,
-            c.num_heads,
-            c.head_dim,
-            c.rotary_dim,
-            &w.inv_freq,
-            false,
-        );
-        be.rope(
-            &mut k,
-            &p.pos,
-            c.num_kv_heads,
-            c.head_dim,
-            c.rotary_dim,
-            &w.inv_freq,
-            false,
-        );
+        be.rope(&mut q, &p.pos, rope_q, &w.inv_freq, false);
+        be.rope(&mut k, &p.pos, rope_k, &w.inv_freq, false);
         if let Some(plan) = &p.mix {
             // The method mixes: it knows what the coefficient is a function of (see `Adapters`).
-            let mix = |target| KvMix {
+            let mix = |target| LayerMix {
                 plan,
                 rows: t,
                 width: kvd,
@@ -124,13 +128,18 @@ fn forward_on_pool<B: Backend>(
             ad.kv_mix_fwd(be, &mix(Target::V), &mut v);
         }
         if let Some(cache) = cache {
-            let at = t + p.mix_rows();
-            be.copy_rows(&mut k, at, &cache.k[l], 0, p.past, kvd, false);
-            be.copy_rows(&mut v, at, &cache.v[l], 0, p.past, kvd, false);
+            let past = RowCopy {
+                dst_row: t + p.mix_rows(),
+                src_row: 0,
+                rows: p.past,
+                width: kvd,
+            };
+            be.copy_rows(&mut k, &cache.k[l], past, false);
+            be.copy_rows(&mut v, &cache.v[l], past, false);
         }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
-        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, &p.attn, dims);
+        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, attn_args);
         let mut o = be.zeros(t * d);
         linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
 
@@ -152,10 +161,7 @@ fn forward_on_pool<B: Backend>(
                     &x_mid,
                     &mn.w,
                     mn.b.as_ref(),
-                    t,
-                    d,
-                    norm,
-                    c.norm_eps,
+                    norm_args(t),
                 );
                 h2
             }
@@ -222,10 +228,7 @@ fn forward_on_pool<B: Backend>(
         &final_x,
         &fnorm.w,
         fnorm.b.as_ref(),
-        r,
-        d,
-        norm,
-        c.norm_eps,
+        norm_args(r),
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
@@ -244,7 +247,17 @@ fn forward_on_pool<B: Backend>(
 /// The first `rows` rows (of `width`) of `x`.
 fn rows_copy<B: Backend>(be: &B, x: &B::Buf, rows: usize, width: usize) -> B::Buf {
     let mut y = be.zeros(rows * width);
-    be.copy_rows(&mut y, 0, x, 0, rows, width, false);
+    be.copy_rows(
+        &mut y,
+        x,
+        RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows,
+            width,
+        },
+        false,
+    );
     y
 }
 

@@ -10,7 +10,7 @@ mod backward;
 mod forward;
 mod peft;
 
-pub use adapters::{Adapters, KvMix, LinearAdapter, VecSeg};
+pub use adapters::{Adapters, LayerMix, LinearAdapter, VecSeg};
 pub use backward::backward;
 pub use forward::forward;
 

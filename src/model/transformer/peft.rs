@@ -4,7 +4,7 @@
 //! linear.
 
 use super::{LinearAdapter, VecSeg};
-use crate::backend::{Backend, LoraSeg};
+use crate::backend::{Backend, LoraArgs, LoraSeg, RowCopy};
 use crate::model::weights::Linear;
 
 fn lora_segs(segs: &[VecSeg]) -> Vec<LoraSeg> {
@@ -25,7 +25,17 @@ fn dora_factors<B: Backend>(be: &B, l: &Linear<B>, params: &B::Buf, segs: &[VecS
         let mut inv = be.zeros(n);
         be.dora_inv_norm(&mut inv, &l.w, params, s.lora.as_ref().unwrap());
         let mut g = be.zeros(n);
-        be.copy_rows(&mut g, 0, params, s.vec_off, n, 1, false);
+        be.copy_rows(
+            &mut g,
+            params,
+            RowCopy {
+                dst_row: 0,
+                src_row: s.vec_off,
+                rows: n,
+                width: 1,
+            },
+            false,
+        );
         be.mul_cols(&mut g, 0..1, n, &inv, 0);
         out.push((s.vec_off, inv, g));
     }
@@ -57,7 +67,16 @@ pub(super) fn linear_fwd<B: Backend>(
         LinearAdapter::Rescaled(_) => {
             // y = (m/n)⊙(W x + s·B A x) + b: the bias is added after the scaling.
             be.matmul_fwd(y, x, &l.w, None, rows, false);
-            be.lora_fwd(y, x, params, &lora_segs(segs), k, n);
+            be.lora_fwd(
+                y,
+                x,
+                params,
+                LoraArgs {
+                    segs: &lora_segs(segs),
+                    k,
+                    n,
+                },
+            );
             let f = dora_factors(be, l, params, segs);
             for s in segs {
                 be.mul_cols(y, s.rows.clone(), n, factor::<B>(&f, s).1, 0);
@@ -69,7 +88,17 @@ pub(super) fn linear_fwd<B: Backend>(
         LinearAdapter::ScaleInput(_) => {
             // y = W (l⊙x) + b
             let mut xs = be.zeros(rows * k);
-            be.copy_rows(&mut xs, 0, x, 0, rows, k, false);
+            be.copy_rows(
+                &mut xs,
+                x,
+                RowCopy {
+                    dst_row: 0,
+                    src_row: 0,
+                    rows,
+                    width: k,
+                },
+                false,
+            );
             for s in segs {
                 be.mul_cols(&mut xs, s.rows.clone(), k, params, s.vec_off);
             }
@@ -116,9 +145,19 @@ pub(super) fn linear_bwd<B: Backend>(
             let ls = lora_segs(segs);
             let mut u = be.zeros(rows * n);
             be.matmul_fwd(&mut u, x, &l.w, None, rows, false);
-            be.lora_fwd(&mut u, x, params, &ls, k, n);
+            be.lora_fwd(&mut u, x, params, LoraArgs { segs: &ls, k, n });
             let mut du = be.zeros(rows * n);
-            be.copy_rows(&mut du, 0, dy, 0, rows, n, false);
+            be.copy_rows(
+                &mut du,
+                dy,
+                RowCopy {
+                    dst_row: 0,
+                    src_row: 0,
+                    rows,
+                    width: n,
+                },
+                false,
+            );
             let f = dora_factors(be, l, params, segs);
             for s in segs {
                 let (inv, g) = factor::<B>(&f, s);
@@ -127,7 +166,7 @@ pub(super) fn linear_bwd<B: Backend>(
                 be.mul_cols(&mut du, s.rows.clone(), n, g, 0);
             }
             be.matmul_bwd_x(dx, &du, &l.w, rows, accumulate);
-            be.lora_bwd(dx, grads, &du, x, params, &ls, k, n);
+            be.lora_bwd(dx, grads, &du, x, params, LoraArgs { segs: &ls, k, n });
         }
         LinearAdapter::ScaleInput(_) => {
             // y = W (l⊙x) + b: with g = dy W, dl = Σ_rows g⊙x and dx = l⊙g.
@@ -137,14 +176,34 @@ pub(super) fn linear_bwd<B: Backend>(
                 be.col_dot(grads, s.vec_off, &g, x, s.rows.clone(), k);
                 be.mul_cols(&mut g, s.rows.clone(), k, params, s.vec_off);
             }
-            be.copy_rows(dx, 0, &g, 0, rows, k, accumulate);
+            be.copy_rows(
+                dx,
+                &g,
+                RowCopy {
+                    dst_row: 0,
+                    src_row: 0,
+                    rows,
+                    width: k,
+                },
+                accumulate,
+            );
         }
         LinearAdapter::ScaleOutput(_) => {
             // y = l⊙z with z = W x + b: dl = Σ_rows dy⊙z and dx = (l⊙dy) W.
             let mut z = be.zeros(rows * n);
             be.matmul_fwd(&mut z, x, &l.w, l.b.as_ref(), rows, false);
             let mut ds = be.zeros(rows * n);
-            be.copy_rows(&mut ds, 0, dy, 0, rows, n, false);
+            be.copy_rows(
+                &mut ds,
+                dy,
+                RowCopy {
+                    dst_row: 0,
+                    src_row: 0,
+                    rows,
+                    width: n,
+                },
+                false,
+            );
             for s in segs {
                 be.col_dot(grads, s.vec_off, dy, &z, s.rows.clone(), n);
                 be.mul_cols(&mut ds, s.rows.clone(), n, params, s.vec_off);

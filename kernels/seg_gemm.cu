@@ -1,6 +1,8 @@
-// Segment-aware LoRA as one generic kernel: a list of small strided GEMMs ("entries") run in a
-// single launch, C_e (+)= α_e · A_e[m, k] · B_e[k, n]. The host (src/backend/cuda/gemm.rs)
-// turns the segments of both adapter sets into entries:
+// A list of small strided GEMMs ("entries") run in a single launch,
+// C_e (+)= α_e · A_e[m, k] · B_e[k, n]: the engine of the segment-aware LoRA ops, named for what
+// it computes since it serves several ops (docs/ARCHITECTURE.md, "Ops and where each lives").
+// The host (src/backend/cuda/lora.rs, on gemm.rs's launcher) turns the segments of both adapter
+// sets into entries:
 //   lora_fwd: xa = s·x·Aᵀ (one launch), then y += xa·Bᵀ (a second launch);
 //   lora_bwd: u = s·dy·B and xa = s·x·Aᵀ (one launch), then dA += uᵀx, dB += dyᵀxa and
 //             dx += u·A (one launch; dA/dB split over rows with f32 atomics, since the C and A
