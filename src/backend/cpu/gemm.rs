@@ -19,6 +19,8 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 
 /// `c[m,n] = (accumulate ? c : 0) + a[m,k] · b[k,n]`; c is dense row-major with row stride `ldc`.
 /// Large products split over the rayon pool.
+// The BLAS gemm signature (sizes, the two operands, the output with its row stride, accumulate),
+// so every gemm entry point of the crate reads alike.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
@@ -35,6 +37,8 @@ pub fn sgemm(
 
 /// [`sgemm`] on the calling thread only: for callers that are already one task of a parallel
 /// loop, where a nested split would only add scheduling.
+// The BLAS gemm signature (sizes, the two operands, the output with its row stride, accumulate),
+// so every gemm entry point of the crate reads alike.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_serial(
     m: usize,
@@ -49,6 +53,7 @@ pub fn sgemm_serial(
     gemm_with(m, n, k, a, b, c, ldc, accumulate, false)
 }
 
+// sgemm's arguments plus whether to split over the pool.
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(
     m: usize,

@@ -88,6 +88,8 @@ impl Out {
 /// rows of `ncols` values at stride `ldb` (columns past `ncols` are never read); C addresses `R`
 /// rows of `ncols` values at stride `ldc`, not aliasing A or B.
 #[target_feature(enable = "avx512f")]
+// A micro-kernel's operands as raw pointers with their strides: a struct would be built and read
+// back in the innermost loop of every product, for no gain in clarity at its two call sites.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize>(
     a: *const f32,
@@ -143,6 +145,7 @@ unsafe fn tile<const R: usize>(
 ///
 /// # Safety
 /// As [`tile`], with R = `rows`.
+// `tile`'s arguments plus the row count it dispatches on.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_rows(
     rows: usize,
@@ -169,6 +172,7 @@ unsafe fn tile_rows(
 
 /// Never called: [`available`] is false off x86-64, and the matmuls check it first.
 #[cfg(not(target_arch = "x86_64"))]
+// The x86-64 `tile_rows` signature.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_rows(
     _: usize,
@@ -235,6 +239,7 @@ fn grid(
 /// AVX-512F is present. A holds the rows `rows` of `k` values at stride `lda`; `out` the same rows
 /// of the column tiles' columns at stride `ldc`, written by no one else meanwhile; the pointer
 /// `b_block` returns addresses `kc` rows of `ncols` values at its stride.
+// The micro-kernel's operands and strides, the tile ranges, and the closure that supplies B.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sweep(
     a: *const f32,
@@ -364,6 +369,7 @@ pub fn matmul_nn(
 ///
 /// # Panics
 /// When a strided operand is too short for its shape, or without AVX-512F.
+// The BLAS gemm signature with explicit row strides (attention multiplies sub-blocks in place).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(
     m: usize,

@@ -232,6 +232,8 @@ impl Quant {
 
 /// Runs the AVX2 kernel for this format and `m` when the processor has it, else the portable
 /// loop. `out` is `[r1 − r0, m]` (weight-row major).
+// The signature of the per-format kernels it picks among (weight rows, activations and their
+// block sums, output), which the kernels take as plain slices for their `target_feature` bodies.
 #[allow(clippy::too_many_arguments)]
 fn rows_dispatch(
     w: &Quant,
