@@ -85,7 +85,7 @@ impl<B: Backend> Engine<B> {
             }
             None => {
                 let m = if mask == PromptMask::Causal {
-                    Method::Lora
+                    Method::CAUSAL_LM
                 } else {
                     Method::NaiveBidir
                 };

@@ -28,6 +28,11 @@ pub const METHODS: [Method; 7] = [
 ];
 
 impl Method {
+    /// A plain causal LM: one causal segment over prompt and answer. It is the LoRA baseline's
+    /// layout; with no adapters it reads the base model (`bench`'s and `generate`'s base rows,
+    /// the untrained reference of `compare`).
+    pub const CAUSAL_LM: Method = Method::Lora;
+
     pub fn name(self) -> &'static str {
         match self {
             Method::Bitune => "bitune",

@@ -130,7 +130,7 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         .map(|_| 100 + rng.below((vocab - 200) as usize) as u32)
         .collect();
 
-    let causal = empty_trainable(&be, &model, Method::Lora);
+    let causal = empty_trainable(&be, &model, Method::CAUSAL_LM);
     let lora = bitune_state(&be, &model, Method::Lora, 1);
     let bitune = bitune_state(&be, &model, Method::Bitune, 1);
     let mut e = Engine {

@@ -353,7 +353,7 @@ fn compare_on<B: Backend + Clone>(be: B, a: &CompareJob) -> Result<Value> {
         let Some(seed) = *seed else {
             let dir = a.out.join("runs").join(BASE);
             eprintln!("{tag}: evaluating the untrained model");
-            let tr = empty_trainable(&be, &model, Method::Lora);
+            let tr = empty_trainable(&be, &model, Method::CAUSAL_LM);
             let (m, metrics) = evaluate(&be, model, tr, &tasks, a.limit, &dir)?;
             model = m;
             runs.push(

@@ -238,7 +238,7 @@ fn before<B: Backend + Clone>(
     if a.no_samples {
         return Ok((model, Before::None));
     }
-    let tr = empty_trainable(be, &model, Method::Lora);
+    let tr = empty_trainable(be, &model, Method::CAUSAL_LM);
     let mut e = Engine {
         be: be.clone(),
         model,

@@ -45,8 +45,8 @@ pub(super) fn configure(ctx: &CudaContext, k: &super::kernels::Kernels) -> Resul
     Ok(limit)
 }
 
-/// The packed plan and where each part starts in it.
-struct Packed {
+/// The attention plan flattened into one i32 array for the kernels, and where each part starts.
+struct PlanArrays {
     ints: Vec<i32>,
     ranges_off: i32,
     items_off: i32,
@@ -59,7 +59,7 @@ struct Packed {
     covers_all: bool,
 }
 
-fn pack(plan: &AttnPlan, rows: usize, k_rows: usize, with_dkv: bool) -> Packed {
+fn plan_arrays(plan: &AttnPlan, rows: usize, k_rows: usize, with_dkv: bool) -> PlanArrays {
     let g = &plan.groups;
     let mut covered = vec![false; rows];
     let mut ranges: Vec<i32> = vec![];
@@ -112,7 +112,7 @@ fn pack(plan: &AttnPlan, rows: usize, k_rows: usize, with_dkv: bool) -> Packed {
     ints.extend(plan.q_pos.iter().map(|&p| p as i32));
     let kpos_off = ints.len() as i32;
     ints.extend(plan.k_pos.iter().map(|&p| p as i32));
-    Packed {
+    PlanArrays {
         ints,
         ranges_off,
         items_off,
@@ -175,7 +175,7 @@ pub(super) fn attention_fwd(
         out.len() >= q.len() && lse.len() >= rows * d.q_heads,
         "cuda attention_fwd: outputs"
     );
-    let p = pack(plan, rows, k_rows, false);
+    let p = plan_arrays(plan, rows, k_rows, false);
     if !p.covers_all {
         // Rows outside every group: zeros and lse = −∞, as on the CPU.
         super::ops::fill(be, out, 0.0);
@@ -213,7 +213,7 @@ pub(super) fn attention_bwd(
         dk.len() >= k.len() && dv.len() >= v.len() && lse.len() >= rows * d.q_heads,
         "cuda attention_bwd: sizes"
     );
-    let p = pack(plan, rows, k_rows, true);
+    let p = plan_arrays(plan, rows, k_rows, true);
     if !p.covers_all {
         super::ops::fill(be, dq, 0.0); // dq is overwritten: rows in no group get zeros
     }
