@@ -3,6 +3,7 @@
 use super::device::Device;
 use super::heldout;
 use crate::bitune::peft::Peft;
+use crate::bitune::plan::Method;
 use crate::jobs::train::{Report, TrainJob};
 use crate::train::optim::{OptKind, Schedule};
 use anyhow::Result;
@@ -112,16 +113,19 @@ pub struct TrainArgs {
     pub eval_n: usize,
 }
 
-impl From<&TrainArgs> for TrainJob {
-    fn from(a: &TrainArgs) -> Self {
-        TrainJob {
+/// Fails on a `--method` that names no method, before any model is loaded.
+impl TryFrom<&TrainArgs> for TrainJob {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &TrainArgs) -> anyhow::Result<Self> {
+        Ok(TrainJob {
             model: a.model.clone(),
             data: a.data.clone(),
             instruction_field: a.instruction_field.clone(),
             response_field: a.response_field.clone(),
             out: a.out.clone(),
             overwrite: a.overwrite,
-            method: a.method.clone(),
+            method: Method::parse(&a.method)?,
             peft: a.peft,
             steps: a.steps,
             lr: a.lr,
@@ -151,12 +155,12 @@ impl From<&TrainArgs> for TrainJob {
             device: a.device,
             no_samples: a.no_samples,
             eval_n: a.eval_n,
-        }
+        })
     }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let o = crate::jobs::train::run(&TrainJob::from(&a))?;
+    let o = crate::jobs::train::run(&TrainJob::try_from(&a)?)?;
     match &o.report {
         Report::None => {}
         Report::Sample { before, after } => {
@@ -187,6 +191,6 @@ mod tests {
         }
         let no_args: [&str; 0] = [];
         let a = Wrap::parse_from(no_args).t;
-        assert_eq!(TrainJob::from(&a), TrainJob::default());
+        assert_eq!(TrainJob::try_from(&a).unwrap(), TrainJob::default());
     }
 }

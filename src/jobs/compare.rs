@@ -185,7 +185,7 @@ fn training_pairs(a: &CompareJob) -> Result<(String, Vec<Pair>)> {
 /// default (and settings added to `train` later do too).
 fn train_job(a: &CompareJob, method: &str, seed: u64, out: &Path) -> Result<TrainJob> {
     let t = TrainJob {
-        method: method.into(),
+        method: Method::parse(method)?,
         seed,
         out: Some(out.to_path_buf()),
         steps: a.steps,

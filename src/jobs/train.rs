@@ -37,7 +37,7 @@ pub struct TrainJob {
     /// Replace the run in `out` (its checkpoints, metrics and adapter; other files stay).
     pub overwrite: bool,
     /// bitune | lora | naive-bidir | no-mixing | only-causal | shared-weights | anti-causal.
-    pub method: String,
+    pub method: Method,
     /// Adapter type of both sets (`None`: LoRA; with `init_adapter`, the folder's).
     pub peft: Option<Peft>,
     /// Optimizer updates.
@@ -95,7 +95,7 @@ impl Default for TrainJob {
             response_field: "response".into(),
             out: None,
             overwrite: false,
-            method: "bitune".into(),
+            method: Method::Bitune,
             peft: None,
             steps: 100,
             lr: 3e-3,
@@ -291,7 +291,7 @@ pub(crate) fn init_state<B: Backend>(
     a: &TrainJob,
 ) -> Result<(Trainable<B>, AdapterMeta)> {
     let cfg = &model.weights.cfg;
-    let method = Method::parse(&a.method)?;
+    let method = a.method;
     Ok(match &a.init_adapter {
         Some(dir) => {
             let m = read_meta(dir, cfg)?;
