@@ -3,16 +3,22 @@
 # the same work: inference (prefill/decode, 50:200 and 200:50) and one train step (Bitune vs
 # LoRA). Writes bench/results/<date>-cpu-<commit>.json. Needs scripts/setup-python.sh for the
 # PyTorch side (skipped with a note when .pyref is absent).
+# BITUNE_BIN=path times a binary built elsewhere (an older commit, for before/after comparisons on
+# one machine and day); the file is then named after the commit that binary reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${THREADS:-2}"
-commit=$(git rev-parse --short HEAD)
 stamp=$(date -u +%Y-%m-%d)
-out="bench/results/${stamp}-cpu-${commit}.json"
 tmp=$(mktemp -d)
-cargo build --release --quiet
-bin=target/release/bitune-rt
+if [ -n "${BITUNE_BIN:-}" ]; then
+    bin="$BITUNE_BIN"
+else
+    cargo build --release --quiet
+    bin=target/release/bitune-rt
+fi
 $bin bench --json --threads "$threads" --prompt 50 --answer 200 --train --repeat 3 > "$tmp/rs_50_200.json"
+commit=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["commit"])' "$tmp/rs_50_200.json")
+out="bench/results/${stamp}-cpu-${commit}.json"
 $bin bench --json --threads "$threads" --prompt 200 --answer 50 --repeat 3 > "$tmp/rs_200_50.json"
 py=.pyref/bin/python
 if [ -x "$py" ]; then
