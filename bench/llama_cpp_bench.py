@@ -43,19 +43,27 @@ def cpu_name():
     return platform.processor() or "unknown cpu"
 
 
-def run_once(llm, ids, answer):
-    """Returns (prefill_s, decode_s) for one prefill + `answer` greedy decode steps."""
+def argmax_last(llama_cpp, llm, vocab):
+    """Greedy next token: argmax of the last evaluated position's logits, read in place (with
+    logits_all off, Llama.eval does not copy them into Llama.scores)."""
+    return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).argmax())
+
+
+def run_once(llama_cpp, llm, ids, answer, vocab):
+    """Returns (prefill_s, decode_s, tokens) for one prefill + `answer` greedy decode steps."""
     llm.reset()  # n_past = 0: eval() drops the KV cache from there on
     t0 = time.perf_counter()
     llm.eval(ids)  # one batch: len(ids) <= n_batch
     t1 = time.perf_counter()
-    nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    nxt = argmax_last(llama_cpp, llm, vocab)
+    out = [nxt]
     t2 = time.perf_counter()
     for _ in range(answer):
         llm.eval([nxt])
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        nxt = argmax_last(llama_cpp, llm, vocab)
+        out.append(nxt)
     t3 = time.perf_counter()
-    return t1 - t0, t3 - t2
+    return t1 - t0, t3 - t2, out
 
 
 def main():
@@ -66,6 +74,7 @@ def main():
     ap.add_argument("--answer", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's flash attention (off by default in llama-cpp-python)")
     a = ap.parse_args()
     if a.prompt < 1 or a.answer < 1 or a.repeat < 1 or a.threads < 1:
         ap.error("--prompt, --answer, --repeat and --threads must be >= 1")
@@ -84,6 +93,7 @@ def main():
         n_threads=a.threads,
         n_threads_batch=a.threads,
         logits_all=False,
+        flash_attn=a.flash_attn,
         verbose=False,
     )
     load_s = time.perf_counter() - t
@@ -93,10 +103,14 @@ def main():
     quant = FTYPES.get(int(ftype), ftype) if ftype is not None else None
 
     print(f"loaded {os.path.basename(a.model)} ({quant}) in {load_s:.1f}s; warm-up...", file=sys.stderr)
-    run_once(llm, ids, a.answer)
+    _, _, first = run_once(llama_cpp, llm, ids, a.answer, vocab)
+    print(f"greedy tokens: {first[:12]}...; text: {llm.detokenize(first[:24]).decode(errors='replace')!r}",
+          file=sys.stderr)
     prefill, decode, total = [], [], []
     for r in range(a.repeat):
-        p, d = run_once(llm, ids, a.answer)
+        p, d, toks = run_once(llama_cpp, llm, ids, a.answer, vocab)
+        if toks != first:
+            print("warning: greedy tokens differ between runs", file=sys.stderr)
         prefill.append(p)
         decode.append(d)
         total.append(p + d)
@@ -121,6 +135,7 @@ def main():
         "model": os.path.basename(a.model),
         "quant": quant,
         "n_batch": n_batch,
+        "flash_attn": a.flash_attn,
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         "load_s": round(load_s, 2),
         "cpu": cpu_name(),
