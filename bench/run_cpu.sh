@@ -57,7 +57,8 @@ for q in Q4_0 Q4_1 Q8_0; do
         fi
         if [ "$llama" = 1 ] && [ -f "$model" ]; then
             $py bench/llama_cpp_bench.py --model "$model" --threads "$threads" --prompt "$p" --answer "$a" \
-                --repeat 3 > "$tmp/llama_${q}_${p}_${a}.json"
+                --repeat 3 > "$tmp/llama_${q}_${p}_${a}.json" \
+                || echo '{"failed": "bench/llama_cpp_bench.py: see stderr"}' > "$tmp/llama_${q}_${p}_${a}.json"
         else
             echo '{"skipped": "no llama-cpp-python (bench/setup-llama-cpp.sh) or no model file"}' \
                 > "$tmp/llama_${q}_${p}_${a}.json"
