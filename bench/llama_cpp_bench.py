@@ -13,6 +13,11 @@ Each run starts from an empty KV cache. One warm-up run, then --repeat runs; eac
 median over the runs. n_threads = n_threads_batch = --threads. Token ids are drawn uniformly from
 [100, vocab - 100) with a fixed seed (as the Rust and transformers benches do).
 
+Built with OpenMP (bench/setup-llama-cpp.sh), llama.cpp meets its threads at a barrier after every
+graph op: on a machine whose cores are busy with other work, a descheduled thread stalls the rest,
+and its multi-thread figures swing far more than bitune-rt's (a 2-thread smoke run on a loaded
+2-core box measured 30 to 230 ms/token where 1 thread gave a steady 9). Compare on a quiet machine.
+
 Prints one JSON object on stdout; progress goes to stderr.
 
     .pyref/bin/python bench/llama_cpp_bench.py --threads 2 --prompt 50 --answer 200 --repeat 3
