@@ -9,7 +9,8 @@
 # bitune-rt is timed on each of them too, and the summary gets decode/prefill speedups per quant
 # and prompt:answer (llama.cpp's time ÷ bitune-rt's, > 1 when bitune-rt is faster).
 # BITUNE_BIN=path times a binary built elsewhere (an older commit, for before/after comparisons on
-# one machine and day); the file is then named after the commit that binary reports.
+# one machine and day). `bench` reports the commit of the checkout it runs in, so run this script
+# from a worktree of the binary's commit (`git worktree add /tmp/old <commit>`) to name it right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${THREADS:-2}"
