@@ -439,7 +439,7 @@ mod tests {
     fn llc_size_is_read_where_sysfs_has_it() {
         if std::path::Path::new("/sys/devices/system/cpu/cpu0/cache/index0/size").exists() {
             let b = llc_bytes().expect("a cache size");
-            assert!(b >= 4 << 10 && b % 1024 == 0, "{b}");
+            assert!(b >= 4 << 10 && b.is_multiple_of(1024), "{b}");
         }
     }
 }
