@@ -139,6 +139,16 @@ mod tests {
         let mut r2 = r.clone();
         r2["results"].as_object_mut().unwrap().remove("train");
         assert_eq!(table(&r2).lines().filter(|l| l.starts_with('|')).count(), 5);
+        // A device without a measured bandwidth: null floor fields, a dash, no floor line.
+        let mut r4 = r2.clone();
+        r4["bandwidth_gbs"] = json!(null);
+        r4["results"]["base"]["decode_floor_share"] = json!(null);
+        let t4 = table(&r4);
+        assert!(
+            t4.lines().nth(4).unwrap().contains("|              – |"),
+            "{t4}"
+        );
+        assert!(!t4.contains("decode floor"), "{t4}");
         let r3 = json!({"results": {"train": r["results"]["train"].clone()}});
         assert_eq!(table(&r3).lines().filter(|l| l.starts_with('|')).count(), 4);
     }

@@ -296,10 +296,9 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         let mut row = json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
                    "decode_ms_per_tok": ms_tok, "decode_tok_s": 1e3 / ms_tok,
                    "end_to_end_s": prefill_s + decode_s});
-        if let Some(f) = floor_ms {
-            row["decode_floor_ms_per_tok"] = json!(f);
-            row["decode_floor_share"] = json!(f / ms_tok);
-        }
+        // Null where no bandwidth was measured: every device reports the same keys.
+        row["decode_floor_ms_per_tok"] = json!(floor_ms);
+        row["decode_floor_share"] = json!(floor_ms.map(|f| f / ms_tok));
         results.insert(name.into(), row);
         if let Some(s) = saved {
             e.tr = s;
@@ -371,10 +370,8 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
     });
     report["decode_weight_bytes"] = json!(weight_bytes);
-    if let (Some(g), Some(f)) = (bandwidth_gbs, floor_ms) {
-        report["bandwidth_gbs"] = json!(g);
-        report["decode_floor_ms_per_tok"] = json!(f);
-    }
+    report["bandwidth_gbs"] = json!(bandwidth_gbs);
+    report["decode_floor_ms_per_tok"] = json!(floor_ms);
     if a.profile {
         report["profile"] = serde_json::Value::Object(profile);
     }
