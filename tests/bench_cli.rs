@@ -38,6 +38,14 @@ fn table_by_default_json_on_request() {
         "Bitune's overhead over LoRA: {out}"
     );
     assert!(rows[8].starts_with("| Bitune | "), "{out}");
+    assert!(
+        rows[2].split('|').nth(4).unwrap().trim().ends_with(" %"),
+        "base's share of the decode floor: {out}"
+    );
+    assert!(
+        out.contains("decode floor: 0.2 MB of weights per token / "),
+        "{out}"
+    );
 
     let file = std::env::temp_dir().join(format!("bitune-bench-{}.json", std::process::id()));
     let o = bench(&["--json", "--out", file.to_str().unwrap()]);
@@ -45,7 +53,17 @@ fn table_by_default_json_on_request() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON");
     for k in ["base", "lora", "bitune"] {
         assert!(v["results"][k]["decode_ms_per_tok"].as_f64().unwrap() > 0.0);
+        // The floor (weights read over bandwidth) sits under the measured time, give or take
+        // the noise of a shared machine.
+        let share = v["results"][k]["decode_floor_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share <= 1.5, "{k}: share of floor {share}");
     }
+    let bandwidth = v["bandwidth_gbs"].as_f64().unwrap();
+    assert!(bandwidth > 0.1, "{bandwidth} GB/s");
+    // The fixture llama's f32 matrices and embedding row (hand count in jobs::bench's tests).
+    assert_eq!(v["decode_weight_bytes"], 4 * (42_624 + 48));
+    let floor = v["decode_floor_ms_per_tok"].as_f64().unwrap();
+    assert!((floor - 170_688.0 / (bandwidth * 1e9) * 1e3).abs() < 1e-9 * (1.0 + floor));
     assert!(v["results"]["train"]["bitune_step_s"].as_f64().unwrap() > 0.0);
     let written = read_json(&file);
     assert_eq!(written["prompt"], 6);

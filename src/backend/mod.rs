@@ -251,6 +251,17 @@ pub trait Backend: Send + Sync {
     fn download_weight(&self, w: &Self::Weight) -> Vec<f32>;
     /// A weight's `(n, k)`: rows (output features), columns (input features).
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
+    /// Bytes of `w` that one [`Backend::matmul_fwd`] over `rows` rows of `x` reads: the size of
+    /// the form this backend's product reads at that row count (a compact form for decoding's
+    /// few rows where the backend holds one, else f32). Divided by the memory bandwidth, it is the
+    /// floor under a decoding step, where reading the weights is the whole cost.
+    fn weight_bytes_read(&self, w: &Self::Weight, rows: usize) -> u64;
+    /// Bytes of `table` that [`Backend::embedding_fwd`] of `rows` ids reads: `rows` f32 rows of
+    /// the table, the form every backend gathers from.
+    fn embedding_bytes_read(&self, table: &Self::Weight, rows: usize) -> u64 {
+        let (_, k) = self.weight_shape(table);
+        (rows * k * std::mem::size_of::<f32>()) as u64
+    }
     /// Copies `buf[off..off+n]` to the host (small reads: θ, a row of logits).
     fn download_range(&self, buf: &Self::Buf, off: usize, n: usize) -> Vec<f32>;
     /// `buf[off..off+len] += vals` from the host.

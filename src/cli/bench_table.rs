@@ -1,5 +1,6 @@
-//! `bench`'s table for people: base, LoRA and Bitune as rows; prefill, decode, end-to-end and
-//! the end-to-end overhead over LoRA as columns; the train-step rows with `--train`. Built from
+//! `bench`'s table for people: base, LoRA and Bitune as rows; prefill, decode, the share of the
+//! decode floor reached, end-to-end and the end-to-end overhead over LoRA as columns, then the
+//! floor itself; the train-step rows with `--train`. Built from
 //! the JSON report alone, so what a person reads and what a machine reads cannot disagree.
 
 use serde_json::Value;
@@ -32,19 +33,22 @@ pub fn table(r: &Value) -> String {
     if !inference.is_empty() {
         let _ = writeln!(
             s,
-            "| model  | prefill ms | decode ms/token | end-to-end s | overhead over LoRA |"
+            "| model  | prefill ms | decode ms/token | share of floor | end-to-end s | overhead over LoRA |"
         );
         let _ = writeln!(
             s,
-            "|--------|-----------:|----------------:|-------------:|-------------------:|"
+            "|--------|-----------:|----------------:|---------------:|-------------:|-------------------:|"
         );
         for (key, name) in inference {
             let x = &res[*key];
             let f = |k: &str| x[k].as_f64().unwrap_or(f64::NAN);
             let e2e = f("end_to_end_s");
+            let share = x["decode_floor_share"]
+                .as_f64()
+                .map_or("–".into(), |v| format!("{:.1} %", 100.0 * v));
             let _ = writeln!(
                 s,
-                "| {name:<6} | {:>10.1} | {:>15.2} | {:>12.2} | {:>18} |",
+                "| {name:<6} | {:>10.1} | {:>15.2} | {share:>14} | {:>12.2} | {:>18} |",
                 f("prefill_ms"),
                 f("decode_ms_per_tok"),
                 e2e,
@@ -55,6 +59,17 @@ pub fn table(r: &Value) -> String {
                 }
             );
         }
+    }
+    if let (Some(bytes), Some(g), Some(f)) = (
+        r["decode_weight_bytes"].as_f64(),
+        r["bandwidth_gbs"].as_f64(),
+        r["decode_floor_ms_per_tok"].as_f64(),
+    ) {
+        let _ = writeln!(
+            s,
+            "\ndecode floor: {:.1} MB of weights per token / {g:.1} GB/s (STREAM copy) = {f:.2} ms/token",
+            bytes / 1e6
+        );
     }
     let t = &res["train"];
     if let (Some(l), Some(b)) = (t["lora_step_s"].as_f64(), t["bitune_step_s"].as_f64()) {
@@ -86,9 +101,13 @@ mod tests {
 
     #[test]
     fn rows_columns_and_overheads() {
-        let row = |p: f64, d: f64, e: f64| json!({"prefill_ms": p, "decode_ms_per_tok": d, "end_to_end_s": e});
+        let row = |p: f64, d: f64, e: f64| {
+            json!({"prefill_ms": p, "decode_ms_per_tok": d, "end_to_end_s": e,
+            "decode_floor_share": 8.0 / d})
+        };
         let r = json!({"device": "cpu: x (2 threads)", "commit": "abc", "prompt": 50,
-            "answer": 200, "repeat": 3, "results": {
+            "answer": 200, "repeat": 3, "decode_weight_bytes": 80e6, "bandwidth_gbs": 10.0,
+            "decode_floor_ms_per_tok": 8.0, "results": {
                 "base": row(100.0, 16.0, 3.3), "lora": row(110.0, 17.0, 4.0),
                 "bitune": row(200.0, 17.5, 5.0),
                 "train": {"lora_step_s": 1.0, "bitune_step_s": 1.5, "ideal_ratio": 1.2}}});
@@ -97,6 +116,13 @@ mod tests {
         assert_eq!(lines.len(), 9, "{t}");
         assert!(
             lines[2].starts_with("| base ") && lines[2].ends_with("-17.5 % |"),
+            "{t}"
+        );
+        // 8 ms of floor under 16 ms/token measured: half.
+        assert!(lines[2].contains("|         50.0 % |"), "{t}");
+        assert!(lines[4].contains("|         45.7 % |"), "{t}");
+        assert!(
+            t.contains("decode floor: 80.0 MB of weights per token / 10.0 GB/s (STREAM copy) = 8.00 ms/token"),
             "{t}"
         );
         assert!(
@@ -113,6 +139,16 @@ mod tests {
         let mut r2 = r.clone();
         r2["results"].as_object_mut().unwrap().remove("train");
         assert_eq!(table(&r2).lines().filter(|l| l.starts_with('|')).count(), 5);
+        // A device without a measured bandwidth: null floor fields, a dash, no floor line.
+        let mut r4 = r2.clone();
+        r4["bandwidth_gbs"] = json!(null);
+        r4["results"]["base"]["decode_floor_share"] = json!(null);
+        let t4 = table(&r4);
+        assert!(
+            t4.lines().nth(4).unwrap().contains("|              – |"),
+            "{t4}"
+        );
+        assert!(!t4.contains("decode floor"), "{t4}");
         let r3 = json!({"results": {"train": r["results"]["train"].clone()}});
         assert_eq!(table(&r3).lines().filter(|l| l.starts_with('|')).count(), 4);
     }

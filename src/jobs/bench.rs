@@ -1,5 +1,7 @@
 //! `bench`: prefill (dual vs causal-only), decode and end-to-end latency, and train-step time
-//! (Bitune vs the LoRA baseline). Progress goes to stderr while it runs; the result is the JSON
+//! (Bitune vs the LoRA baseline). On the CPU, also the decode floor: the bytes of frozen weights a
+//! decoded token reads over the memory bandwidth a STREAM copy measures, and the share of it each
+//! decode row reaches. Progress goes to stderr while it runs; the result is the JSON
 //! report with device, commit and date (the CLI prints it, or its table).
 
 use super::{git_commit, now_utc};
@@ -10,7 +12,7 @@ use crate::bitune::params::LoraSpec;
 use crate::bitune::plan::{Example, Method};
 use crate::bitune::step::{loss_and_grad, Trainable};
 use crate::model::load::{resolve_model, Model};
-use crate::model::weights::ALL_TARGETS;
+use crate::model::weights::{Weights, ALL_TARGETS};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -86,6 +88,73 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown cpu".into())
 }
 
+/// Size of the last-level cache from sysfs (the largest `size` under cpu0's cache indices), if
+/// the system reports one.
+fn llc_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| {
+        let s = std::fs::read_to_string(e.ok()?.path().join("size")).ok()?;
+        let s = s.trim();
+        let (num, mult) = match s.strip_suffix('K') {
+            Some(n) => (n, 1 << 10),
+            None => match s.strip_suffix('M') {
+                Some(n) => (n, 1 << 20),
+                None => (s, 1),
+            },
+        };
+        num.parse::<usize>().ok().map(|v| v * mult)
+    })
+    .max()
+}
+
+/// Memory bandwidth as STREAM's copy measures it, in GB/s: `c[i] = a[i]` over f64 arrays of
+/// `bytes` each, split across the rayon pool the bench runs on, best of `reps` timed passes after
+/// an untimed one; each pass counts the bytes read and the bytes written.
+fn stream_copy_gbs(bytes: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = bytes / std::mem::size_of::<f64>();
+    // Chunks several times the thread count, so a slow thread does not leave the others idle.
+    let chunk = n.div_ceil(rayon::current_num_threads() * 8).max(1);
+    let mut a = vec![0.0f64; n];
+    let mut c = vec![0.0f64; n];
+    // First touch on the pool, as STREAM initialises: pages are mapped before any timing.
+    a.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(j, s)| s.iter_mut().for_each(|v| *v = j as f64 + 1.0));
+    c.par_chunks_mut(chunk).for_each(|s| s.fill(0.0));
+    let pass = |c: &mut [f64]| {
+        let t = Instant::now();
+        c.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        t.elapsed().as_secs_f64()
+    };
+    pass(&mut c);
+    let best = (0..reps)
+        .map(|_| pass(&mut c))
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(c[n - 1], a[n - 1], "the copy copied");
+    2.0 * (n * std::mem::size_of::<f64>()) as f64 / best / 1e9
+}
+
+/// Bytes of frozen weights one decoded token reads: every linear of every block and the LM head
+/// as the backend's product over one row reads them (its compact form where it holds one), plus
+/// the token's embedding row. Biases, norms and adapters are left out: they are vectors or
+/// low-rank, small beside the matrices.
+pub fn decode_weight_bytes<B: Backend>(be: &B, w: &Weights<B>) -> u64 {
+    let linears: u64 = w
+        .blocks
+        .iter()
+        .flat_map(|b| {
+            [&b.q, &b.k, &b.v, &b.o, &b.up, &b.down]
+                .into_iter()
+                .chain(&b.gate)
+        })
+        .map(|l| be.weight_bytes_read(&l.w, 1))
+        .sum();
+    linears + be.weight_bytes_read(w.lm_head_w(), 1) + be.embedding_bytes_read(&w.embed, 1)
+}
+
 /// A Bitune adapter as training would leave it: random A, small random B, θ at θ_init.
 fn bitune_state<B: Backend>(be: &B, model: &Model<B>, method: Method, seed: u64) -> Trainable<B> {
     let lora = LoraSpec {
@@ -130,6 +199,26 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         .map(|_| 100 + rng.below((vocab - 200) as usize) as u32)
         .collect();
 
+    let weight_bytes = decode_weight_bytes(&be, &model.weights);
+    let bandwidth_gbs = match a.device {
+        // STREAM's rule: arrays at least four times the last-level cache, so no pass is served
+        // from it; 256 MiB at the least.
+        Device::Cpu if !a.train_only => {
+            let bytes = llc_bytes().map_or(0, |c| 4 * c).max(256 << 20);
+            let t = Instant::now();
+            let gbs = stream_copy_gbs(bytes, 5);
+            eprintln!(
+                "bench: memory bandwidth {gbs:.1} GB/s (STREAM copy, 2 × {} MiB, {} threads, {:.1} s)",
+                bytes >> 20,
+                rayon::current_num_threads(),
+                t.elapsed().as_secs_f64()
+            );
+            Some(gbs)
+        }
+        // A host copy says nothing of device memory, and --train-only decodes nothing: no floor.
+        _ => None,
+    };
+    let floor_ms = bandwidth_gbs.map(|g| weight_bytes as f64 / (g * 1e9) * 1e3);
     let causal = empty_trainable(&be, &model, Method::CAUSAL_LM);
     let lora = bitune_state(&be, &model, Method::Lora, 1);
     let bitune = bitune_state(&be, &model, Method::Bitune, 1);
@@ -204,12 +293,13 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             Ok(())
         })?;
         let ms_tok = decode_s * 1e3 / decode_tokens.max(1) as f64;
-        results.insert(
-            name.into(),
-            json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
+        let mut row = json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
                    "decode_ms_per_tok": ms_tok, "decode_tok_s": 1e3 / ms_tok,
-                   "end_to_end_s": prefill_s + decode_s}),
-        );
+                   "end_to_end_s": prefill_s + decode_s});
+        // Null where no bandwidth was measured: every device reports the same keys.
+        row["decode_floor_ms_per_tok"] = json!(floor_ms);
+        row["decode_floor_share"] = json!(floor_ms.map(|f| f / ms_tok));
+        results.insert(name.into(), row);
         if let Some(s) = saved {
             e.tr = s;
         }
@@ -279,6 +369,9 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         "commit": git_commit(), "date": now_utc(), "model": path.display().to_string(), "load_s": load_s,
         "prompt": a.prompt, "answer": a.answer, "repeat": a.repeat, "results": results,
     });
+    report["decode_weight_bytes"] = json!(weight_bytes);
+    report["bandwidth_gbs"] = json!(bandwidth_gbs);
+    report["decode_floor_ms_per_tok"] = json!(floor_ms);
     if a.profile {
         report["profile"] = serde_json::Value::Object(profile);
     }
@@ -304,5 +397,46 @@ fn clone_cache<B: Backend>(
         k: c.k.iter().map(|b| be.duplicate(b)).collect(),
         v: c.v.iter().map(|b| be.duplicate(b)).collect(),
         pos: c.pos.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    fn fixture(name: &str) -> Model<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        Model::load(&Cpu, &dir.join(name)).unwrap()
+    }
+
+    /// The fixture llama (hidden 48, 3 heads of 16, 1 KV head, MLP 72, 2 layers, vocab 200, tied
+    /// LM head), counted by hand: per layer q 48·48 + k 48·16 + v 48·16 + o 48·48 + gate, up,
+    /// down 3·48·72 = 16 512 values, two layers 33 024; the tied LM head 200·48 = 9 600; the
+    /// embedding row 48. f32 checkpoint: 4 bytes each. bf16 checkpoint: the products read the
+    /// bf16 form (2 bytes), the embedding gather the f32 row.
+    #[test]
+    fn decode_weight_bytes_by_hand() {
+        let matrices = 2 * (2 * 48 * 48 + 2 * 48 * 16 + 3 * 48 * 72) + 200 * 48;
+        assert_eq!(matrices, 42_624);
+        let m = fixture("llama");
+        assert_eq!(decode_weight_bytes(&Cpu, &m.weights), 4 * (42_624 + 48));
+        let m = fixture("llama_bf16");
+        assert_eq!(decode_weight_bytes(&Cpu, &m.weights), 2 * 42_624 + 4 * 48);
+    }
+
+    /// The copy moves real bytes at a plausible rate: above 0.1 GB/s, below 10 TB/s.
+    #[test]
+    fn stream_copy_measures_a_rate() {
+        let g = stream_copy_gbs(16 << 20, 2);
+        assert!(g > 0.1 && g < 1e4, "{g} GB/s");
+    }
+
+    #[test]
+    fn llc_size_is_read_where_sysfs_has_it() {
+        if std::path::Path::new("/sys/devices/system/cpu/cpu0/cache/index0/size").exists() {
+            let b = llc_bytes().expect("a cache size");
+            assert!(b >= 4 << 10 && b.is_multiple_of(1024), "{b}");
+        }
     }
 }

@@ -75,6 +75,9 @@ impl Backend for Cpu {
     fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
         (w.n(), w.k())
     }
+    fn weight_bytes_read(&self, w: &CpuWeight, rows: usize) -> u64 {
+        w.bytes_read(rows)
+    }
     fn download_range(&self, buf: &Vec<f32>, off: usize, n: usize) -> Vec<f32> {
         buf[off..off + n].to_vec()
     }

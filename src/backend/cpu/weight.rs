@@ -61,14 +61,11 @@ impl CpuWeight {
         m: usize,
         accumulate: bool,
     ) {
-        static F32_DECODE: OnceLock<bool> = OnceLock::new();
-        let f32_decode =
-            *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
         let (n, k) = (self.n, self.k);
         let (y, x) = (&mut y[..m * n], &x[..m * k]);
         let few = m <= MAX_QUANT_ROWS;
-        match (&self.quant, self.panels_for(m)) {
-            (Some(q), _) if few && !f32_decode => {
+        match (self.compact_for(m), self.panels_for(m)) {
+            (Some(q), _) => {
                 let _p = prof::scope("matmul_fwd (quant)");
                 q.matmul(y, x, m, n, k, accumulate);
             }
@@ -95,6 +92,27 @@ impl CpuWeight {
             } else {
                 y.par_chunks_mut(n).for_each(add);
             }
+        }
+    }
+
+    /// The compact form when a product over `m` rows reads it: decoding sizes, unless
+    /// `BITUNE_F32_DECODE` turned the compact path off.
+    fn compact_for(&self, m: usize) -> Option<&Quant> {
+        static F32_DECODE: OnceLock<bool> = OnceLock::new();
+        let f32_decode =
+            *F32_DECODE.get_or_init(|| std::env::var_os("BITUNE_F32_DECODE").is_some());
+        self.quant
+            .as_ref()
+            .filter(|_| m <= MAX_QUANT_ROWS && !f32_decode)
+    }
+
+    /// Bytes of this weight that [`CpuWeight::matmul_fwd`] over `m` rows reads: the compact form
+    /// it reads at that size (as this processor holds it: Q4 blocks re-laid for SIMD are 24 bytes
+    /// per 32 values), else the f32 values (the panels hold the same f32 values, re-laid).
+    pub fn bytes_read(&self, m: usize) -> u64 {
+        match self.compact_for(m) {
+            Some(q) => q.bytes(self.n, self.k),
+            None => (self.n * self.k * std::mem::size_of::<f32>()) as u64,
         }
     }
 
@@ -170,5 +188,48 @@ mod tests {
             compact.panels.get().map(Option::is_some),
             Some(tiles::available())
         );
+    }
+
+    /// The bytes a product reads, against a hand count for `[n, k] = [64, 96]` (3 blocks of 32
+    /// per row): the ggml blocks as stored (Q4_0 18 bytes, Q4_1 20, Q8_0 34 per 32 values), Q4
+    /// re-laid for SIMD (24), two bytes a value for bf16/f16, four for f32; past the decoding
+    /// sizes every form reads f32.
+    #[test]
+    fn bytes_read_counts_the_form_the_product_reads() {
+        let (n, k) = (64, 96);
+        let blocks = (n * k / 32) as u64;
+        assert_eq!(Quant::Q4_0(vec![]).bytes(n, k), blocks * 18);
+        assert_eq!(Quant::Q4_1(vec![]).bytes(n, k), blocks * 20);
+        assert_eq!(Quant::Q8_0(vec![]).bytes(n, k), blocks * 34);
+        assert_eq!(Quant::Bf16(vec![]).bytes(n, k), (n * k * 2) as u64);
+        let lanes = Quant::Q4Lanes {
+            data: vec![],
+            offset8: true,
+        };
+        assert_eq!(lanes.bytes(n, k), blocks * 24);
+
+        let f32_bytes = (n * k * 4) as u64;
+        let weight =
+            |q: Option<QuantForm>| CpuWeight::new(HostWeight::new(vec![0.0; n * k], n, k, q));
+        let plain = weight(None);
+        assert_eq!(plain.bytes_read(1), f32_bytes);
+        let forms = [
+            (QuantForm::Q4_0(vec![0; n * k / 32 * 18]), 18),
+            (QuantForm::Q4_1(vec![0; n * k / 32 * 20]), 20),
+            (QuantForm::Q8_0(vec![0; n * k / 32 * 34]), 34),
+        ];
+        for (form, block_bytes) in forms {
+            let w = weight(Some(form));
+            // This processor may hold Q4 blocks re-laid (24 bytes); the product reads those.
+            let want = match w.quant {
+                Some(Quant::Q4Lanes { .. }) => blocks * 24,
+                _ => blocks * block_bytes,
+            };
+            assert_eq!(w.bytes_read(1), want);
+            assert_eq!(w.bytes_read(MAX_QUANT_ROWS), want);
+            assert_eq!(w.bytes_read(MAX_QUANT_ROWS + 1), f32_bytes);
+        }
+        let half = weight(Some(QuantForm::F16(vec![0; n * k])));
+        assert_eq!(half.bytes_read(1), (n * k * 2) as u64);
     }
 }

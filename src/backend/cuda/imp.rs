@@ -46,6 +46,10 @@ impl Backend for CudaBackend {
     fn weight_shape(&self, w: &CudaWeight) -> (usize, usize) {
         (w.n, w.k)
     }
+    fn weight_bytes_read(&self, w: &CudaWeight, _rows: usize) -> u64 {
+        // Every product reads the f32 device buffer (the only form CudaWeight holds).
+        (w.n * w.k * std::mem::size_of::<f32>()) as u64
+    }
     #[track_caller]
     fn upload(&self, data: &[f32]) -> CudaBuf {
         if data.is_empty() {

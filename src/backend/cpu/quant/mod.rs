@@ -100,6 +100,15 @@ impl Quant {
         }
     }
 
+    /// Bytes a product reads of a `[rows, cols]` matrix in this form (a u16 element is two).
+    pub fn bytes(&self, rows: usize, cols: usize) -> u64 {
+        let unit = match self {
+            Quant::Bf16(_) | Quant::F16(_) => 2,
+            _ => 1,
+        };
+        (rows * self.row_units(cols) * unit) as u64
+    }
+
     /// The form this processor's kernels read fastest: Q4_0/Q4_1 become
     /// [`Quant::Q4Lanes`] where the AVX2 kernels run; everything else is kept.
     pub fn for_this_cpu(self) -> Self {
