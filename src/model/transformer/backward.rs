@@ -1,9 +1,9 @@
 //! The hand-written backward pass. Base weights are frozen: only activation gradients flow, and
 //! LoRA matrices and θ receive parameter gradients (accumulated into the flat gradient buffer).
 
-use super::forward::attn_dims;
+use super::forward::OpArgs;
 use super::{Adapters, LayerMix, LinearAdapter, Packed, Saved};
-use crate::backend::{AttnArgs, AttnSaved, Backend, LoraArgs, NormArgs, RopeArgs};
+use crate::backend::{AttnSaved, Backend, LoraArgs};
 use crate::model::weights::{Linear, Target, Weights};
 
 /// `dx (+)= dy W` plus the low-rank add's backward of that linear (dA, dB into `grads`); the
@@ -79,28 +79,7 @@ fn backward_on_pool<B: Backend>(
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());
     let kv_rows = p.kv_rows();
-    let norm = w.norm_kind();
-    let act = w.activation();
-    let dims = attn_dims(w);
-    let norm_args = |rows| NormArgs {
-        rows,
-        d,
-        kind: norm,
-        eps: c.norm_eps,
-    };
-    let rope_q = RopeArgs {
-        heads: c.num_heads,
-        head_dim: c.head_dim,
-        rot_dim: c.rotary_dim,
-    };
-    let rope_k = RopeArgs {
-        heads: c.num_kv_heads,
-        ..rope_q
-    };
-    let attn_args = AttnArgs {
-        plan: &p.attn,
-        dims,
-    };
+    let ops = OpArgs::new(w, p);
     assert_eq!(
         fwd.acts.len(),
         c.num_layers,
@@ -118,7 +97,7 @@ fn backward_on_pool<B: Backend>(
         &fwd.final_x,
         &fwd.final_stats,
         &w.final_norm.w,
-        norm_args(r),
+        ops.norm(r),
         false,
     );
     let mut dx = be.zeros(t * d);
@@ -147,7 +126,14 @@ fn backward_on_pool<B: Backend>(
         match &blk.gate {
             Some(g) => {
                 let mut dgate = be.zeros(t * inter);
-                be.act_bwd(&mut dgate, Some(&mut dup), &da, &a.gate, Some(&a.up), act);
+                be.act_bwd(
+                    &mut dgate,
+                    Some(&mut dup),
+                    &da,
+                    &a.gate,
+                    Some(&a.up),
+                    ops.act,
+                );
                 linear_bwd(
                     be,
                     &mut dh2,
@@ -178,7 +164,7 @@ fn backward_on_pool<B: Backend>(
                 );
             }
             None => {
-                be.act_bwd(&mut dup, None, &da, &a.up, None, act);
+                be.act_bwd(&mut dup, None, &da, &a.up, None, ops.act);
                 linear_bwd(
                     be,
                     &mut dh2,
@@ -204,7 +190,7 @@ fn backward_on_pool<B: Backend>(
                 &a.x_mid,
                 &a.stats2,
                 &mn.w,
-                norm_args(t),
+                ops.norm(t),
                 true,
             );
         }
@@ -240,7 +226,7 @@ fn backward_on_pool<B: Backend>(
                 out: &a.attn,
                 lse: &a.lse,
             },
-            attn_args,
+            ops.attn,
         );
         if let Some(plan) = &p.mix {
             // The method owns the coefficient's chain rule (see `Adapters`).
@@ -254,8 +240,8 @@ fn backward_on_pool<B: Backend>(
             ad.kv_mix_bwd(be, &mix(Target::K), &mut dk, &a.k, grads);
             ad.kv_mix_bwd(be, &mix(Target::V), &mut dv, &a.v, grads);
         }
-        be.rope(&mut dq, &p.pos, rope_q, &w.inv_freq, true);
-        be.rope(&mut dk, &p.pos, rope_k, &w.inv_freq, true);
+        be.rope(&mut dq, &p.pos, ops.rope_q, &w.inv_freq, true);
+        be.rope(&mut dk, &p.pos, ops.rope_k, &w.inv_freq, true);
         let mut dh = be.zeros(t * d);
         linear_bwd(
             be,
@@ -308,7 +294,7 @@ fn backward_on_pool<B: Backend>(
             &a.x,
             &a.stats1,
             &blk.attn_norm.w,
-            norm_args(t),
+            ops.norm(t),
             true,
         );
         dx = dx_mid;

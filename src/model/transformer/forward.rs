@@ -4,7 +4,9 @@
 use super::{
     Adapters, ForwardOut, KvCache, LayerActs, LayerMix, LinearAdapter, Mode, Packed, Saved,
 };
-use crate::backend::{AttnArgs, AttnDims, Backend, LoraArgs, NormArgs, RopeArgs, RowCopy};
+use crate::backend::{
+    Activation, AttnArgs, AttnDims, Backend, LoraArgs, Norm, NormArgs, RopeArgs, RowCopy,
+};
 use crate::model::weights::{Linear, Target, Weights};
 
 /// `y = x Wᵀ + b + s·B(A x)` over all `rows` (the vector forms: see `peft::linear_fwd`).
@@ -40,13 +42,56 @@ pub(super) fn linear<B: Backend>(
     }
 }
 
-pub(super) fn attn_dims<B: Backend>(w: &Weights<B>) -> AttnDims {
-    let c = &w.cfg;
-    AttnDims {
-        q_heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        scale: 1.0 / (c.head_dim as f32).sqrt(),
+/// The per-op arguments every layer of a pass shares, derived once from the config and the plan
+/// (the forward and the backward read the same ones).
+pub(super) struct OpArgs<'a> {
+    norm: Norm,
+    d: usize,
+    eps: f32,
+    pub act: Activation,
+    pub rope_q: RopeArgs,
+    pub rope_k: RopeArgs,
+    pub attn: AttnArgs<'a>,
+}
+
+impl<'a> OpArgs<'a> {
+    pub fn new<B: Backend>(w: &Weights<B>, p: &'a Packed) -> Self {
+        let c = &w.cfg;
+        let rope_q = RopeArgs {
+            heads: c.num_heads,
+            head_dim: c.head_dim,
+            rot_dim: c.rotary_dim,
+        };
+        OpArgs {
+            norm: w.norm_kind(),
+            d: c.hidden_size,
+            eps: c.norm_eps,
+            act: w.activation(),
+            rope_q,
+            rope_k: RopeArgs {
+                heads: c.num_kv_heads,
+                ..rope_q
+            },
+            attn: AttnArgs {
+                plan: &p.attn,
+                dims: AttnDims {
+                    q_heads: c.num_heads,
+                    kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    scale: 1.0 / (c.head_dim as f32).sqrt(),
+                },
+            },
+        }
+    }
+
+    /// The model's norm over `rows` rows of the hidden size.
+    pub fn norm(&self, rows: usize) -> NormArgs {
+        NormArgs {
+            rows,
+            d: self.d,
+            kind: self.norm,
+            eps: self.eps,
+        }
     }
 }
 
@@ -73,28 +118,7 @@ fn forward_on_pool<B: Backend>(
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());
     let kv_rows = p.kv_rows();
-    let norm = w.norm_kind();
-    let act = w.activation();
-    let dims = attn_dims(w);
-    let norm_args = |rows| NormArgs {
-        rows,
-        d,
-        kind: norm,
-        eps: c.norm_eps,
-    };
-    let rope_q = RopeArgs {
-        heads: c.num_heads,
-        head_dim: c.head_dim,
-        rot_dim: c.rotary_dim,
-    };
-    let rope_k = RopeArgs {
-        heads: c.num_kv_heads,
-        ..rope_q
-    };
-    let attn_args = AttnArgs {
-        plan: &p.attn,
-        dims,
-    };
+    let ops = OpArgs::new(w, p);
 
     let mut x = be.zeros(t * d);
     be.embedding_fwd(&mut x, &p.tokens, &w.embed, d, c.embed_scale.unwrap_or(1.0));
@@ -106,15 +130,15 @@ fn forward_on_pool<B: Backend>(
         let mut h = be.zeros(t * d);
         let mut stats1 = be.zeros(t * 2);
         let an = &blk.attn_norm;
-        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), norm_args(t));
+        be.norm_fwd(&mut h, &mut stats1, &x, &an.w, an.b.as_ref(), ops.norm(t));
         let mut q = be.zeros(t * qd);
         let mut k = be.zeros(kv_rows * kvd);
         let mut v = be.zeros(kv_rows * kvd);
         linear(be, &mut q, &h, &blk.q, t, ad, p, l, Target::Q);
         linear(be, &mut k, &h, &blk.k, t, ad, p, l, Target::K);
         linear(be, &mut v, &h, &blk.v, t, ad, p, l, Target::V);
-        be.rope(&mut q, &p.pos, rope_q, &w.inv_freq, false);
-        be.rope(&mut k, &p.pos, rope_k, &w.inv_freq, false);
+        be.rope(&mut q, &p.pos, ops.rope_q, &w.inv_freq, false);
+        be.rope(&mut k, &p.pos, ops.rope_k, &w.inv_freq, false);
         if let Some(plan) = &p.mix {
             // The method mixes: it knows what the coefficient is a function of (see `Adapters`).
             let mix = |target| LayerMix {
@@ -139,7 +163,7 @@ fn forward_on_pool<B: Backend>(
         }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
-        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, attn_args);
+        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, ops.attn);
         let mut o = be.zeros(t * d);
         linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
 
@@ -161,7 +185,7 @@ fn forward_on_pool<B: Backend>(
                     &x_mid,
                     &mn.w,
                     mn.b.as_ref(),
-                    norm_args(t),
+                    ops.norm(t),
                 );
                 h2
             }
@@ -174,11 +198,11 @@ fn forward_on_pool<B: Backend>(
             Some(g) => {
                 let mut gate = be.zeros(t * inter);
                 linear(be, &mut gate, &h2, g, t, ad, p, l, Target::Gate);
-                be.act_fwd(&mut a, &gate, Some(&up), act);
+                be.act_fwd(&mut a, &gate, Some(&up), ops.act);
                 gate
             }
             None => {
-                be.act_fwd(&mut a, &up, None, act);
+                be.act_fwd(&mut a, &up, None, ops.act);
                 be.zeros(0)
             }
         };
@@ -228,7 +252,7 @@ fn forward_on_pool<B: Backend>(
         &final_x,
         &fnorm.w,
         fnorm.b.as_ref(),
-        norm_args(r),
+        ops.norm(r),
     );
     let mut logits = be.zeros(r * c.vocab_size);
     let bias = w.lm_head.as_ref().and_then(|l| l.b.as_ref());
