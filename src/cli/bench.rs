@@ -67,21 +67,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::cli::parsed_without_options;
 
     /// The library's defaults are the command line's.
     #[test]
     fn defaults_match_the_command_line() {
-        #[derive(Parser)]
-        #[command(no_binary_name = true)]
-        struct Wrap {
-            #[command(flatten)]
-            b: BenchArgs,
-        }
-        let no_args: [&str; 0] = [];
-        assert_eq!(
-            BenchJob::from(&Wrap::parse_from(no_args).b),
-            BenchJob::default()
-        );
+        let a: BenchArgs = parsed_without_options();
+        assert_eq!(BenchJob::from(&a), BenchJob::default());
     }
 }

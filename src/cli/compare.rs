@@ -118,19 +118,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::cli::parsed_without_options;
 
     /// The library's defaults are the command line's.
     #[test]
     fn defaults_match_the_command_line() {
-        #[derive(Parser)]
-        #[command(no_binary_name = true)]
-        struct Wrap {
-            #[command(flatten)]
-            c: CompareArgs,
-        }
-        let no_args: [&str; 0] = [];
-        let a = Wrap::parse_from(no_args).c;
+        let a: CompareArgs = parsed_without_options();
         assert_eq!(CompareJob::from(&a), CompareJob::default());
     }
 }

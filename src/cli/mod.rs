@@ -12,3 +12,12 @@ pub mod score;
 pub mod train;
 
 pub use crate::jobs::set_threads;
+
+/// A subcommand's arguments as a command line without options parses them: the tests that hold
+/// each job's `Default` to the CLI's defaults start from this.
+#[cfg(test)]
+pub(crate) fn parsed_without_options<A: clap::Args + clap::FromArgMatches>() -> A {
+    let cmd = A::augment_args(clap::Command::new("test").no_binary_name(true));
+    let no_args: [&str; 0] = [];
+    A::from_arg_matches(&cmd.get_matches_from(no_args)).expect("defaults parse")
+}

@@ -177,20 +177,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::cli::parsed_without_options;
 
     /// The library's defaults are the command line's: a run configured in code trains as the
     /// same run typed without options.
     #[test]
     fn defaults_match_the_command_line() {
-        #[derive(Parser)]
-        #[command(no_binary_name = true)]
-        struct Wrap {
-            #[command(flatten)]
-            t: TrainArgs,
-        }
-        let no_args: [&str; 0] = [];
-        let a = Wrap::parse_from(no_args).t;
+        let a: TrainArgs = parsed_without_options();
         assert_eq!(TrainJob::try_from(&a).unwrap(), TrainJob::default());
     }
 }
