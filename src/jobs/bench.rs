@@ -292,6 +292,17 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             decode_tokens = a.answer;
             Ok(())
         })?;
+        if a.profile {
+            // One more decode, profiled apart from the timed ones (the scopes cost a clock read).
+            let mut cache = clone_cache(&e.be, &cache0);
+            let mut next = crate::bitune::sample::argmax(&logits0);
+            prof(true);
+            for _ in 0..a.answer {
+                next = e.decode_greedy(&mut cache, next)?;
+            }
+            prof(false);
+            take_profile(&mut profile, &format!("{name}_decode"));
+        }
         let ms_tok = decode_s * 1e3 / decode_tokens.max(1) as f64;
         let mut row = json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
                    "decode_ms_per_tok": ms_tok, "decode_tok_s": 1e3 / ms_tok,
