@@ -1,8 +1,9 @@
 //! Decode-path matmuls on the CPU at SmolLM2-135M's shapes: the f32 GEMV against the compact
-//! (quantised / bf16) weight kernels (Q4_1 lanes, Q8_0, bf16) and the portable loop that serves ggml-layout Q4 blocks on
-//! processors without AVX2. `cargo bench --bench decode_matmul`.
+//! (quantised / bf16) weight kernels: the integer dot on 8-bit activations (AVX-512 VNNI) for
+//! Q4_0/Q4_1/Q8_0, the f32 ones (Q4_1 lanes, Q8_0, bf16), and the portable loop that serves
+//! ggml-layout Q4 blocks on processors without AVX2. `cargo bench --bench decode_matmul`.
 
-use bitune_rt::backend::cpu::quant::Quant;
+use bitune_rt::backend::cpu::quant::{DotFmt, Quant};
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::{Backend, HostWeight};
 use bitune_rt::rng::Rng;
@@ -38,6 +39,18 @@ fn bench(c: &mut Criterion) {
             b.iter(|| Cpu.matmul_fwd(&mut y, &x, &wf, None, 1, false))
         });
         let formats = [
+            (
+                "q4_0_int8_dot",
+                Quant::q8_dot(&q_blocks(rows, cols, 18, &mut rng), DotFmt::Q4_0, cols),
+            ),
+            (
+                "q4_1_int8_dot",
+                Quant::q8_dot(&q_blocks(rows, cols, 20, &mut rng), DotFmt::Q4_1, cols),
+            ),
+            (
+                "q8_0_int8_dot",
+                Quant::q8_dot(&q_blocks(rows, cols, 34, &mut rng), DotFmt::Q8_0, cols),
+            ),
             (
                 "q4_1_portable",
                 Quant::Q4_1(q_blocks(rows, cols, 20, &mut rng)),

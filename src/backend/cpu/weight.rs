@@ -24,7 +24,7 @@ impl CpuWeight {
             values: w.values,
             n: w.n,
             k: w.k,
-            quant: w.quant.map(Quant::from),
+            quant: w.quant.map(|q| Quant::for_cpu(q, w.k)),
             panels: OnceLock::new(),
         }
     }
@@ -220,9 +220,15 @@ mod tests {
         ];
         for (form, block_bytes) in forms {
             let w = weight(Some(form));
-            // This processor may hold Q4 blocks re-laid (24 bytes); the product reads those.
+            // This processor may hold Q4 blocks re-laid (24 bytes), or blocks paired for the
+            // integer dot (a row's odd third block pairs with 16 or 32 bytes of zero codes); the
+            // product reads those.
             let want = match w.quant {
                 Some(Quant::Q4Lanes { .. }) => blocks * 24,
+                Some(Quant::Q8Dot { .. }) => {
+                    let pad = if block_bytes == 34 { 32 } else { 16 };
+                    blocks * block_bytes + n as u64 * pad
+                }
                 _ => blocks * block_bytes,
             };
             assert_eq!(w.bytes_read(1), want);

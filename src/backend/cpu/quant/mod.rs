@@ -7,11 +7,17 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod q8act;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+pub use q8act::Q8Rows;
 
 use crate::backend::weight::QuantForm;
 #[cfg(test)]
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A compact weight as the CPU kernels read it: a checkpoint's [`QuantForm`], or its Q4 blocks
 /// re-laid for SIMD.
@@ -33,6 +39,91 @@ pub enum Quant {
         data: Vec<u8>,
         offset8: bool,
     },
+    /// Q4_0/Q4_1/Q8_0 re-laid for the integer dot kernels (`Quant::q8_dot`), which read them
+    /// against 8-bit activations as the formats intend. A row is the u8 codes of its blocks in
+    /// pairs (Q4: byte j of a 32-byte pair holds code j of the even block in its low nibble, of
+    /// the odd block in its high one; Q8_0: the pair's 64 codes, each `q + 128`), an odd last
+    /// block paired with zero codes; then the checkpoint's f16 scale of every block and, for
+    /// Q4_1, its f16 min. Value `d·(q − offset) + m`, as the checkpoint's. Rows follow each
+    /// other, so a product reads one sequential stream, which the hardware prefetcher follows.
+    Q8Dot {
+        fmt: DotFmt,
+        data: Vec<u8>,
+    },
+}
+
+static INT8_ACTIVATIONS: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = 2;
+
+/// Whether weights loaded from now on are read against 8-bit activations where the integer dot
+/// kernels run (the default, as llama.cpp reads these formats), or against f32 activations, whose
+/// products are those of the f32 weights up to rounding (`BITUNE_F32_ACTIVATIONS=1` sets the
+/// default to this). Decoding logits move by about 0.25 RMS with 8-bit activations on the default
+/// model (llama.cpp: 0.28; `tests/int8_decode.rs`).
+pub fn use_int8_activations(on: bool) {
+    INT8_ACTIVATIONS.store(on as u8, Ordering::Relaxed);
+}
+
+/// Whether this processor runs the integer dot kernels (AVX-512 VNNI).
+pub fn int8_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vnni::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn int8_activations() -> bool {
+    match INT8_ACTIVATIONS.load(Ordering::Relaxed) {
+        UNSET => {
+            let on = std::env::var_os("BITUNE_F32_ACTIVATIONS").is_none_or(|v| v == "0");
+            use_int8_activations(on);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// Which ggml format a [`Quant::Q8Dot`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotFmt {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl DotFmt {
+    /// What the u8 codes are offset by (Q8_0's signed codes are stored `q + 128`).
+    fn offset(self) -> i32 {
+        match self {
+            DotFmt::Q4_0 => 8,
+            DotFmt::Q4_1 => 0,
+            DotFmt::Q8_0 => 128,
+        }
+    }
+    fn nibbles(self) -> bool {
+        self != DotFmt::Q8_0
+    }
+    /// Code bytes of one row of `nb` blocks.
+    fn code_row(self, nb: usize) -> usize {
+        nb.div_ceil(2) * if self.nibbles() { 32 } else { 64 }
+    }
+    /// Bytes of one row of `nb` blocks: codes, scales, mins.
+    fn row_bytes(self, nb: usize) -> usize {
+        let (_, min) = self.ggml_block();
+        self.code_row(nb) + 2 * nb * if min { 2 } else { 1 }
+    }
+    /// The f16 scale (`k` 0) or min (`k` 1) of block `b` in a row.
+    fn half(self, row: &[u8], nb: usize, k: usize, b: usize) -> f32 {
+        f16_le(&row[self.code_row(nb) + 2 * (k * nb + b)..])
+    }
+    /// The ggml block: bytes, and whether it has a min after the scale.
+    fn ggml_block(self) -> (usize, bool) {
+        match self {
+            DotFmt::Q4_0 => (18, false),
+            DotFmt::Q4_1 => (20, true),
+            DotFmt::Q8_0 => (34, false),
+        }
+    }
 }
 
 /// Where value `i` (0..32) of a block sits in [`Quant::Q4Lanes`]' 16 code bytes: 32-bit
@@ -74,9 +165,10 @@ fn f16_le(b: &[u8]) -> f32 {
     f32::from_bits(mag.to_bits() | sign)
 }
 
-impl From<QuantForm> for Quant {
-    /// The form this processor reads fastest (see [`Quant::for_this_cpu`]).
-    fn from(q: QuantForm) -> Self {
+impl Quant {
+    /// A checkpoint's compact form of a weight of `cols` columns, as this processor reads it
+    /// fastest (see [`Quant::for_this_cpu`]).
+    pub fn for_cpu(q: QuantForm, cols: usize) -> Self {
         match q {
             QuantForm::Q4_0(v) => Quant::Q4_0(v),
             QuantForm::Q4_1(v) => Quant::Q4_1(v),
@@ -84,18 +176,18 @@ impl From<QuantForm> for Quant {
             QuantForm::Bf16(v) => Quant::Bf16(v),
             QuantForm::F16(v) => Quant::F16(v),
         }
-        .for_this_cpu()
+        .for_this_cpu(cols)
     }
-}
 
-impl Quant {
     /// Bytes (or u16 elements for bf16/f16) of one row of `cols` values.
     pub fn row_units(&self, cols: usize) -> usize {
+        let nb = cols / 32;
         match self {
-            Quant::Q4_0(_) => cols / 32 * 18,
-            Quant::Q4_1(_) => cols / 32 * 20,
-            Quant::Q8_0(_) => cols / 32 * 34,
-            Quant::Q4Lanes { .. } => cols / 32 * 24,
+            Quant::Q4_0(_) => nb * 18,
+            Quant::Q4_1(_) => nb * 20,
+            Quant::Q8_0(_) => nb * 34,
+            Quant::Q4Lanes { .. } => nb * 24,
+            Quant::Q8Dot { fmt, .. } => fmt.row_bytes(nb),
             Quant::Bf16(_) | Quant::F16(_) => cols,
         }
     }
@@ -109,9 +201,19 @@ impl Quant {
         (rows * self.row_units(cols) * unit) as u64
     }
 
-    /// The form this processor's kernels read fastest: Q4_0/Q4_1 become
-    /// [`Quant::Q4Lanes`] where the AVX2 kernels run; everything else is kept.
-    pub fn for_this_cpu(self) -> Self {
+    /// The form this processor's kernels read fastest: Q4_0/Q4_1/Q8_0 become [`Quant::Q8Dot`]
+    /// where the AVX-512 VNNI kernels run, Q4_0/Q4_1 [`Quant::Q4Lanes`] where only the AVX2
+    /// ones do; everything else is kept.
+    pub fn for_this_cpu(self, cols: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if vnni::available() && int8_activations() && cols.is_multiple_of(32) {
+            return match self {
+                Quant::Q4_0(v) => Self::q8_dot(&v, DotFmt::Q4_0, cols),
+                Quant::Q4_1(v) => Self::q8_dot(&v, DotFmt::Q4_1, cols),
+                Quant::Q8_0(v) => Self::q8_dot(&v, DotFmt::Q8_0, cols),
+                other => other,
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return match self {
@@ -156,8 +258,45 @@ impl Quant {
         }
     }
 
+    /// Re-lays ggml blocks of `fmt` (rows of `cols` values) as [`Quant::Q8Dot`].
+    pub fn q8_dot(bytes: &[u8], fmt: DotFmt, cols: usize) -> Self {
+        let nb = cols / 32;
+        let (bsz, has_min) = fmt.ggml_block();
+        let rows = bytes.len() / (nb * bsz).max(1);
+        let (code_row, row_bytes) = (fmt.code_row(nb), fmt.row_bytes(nb));
+        let mut data = vec![0u8; rows * row_bytes];
+        for (row, out) in bytes
+            .chunks_exact(nb * bsz)
+            .zip(data.chunks_exact_mut(row_bytes))
+        {
+            let (out, halves) = out.split_at_mut(code_row);
+            for (b, blk) in row.chunks_exact(bsz).enumerate() {
+                halves[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
+                if has_min {
+                    halves[2 * (nb + b)..2 * (nb + b) + 2].copy_from_slice(&blk[2..4]);
+                }
+                let (pair, odd) = (b / 2, b % 2 == 1);
+                if fmt.nibbles() {
+                    let c = &blk[bsz - 16..];
+                    for j in 0..32 {
+                        let q = if j < 16 { c[j] & 0xF } else { c[j - 16] >> 4 };
+                        out[pair * 32 + j] |= if odd { q << 4 } else { q };
+                    }
+                } else {
+                    for j in 0..32 {
+                        out[pair * 64 + 32 * odd as usize + j] = blk[2 + j] ^ 0x80;
+                    }
+                }
+            }
+        }
+        Quant::Q8Dot { fmt, data }
+    }
+
     /// Whether this weight can serve a `[rows, cols]` matrix.
     pub fn fits(&self, rows: usize, cols: usize) -> bool {
+        if let Quant::Q8Dot { fmt, data } = self {
+            return cols.is_multiple_of(32) && data.len() == rows * fmt.row_bytes(cols / 32);
+        }
         let blocked = matches!(
             self,
             Quant::Q4_0(_) | Quant::Q4_1(_) | Quant::Q8_0(_) | Quant::Q4Lanes { .. }
@@ -167,6 +306,7 @@ impl Quant {
                 v.len()
             }
             Quant::Bf16(v) | Quant::F16(v) => v.len(),
+            Quant::Q8Dot { .. } => unreachable!("answered above"),
         };
         (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
     }
@@ -207,6 +347,12 @@ impl Quant {
                 .collect(),
             _ => vec![],
         };
+        // The activations in 8 bits, once for every chunk, where the integer kernels read them.
+        let q8 = match self {
+            Quant::Q8Dot { fmt, .. } => Some(Q8Rows::quantize(x, m, cols, fmt.offset())),
+            _ => None,
+        };
+        let q8 = q8.as_ref();
         if m == 1 && !accumulate {
             // One input row: y is `[rows]`, so each chunk writes its own slice directly.
             y[..rows]
@@ -214,7 +360,7 @@ impl Quant {
                 .enumerate()
                 .for_each(|(c, out)| {
                     let r0 = c * chunk;
-                    rows_dispatch(self, r0, r0 + out.len(), cols, x, &xsum, 1, out);
+                    rows_dispatch(self, r0, r0 + out.len(), cols, x, &xsum, q8, 1, out);
                 });
             return;
         }
@@ -224,7 +370,7 @@ impl Quant {
                 let r0 = c * chunk;
                 let r1 = (r0 + chunk).min(rows);
                 let mut out = vec![0f32; (r1 - r0) * m];
-                rows_dispatch(self, r0, r1, cols, x, &xsum, m, &mut out);
+                rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, &mut out);
                 (r0, out)
             })
             .collect();
@@ -239,8 +385,9 @@ impl Quant {
     }
 }
 
-/// Runs the AVX2 kernel for this format and `m` when the processor has it, else the portable
-/// loop. `out` is `[r1 − r0, m]` (weight-row major).
+/// Runs the AVX-512 VNNI (for [`Quant::Q8Dot`], on `q8`, the quantised `x`) or AVX2 kernel for
+/// this format and `m` when the processor has it, else the portable loop. `out` is `[r1 − r0, m]`
+/// (weight-row major).
 // The signature of the per-format kernels it picks among (weight rows, activations and their
 // block sums, output), which the kernels take as plain slices for their `target_feature` bodies.
 #[allow(clippy::too_many_arguments)]
@@ -251,9 +398,42 @@ fn rows_dispatch(
     cols: usize,
     x: &[f32],
     xsum: &[f32],
+    q8: Option<&Q8Rows>,
     m: usize,
     out: &mut [f32],
 ) {
+    if let Quant::Q8Dot { fmt, data } = w {
+        let a = q8.expect("Q8Dot is read with quantised activations");
+        #[cfg(target_arch = "x86_64")]
+        if vnni::available() {
+            use vnni::rows;
+            type Kernel = unsafe fn(&[u8], usize, usize, &Q8Rows, &mut [f32]);
+            fn pick<const NIB: bool, const MIN: bool, const OFF: bool>(m: usize) -> Kernel {
+                match m {
+                    1 => rows::<NIB, MIN, OFF, 1>,
+                    2 => rows::<NIB, MIN, OFF, 2>,
+                    3 => rows::<NIB, MIN, OFF, 3>,
+                    4 => rows::<NIB, MIN, OFF, 4>,
+                    5 => rows::<NIB, MIN, OFF, 5>,
+                    6 => rows::<NIB, MIN, OFF, 6>,
+                    7 => rows::<NIB, MIN, OFF, 7>,
+                    _ => rows::<NIB, MIN, OFF, 8>,
+                }
+            }
+            let kernel = match fmt {
+                DotFmt::Q4_0 => pick::<true, false, true>(m),
+                DotFmt::Q4_1 => pick::<true, true, false>(m),
+                DotFmt::Q8_0 => pick::<false, false, true>(m),
+            };
+            // SAFETY: `available()` checked AVX-512 F/BW/VL/VNNI; `matmul` asserted that the
+            // weight `fits` `[rows, cols]` (rows of `fmt.row_bytes`), so rows `r0..r1` lie
+            // inside it; `a` quantised the `m` rows of `x`; `out` is `(r1 − r0)·m`; `pick`
+            // chose the kernel for exactly `m` rows and this format.
+            unsafe { kernel(data, r0, r1, a, out) };
+            return;
+        }
+        return q8_dot_portable(*fmt, data, r0, r1, a, m, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() && cols.is_multiple_of(32) {
         use avx2::{rows, Bf16, Q4Lanes, F16, Q8_0};
@@ -292,6 +472,7 @@ fn rows_dispatch(
                 data,
                 offset8: false,
             } => (pick::<Q4Lanes<false>>(m), data),
+            Quant::Q8Dot { .. } => unreachable!("read above"),
         };
         // SAFETY: `available()` checked AVX2/FMA/F16C; `matmul` asserted that the weight is
         // `[rows, cols]` (so rows `r0..r1` lie inside it), that `x` holds `m` rows of `cols`,
@@ -301,6 +482,56 @@ fn rows_dispatch(
         return;
     }
     rows_kernel(w, r0, r1, cols, x, m, out)
+}
+
+/// The integer dot of [`Quant::Q8Dot`] weight rows `r0..r1` with quantised activations, as the
+/// VNNI kernel computes it (up to the order of its f32 additions): the reference it is tested
+/// against, and the loop where it does not run.
+fn q8_dot_portable(
+    fmt: DotFmt,
+    data: &[u8],
+    r0: usize,
+    r1: usize,
+    a: &Q8Rows,
+    m: usize,
+    out: &mut [f32],
+) {
+    let nb = a.nb;
+    let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+    for r in r0..r1 {
+        let row = &data[r * fmt.row_bytes(nb)..];
+        for i in 0..m {
+            let (mut acc, mut macc) = (0f32, 0f32);
+            for b in 0..nb {
+                let dw = fmt.half(row, nb, 0, b);
+                let mut isum = a.init[i * is + b / 2 * 16 + 8 * (b % 2)];
+                for j in 0..32 {
+                    let q = dot_code(fmt, row, b, j) as i32;
+                    isum += q * a.q[i * qs + b * 32 + j] as i32;
+                }
+                acc += dw * a.d[i * ss + b] * isum as f32;
+                if fmt == DotFmt::Q4_1 {
+                    macc += fmt.half(row, nb, 1, b) * a.sq[i * ss + b];
+                }
+            }
+            out[(r - r0) * m + i] = acc + macc;
+        }
+    }
+}
+
+/// The u8 code of value `j` of block `b` in a [`Quant::Q8Dot`] row.
+#[inline(always)]
+fn dot_code(fmt: DotFmt, row: &[u8], b: usize, j: usize) -> u8 {
+    if fmt.nibbles() {
+        let byte = row[b / 2 * 32 + j];
+        if b.is_multiple_of(2) {
+            byte & 0xF
+        } else {
+            byte >> 4
+        }
+    } else {
+        row[b / 2 * 64 + 32 * (b % 2) + j]
+    }
 }
 
 /// Widens row `r` of `w` into `out`: per block a scale (and min) and 16 or 32 integer codes,
@@ -360,6 +591,20 @@ fn widen_row(w: &Quant, r: usize, cols: usize, out: &mut [f32]) {
                 let o: &mut [f32; 32] = o.try_into().expect("a block of 32");
                 for j in 0..32 {
                     o[j] = (c[j] as i8) as f32 * d;
+                }
+            }
+        }
+        Quant::Q8Dot { fmt, data } => {
+            let nb = cols / 32;
+            let row = &data[r * u..(r + 1) * u];
+            for (b, o) in out.chunks_exact_mut(32).enumerate() {
+                let dw = fmt.half(row, nb, 0, b);
+                for (j, oj) in o.iter_mut().enumerate() {
+                    let q = dot_code(*fmt, row, b, j) as i32;
+                    *oj = match fmt {
+                        DotFmt::Q4_1 => q as f32 * dw + fmt.half(row, nb, 1, b),
+                        _ => (q - fmt.offset()) as f32 * dw,
+                    };
                 }
             }
         }
@@ -435,12 +680,16 @@ mod tests {
                 .collect()
         };
         let (q40, q41) = (blocks(nb, 18, false, rng), blocks(nb, 20, true, rng));
+        let q80 = blocks(nb, 34, false, rng);
         vec![
             Quant::q4_lanes(&q40, false),
             Quant::q4_lanes(&q41, true),
+            Quant::q8_dot(&q40, DotFmt::Q4_0, cols),
+            Quant::q8_dot(&q41, DotFmt::Q4_1, cols),
+            Quant::q8_dot(&q80, DotFmt::Q8_0, cols),
             Quant::Q4_0(q40),
             Quant::Q4_1(q41),
-            Quant::Q8_0(blocks(nb, 34, false, rng)),
+            Quant::Q8_0(q80),
             Quant::Bf16(halves(rng, |x| bf16::from_f32(x).to_bits())),
             Quant::F16(halves(rng, |x| f16::from_f32(x).to_bits())),
         ]
@@ -455,6 +704,11 @@ mod tests {
             Quant::F16(_) => "f16",
             Quant::Q4Lanes { offset8: true, .. } => "Q4_0 lanes",
             Quant::Q4Lanes { offset8: false, .. } => "Q4_1 lanes",
+            Quant::Q8Dot { fmt, .. } => match fmt {
+                DotFmt::Q4_0 => "Q4_0 for the integer dot",
+                DotFmt::Q4_1 => "Q4_1 for the integer dot",
+                DotFmt::Q8_0 => "Q8_0 for the integer dot",
+            },
         }
     }
 
@@ -466,29 +720,51 @@ mod tests {
         w
     }
 
-    /// Dotting with one-hot rows reads single weights back: the kernels (AVX2 where this
-    /// processor has it, else the portable loop) decode every value bit for bit like the
-    /// scalar reference, for every row count the dispatch distinguishes.
+    /// Dotting with one-hot rows reads single weights back: the kernels (AVX-512 VNNI or AVX2
+    /// where this processor has them, else the portable loops) decode every value like the
+    /// scalar reference, for every row count the dispatch distinguishes. The f32 kernels return
+    /// it bit for bit. The integer dot reads `x` in 8 bits: a one-hot `127/128` quantises
+    /// exactly (scale 2⁻⁷, code 127), so it returns `127/128·w` up to the rounding of its
+    /// per-lane products, thousands of times finer than one code step of any weight.
     #[test]
     fn kernels_decode_every_weight_exactly() {
         let (rows, cols) = (70, 96);
         let mut rng = Rng::new(4);
         for p in formats(rows, cols, &mut rng) {
+            let hot = if matches!(p, Quant::Q8Dot { .. }) {
+                127.0 / 128.0
+            } else {
+                1.0
+            };
             let w = widened(&p, rows, cols);
             for m in 1..=MAX_QUANT_ROWS {
                 for c0 in (0..cols).step_by(m) {
                     let mut x = vec![0f32; m * cols];
                     let picked: Vec<usize> = (0..m).map(|i| (c0 + i) % cols).collect();
                     for (i, &c) in picked.iter().enumerate() {
-                        x[i * cols + c] = 1.0;
+                        x[i * cols + c] = hot;
                     }
                     let mut y = vec![f32::NAN; m * rows];
                     p.matmul(&mut y, &x, m, rows, cols, false);
                     for (i, &c) in picked.iter().enumerate() {
                         for r in 0..rows {
-                            let (got, want) = (y[i * rows + r], w[r * cols + c]);
-                            // `==`: a sum starting at +0 turns a −0 weight into +0.
-                            assert_eq!(got, want, "{} m={m} r={r} c={c}", name(&p));
+                            let (got, w) = (y[i * rows + r], w[r * cols + c]);
+                            if let Quant::Q8Dot { fmt, data } = &p {
+                                // The offset `−o·127`, the codes' products and Q4_1's min term
+                                // are rounded apart: a few ulps of `((o + 16)·d + |m|)·x`.
+                                let (nb, b) = (cols / 32, c / 32);
+                                let row = &data[r * fmt.row_bytes(nb)..];
+                                let half = |k| fmt.half(row, nb, k, b).abs() as f64;
+                                let min = if *fmt == DotFmt::Q4_1 { half(1) } else { 0.0 };
+                                let scale = (fmt.offset() + 16) as f64 * half(0) + min;
+                                let want = hot as f64 * w as f64;
+                                let tol = 2f64.powi(-21) * scale * hot as f64;
+                                let ok = (got as f64 - want).abs() <= tol;
+                                assert!(ok, "{} m={m} r={r} c={c}: {got} vs {want}", name(&p));
+                            } else {
+                                // `==`: a sum starting at +0 turns a −0 weight into +0.
+                                assert_eq!(got, w, "{} m={m} r={r} c={c}", name(&p));
+                            }
                         }
                     }
                 }
@@ -496,8 +772,79 @@ mod tests {
         }
     }
 
+    /// How far quantising `x` to 8 bits per block of 32 can move `w·x`: each value by at most
+    /// half its block's step `amax/127`.
+    fn q8_error_bound(w: &[f32], x: &[f32]) -> f64 {
+        w.chunks(32)
+            .zip(x.chunks(32))
+            .map(|(wb, xb)| {
+                let amax = xb.iter().fold(0f32, |s, v| s.max(v.abs())) as f64;
+                let step = amax / 127.0;
+                wb.iter().map(|&v| v.abs() as f64).sum::<f64>() * step * 0.5
+            })
+            .sum::<f64>()
+            * 1.001
+    }
+
+    /// The integer dot kernels against their portable loop (the same integer sums, f32 additions
+    /// in another order), and the AVX-512 quantisation of x against the portable one (bit for
+    /// bit): odd block counts (a pair padded with zeros), more than one window of 16 blocks,
+    /// every row count, accumulating or not. Where VNNI does not run both sides are the
+    /// portable loops, and the check is that of `quant_matmul_equals_widened_f32`.
     #[test]
-    fn q4_lanes_keep_every_value() {
+    fn integer_dot_kernels_equal_their_portable_loop() {
+        let mut rng = Rng::new(9);
+        for (rows, cols) in [(37, 96), (21, 32 * 19), (19, 32 * 48)] {
+            let nb = rows * cols / 32;
+            let q40 = blocks(nb, 18, false, &mut rng);
+            let q41 = blocks(nb, 20, true, &mut rng);
+            let q80 = blocks(nb, 34, false, &mut rng);
+            for (bytes, fmt) in [
+                (q40, DotFmt::Q4_0),
+                (q41, DotFmt::Q4_1),
+                (q80, DotFmt::Q8_0),
+            ] {
+                let p = Quant::q8_dot(&bytes, fmt, cols);
+                assert!(p.fits(rows, cols) && !p.fits(rows, cols + 32));
+                let Quant::Q8Dot { data, .. } = &p else {
+                    unreachable!()
+                };
+                for m in 1..=MAX_QUANT_ROWS {
+                    let mut x: Vec<f32> = (0..m * cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                    // An all-zero block: scale 0, codes 0.
+                    x[32..64].iter_mut().for_each(|v| *v = 0.0);
+                    let a = Q8Rows::quantize(&x, m, cols, fmt.offset());
+                    let b = Q8Rows::quantize_portable(&x, m, cols, fmt.offset());
+                    let parts =
+                        |a: &Q8Rows| (a.q.clone(), a.d.clone(), a.init.clone(), a.sq.clone());
+                    assert_eq!(parts(&a), parts(&b), "quantised x");
+                    let y0: Vec<f32> = (0..m * rows).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                    let mut want = vec![0f32; rows * m];
+                    q8_dot_portable(fmt, data, 0, rows, &b, m, &mut want);
+                    for accumulate in [false, true] {
+                        let mut y = y0.clone();
+                        p.matmul(&mut y, &x, m, rows, cols, accumulate);
+                        for i in 0..m {
+                            for r in 0..rows {
+                                let base = if accumulate { y0[i * rows + r] } else { 0.0 };
+                                let want = want[r * m + i] + base;
+                                let got = y[i * rows + r];
+                                let tol = 1e-5 * (cols as f32).sqrt() * want.abs().max(1.0);
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{fmt:?} {rows}x{cols} m={m} acc={accumulate} r={r}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The re-laid forms (Q4 lanes, the integer dot's pairs) hold every value of the ggml blocks.
+    #[test]
+    fn relaid_forms_keep_every_value() {
         let (rows, cols) = (3, 64);
         let mut rng = Rng::new(6);
         let f = formats(rows, cols, &mut rng);
@@ -506,7 +853,7 @@ mod tests {
             let (w, n) = lane_nibble(i);
             assert!(w < 4 && n < 8 && !std::mem::replace(&mut seen[w * 8 + n], true));
         }
-        for (lanes, orig) in [(&f[0], &f[2]), (&f[1], &f[3])] {
+        for (lanes, orig) in [(0, 5), (1, 6), (2, 5), (3, 6), (4, 7)].map(|(a, b)| (&f[a], &f[b])) {
             assert_eq!(
                 widened(lanes, rows, cols),
                 widened(orig, rows, cols),
@@ -543,7 +890,13 @@ mod tests {
                                 } else {
                                     0.0
                                 };
-                            let tol = 1e-5 * (cols as f64).sqrt() * want.abs().max(1.0);
+                            let mut tol = 1e-5 * (cols as f64).sqrt() * want.abs().max(1.0);
+                            if matches!(p, Quant::Q8Dot { .. }) {
+                                tol += q8_error_bound(
+                                    &w[r * cols..(r + 1) * cols],
+                                    &x[i * cols..(i + 1) * cols],
+                                );
+                            }
                             let got = y[i * rows + r] as f64;
                             assert!(
                                 (got - want).abs() < tol,

@@ -1,0 +1,96 @@
+//! Activations quantised to 8 bits per block of 32, the form the integer dot kernels of
+//! [`super::Quant::Q8Dot`] read.
+
+/// Rows of activations quantised per block of 32: `dₓ = amax/127`, `qₓ = round(x/dₓ)` (ties to
+/// even), as ggml's Q8_0. Every array is padded with zeros so the kernels read whole vectors:
+/// `q` to an even number of blocks (the weights pair blocks), the per-block arrays to 16.
+pub struct Q8Rows {
+    pub nb: usize,
+    /// `[m, q_stride]` i8 codes.
+    pub q: Vec<i8>,
+    /// `[m, s_stride]` scales `dₓ`.
+    pub d: Vec<f32>,
+    /// `[m, i_stride]`: per pair of blocks, the integer sums' starting values, `−o·Σ qₓ` of
+    /// the pair's first block in lane 0, of its second in lane 8, zeros elsewhere: a weight
+    /// format whose u8 codes are offset by `o` (`d·(q − o)`) takes the offset back inside the
+    /// exact integer sum, before anything is rounded.
+    pub init: Vec<i32>,
+    /// `[m, s_stride]` `dₓ·Σ qₓ` per block: the sum of the block as quantised, which Q4_1's min
+    /// multiplies. Not the exact `Σ x`: with it the error of a block's dot is `Σ wⱼ·eⱼ` (e the
+    /// quantisation errors), where the exact sum leaves `Σ (wⱼ − m)·eⱼ`, about twice as large
+    /// since `m` is the block's minimum (it put top-5 logits of the default model 0.3-1.1 off
+    /// transformers' where llama.cpp, which does this, is 0.03-0.4 off).
+    pub sq: Vec<f32>,
+}
+
+impl Q8Rows {
+    pub fn q_stride(&self) -> usize {
+        self.nb.next_multiple_of(2) * 32
+    }
+    pub fn s_stride(&self) -> usize {
+        self.nb.next_multiple_of(16)
+    }
+    pub fn i_stride(&self) -> usize {
+        self.nb.div_ceil(2) * 16
+    }
+
+    pub(super) fn zeroed(m: usize, cols: usize) -> Self {
+        let nb = cols / 32;
+        let (qs, ss) = (nb.next_multiple_of(2) * 32, nb.next_multiple_of(16));
+        Q8Rows {
+            nb,
+            q: vec![0; m * qs],
+            d: vec![0.0; m * ss],
+            init: vec![0; m * nb.div_ceil(2) * 16],
+            sq: vec![0.0; m * ss],
+        }
+    }
+
+    /// The portable quantisation (the reference of [`Q8Rows::quantize`]'s AVX-512 one).
+    pub fn quantize_portable(x: &[f32], m: usize, cols: usize, offset: i32) -> Self {
+        let mut a = Self::zeroed(m, cols);
+        let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+        for i in 0..m {
+            for b in 0..a.nb {
+                let xb = &x[i * cols + b * 32..i * cols + b * 32 + 32];
+                let amax = xb.iter().fold(0f32, |s, v| s.max(v.abs()));
+                let (d, id) = scales(amax);
+                let mut isum = 0i32;
+                for (j, &v) in xb.iter().enumerate() {
+                    let q = (v * id).round_ties_even() as i32;
+                    a.q[i * qs + b * 32 + j] = q as i8;
+                    isum += q;
+                }
+                a.d[i * ss + b] = d;
+                a.init[i * is + b / 2 * 16 + 8 * (b % 2)] = -offset * isum;
+                a.sq[i * ss + b] = d * isum as f32;
+            }
+        }
+        a
+    }
+
+    /// `m` rows of `cols` (a multiple of 32) values, quantised for weights whose codes are
+    /// offset by `offset`.
+    pub fn quantize(x: &[f32], m: usize, cols: usize, offset: i32) -> Self {
+        assert!(x.len() >= m * cols && cols.is_multiple_of(32));
+        #[cfg(target_arch = "x86_64")]
+        if super::vnni::available() {
+            let mut a = Self::zeroed(m, cols);
+            // SAFETY: `available()` checked AVX-512 F/BW/VL/VNNI; `a` was sized for `m` rows of
+            // `cols` and `x` holds them (asserted).
+            unsafe { super::vnni::quantize_avx512(x, m, cols, offset, &mut a) };
+            return a;
+        }
+        Self::quantize_portable(x, m, cols, offset)
+    }
+}
+
+/// The block scale and its reciprocal; an all-zero block has both 0 (its codes are 0).
+#[inline(always)]
+pub(super) fn scales(amax: f32) -> (f32, f32) {
+    if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
