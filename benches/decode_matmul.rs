@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     // MLP up projection and the tied LM head of SmolLM2-135M.
     for (name, rows, cols) in [
+        ("kv_192x576", 192, 576),
         ("mlp_up_1536x576", 1536, 576),
         ("lm_head_49152x576", 49152, 576),
     ] {

@@ -16,15 +16,16 @@ use anyhow::Result;
 
 /// Sets the CPU thread count once (rayon's global pool); `None` keeps every core.
 pub fn set_threads(n: Option<usize>) -> Result<()> {
-    if let Some(n) = n {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        // A second call (tests, the C API) finds the pool built already: that is fine.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+    if n == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
     }
+    // A second call (tests, the C API, a job after the command line set it) finds the pool
+    // built already: that is fine. The commands run on the pool's threads (`main`), so they
+    // get the main thread's stack size rather than rayon's 2 MiB.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n.unwrap_or(0))
+        .stack_size(8 << 20)
+        .build_global();
     Ok(())
 }
 
