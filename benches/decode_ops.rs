@@ -1,6 +1,6 @@
 //! A decoding step's ops besides the weight matmuls, on the CPU at SmolLM2-135M's shapes, on one
-//! thread and on two: attention of one query row over 250 cached keys, and the rank-8 LoRA add of
-//! one row for the three linear shapes. `cargo bench --bench decode_ops`.
+//! thread and on two: attention of one query row over 250 cached keys (in cache, and 30 layers'
+//! worth from memory), and the rank-8 LoRA add of one row for the three linear shapes. `cargo bench --bench decode_ops`.
 
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::{
@@ -8,6 +8,7 @@ use bitune_rt::backend::{
 };
 use bitune_rt::rng::Rng;
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::time::{Duration, Instant};
 
 fn rand(n: usize, rng: &mut Rng) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
@@ -44,6 +45,10 @@ fn bench(c: &mut Criterion) {
         rand(keys * kw, &mut rng),
     );
     let (mut out, mut lse) = (vec![0f32; qw], vec![0f32; hq]);
+    let layers: Vec<(Vec<f32>, Vec<f32>)> = (0..30)
+        .map(|_| (rand(keys * kw, &mut rng), rand(keys * kw, &mut rng)))
+        .collect();
+    let mut flush = vec![0f32; 16 << 20];
     let rank = 8;
     let shapes = [
         ("q_576x576", 576, 576),
@@ -58,6 +63,24 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("decode_{threads}t"));
         g.bench_function("attention_fwd_250_keys", |b| {
             pool.install(|| b.iter(|| Cpu.attention_fwd(&mut out, &mut lse, &q, &k, &v, a)))
+        });
+        // Every layer's cache read from memory, as decoding does: the weights between two
+        // layers' attention evict the caches of the last.
+        g.bench_function("attention_fwd_30_layers_from_memory", |b| {
+            pool.install(|| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        flush.iter_mut().for_each(|x| *x += 1.0);
+                        let t0 = Instant::now();
+                        for (k, v) in &layers {
+                            Cpu.attention_fwd(&mut out, &mut lse, &q, k, v, a);
+                        }
+                        total += t0.elapsed();
+                    }
+                    total
+                })
+            })
         });
         for &(name, kd, n) in &shapes {
             let params = rand(rank * (kd + n), &mut rng);
