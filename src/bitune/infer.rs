@@ -4,7 +4,7 @@
 use super::plan::{pack, pack_answers, Seq};
 use super::step::Trainable;
 use crate::backend::{Backend, CrossEntropyTargets, RowCopy};
-use crate::model::transformer::{forward, KvCache, Mode};
+use crate::model::transformer::{forward, forward_append, KvCache, Mode};
 use crate::model::weights::Weights;
 use anyhow::{bail, Result};
 
@@ -176,22 +176,7 @@ fn decode_logits<B: Backend>(
     let (mut p, _) = pack_answers(&[seq], &cache.pos);
     p.logit_rows = vec![0];
     let ad = tr.state();
-    let out = forward(
-        be,
-        w,
-        &ad,
-        &p,
-        Some(cache),
-        Mode {
-            save_acts: false,
-            keep_kv: true,
-        },
-    );
-    let kvd = w.cfg.kv_dim();
-    for (l, (k, v)) in out.kv.iter().enumerate() {
-        be.append_rows(&mut cache.k[l], k, 0, 1, kvd);
-        be.append_rows(&mut cache.v[l], v, 0, 1, kvd);
-    }
+    let out = forward_append(be, w, &ad, &p, cache);
     cache.pos.push(pos);
     Ok(out.logits)
 }

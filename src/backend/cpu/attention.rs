@@ -204,27 +204,40 @@ pub fn attention_fwd(
             let mask = block_mask(g, plan, &b.rows, &keys);
             let (nb, nk) = (b.rows.len(), keys.len());
             let r0 = b.rows.start;
-            let mut s = vec![0f32; nb * nk];
             if nb < GEMM_MIN_ROWS {
+                // A decoding block is the whole call: its heads are the parallel work, as many
+                // per task as make one worth handing off.
+                let per_task = MIN_TASK.div_ceil(nk * hd);
                 for (i, (orow, lrow)) in ob.chunks_mut(qw).zip(lb.chunks_mut(hq)).enumerate() {
                     let mrow = mask.as_ref().map(|m| &m[i * nk..(i + 1) * nk]);
-                    let srow = &mut s[i * nk..(i + 1) * nk];
-                    for h in 0..hq {
-                        let kc = (h / per_kv) * hd;
-                        let qv = head(q, r0 + i, qw, h * hd, hd);
-                        for (x, &j) in srow.iter_mut().zip(&keys) {
-                            *x = dot(qv, head(k, j, kw, kc, hd));
-                        }
-                        lrow[h] = softmax_row(srow, mrow, d.scale);
-                        let o = &mut orow[h * hd..(h + 1) * hd];
-                        for (&p, &j) in srow.iter().zip(&keys) {
-                            let vv = head(v, j, kw, kc, hd);
-                            o.iter_mut().zip(vv).for_each(|(a, b)| *a += p * b);
-                        }
-                    }
+                    let row = Row {
+                        q: &q[(r0 + i) * qw..(r0 + i + 1) * qw],
+                        k,
+                        v,
+                        keys: &keys,
+                        mask: mrow,
+                        kw,
+                        hd,
+                        scale: d.scale,
+                    };
+                    row.check();
+                    orow.par_chunks_mut(hd)
+                        .zip(lrow.par_iter_mut())
+                        .enumerate()
+                        .with_min_len(per_task)
+                        .for_each_init(
+                            || vec![0f32; nk],
+                            |s, (h, (o, l))| {
+                                *l = super::simd::vectorize(
+                                    #[inline(always)]
+                                    || row.head(o, s, h, (h / per_kv) * hd),
+                                )
+                            },
+                        );
                 }
                 return;
             }
+            let mut s = vec![0f32; nb * nk];
             let (kt, vb) = (gather_t(k, &keys, hkv, hd), gather(v, &keys, kw));
             for h in 0..hq {
                 let kh = h / per_kv;
@@ -265,6 +278,129 @@ pub fn attention_fwd(
                 );
             }
         });
+}
+
+/// Multiply-adds (keys × head dim) below which a decoding row's heads are not split further.
+const MIN_TASK: usize = 1 << 14;
+
+/// One query row of a decoding block against its visible keys.
+struct Row<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    keys: &'a [usize],
+    mask: Option<&'a [bool]>,
+    kw: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl Row<'_> {
+    /// Every key row inside K and V, checked once so that a kernel may read them unchecked.
+    fn check(&self) {
+        let end = self.keys.iter().max().map_or(0, |&j| (j + 1) * self.kw);
+        assert!(
+            end <= self.k.len() && end <= self.v.len(),
+            "attention: a key row past K or V"
+        );
+    }
+
+    /// Head `h` (reading kv columns from `kc`) into `o` (zeroed), with `s` the scores' scratch;
+    /// returns the log-sum-exp.
+    #[inline(always)]
+    fn head(&self, o: &mut [f32], s: &mut [f32], h: usize, kc: usize) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::tiles::available() {
+            let f = match self.hd {
+                16 => avx512::head::<1>,
+                32 => avx512::head::<2>,
+                64 => avx512::head::<4>,
+                80 => avx512::head::<5>,
+                96 => avx512::head::<6>,
+                128 => avx512::head::<8>,
+                _ => return self.head_portable(o, s, h, kc),
+            };
+            assert!(
+                o.len() == self.hd
+                    && s.len() == self.keys.len()
+                    && kc + self.hd <= self.kw
+                    && (h + 1) * self.hd <= self.q.len()
+            );
+            // SAFETY: AVX-512F was detected; `check` put every key row inside K and V, and the
+            // assert above every other read and write inside its slice.
+            return unsafe { f(self, o, s, h, kc) };
+        }
+        self.head_portable(o, s, h, kc)
+    }
+
+    #[inline(always)]
+    fn head_portable(&self, o: &mut [f32], s: &mut [f32], h: usize, kc: usize) -> f32 {
+        let (hd, kw) = (self.hd, self.kw);
+        let qv = &self.q[h * hd..(h + 1) * hd];
+        for (x, &j) in s.iter_mut().zip(self.keys) {
+            *x = dot(qv, &self.k[j * kw + kc..j * kw + kc + hd]);
+        }
+        let lse = softmax_row(s, self.mask, self.scale);
+        for (&p, &j) in s.iter().zip(self.keys) {
+            let vv = &self.v[j * kw + kc..j * kw + kc + hd];
+            o.iter_mut().zip(vv).for_each(|(a, b)| *a += p * b);
+        }
+        lse
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::simd::tree::sum16;
+    use super::{softmax_row, Row};
+    use std::arch::x86_64::*;
+
+    /// [`Row::head`] for a head dim of 16·N: the query head stays in N registers, the scores
+    /// come 16 keys at a time out of the reduction tree, and P·V keeps the N output vectors in
+    /// registers across the keys.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn head<const N: usize>(
+        row: &Row,
+        o: &mut [f32],
+        s: &mut [f32],
+        h: usize,
+        kc: usize,
+    ) -> f32 {
+        let kw = row.kw;
+        let qp = row.q.as_ptr().add(h * 16 * N);
+        let q: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(qp.add(16 * c)));
+        let score = |j: usize| {
+            let kp = row.k.as_ptr().add(j * kw + kc);
+            let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(kp));
+            for (c, &qc) in q.iter().enumerate().skip(1) {
+                acc = _mm512_fmadd_ps(qc, _mm512_loadu_ps(kp.add(16 * c)), acc);
+            }
+            acc
+        };
+        let (keys, sp) = (row.keys, s.as_mut_ptr());
+        let full = keys.len() / 16 * 16;
+        for b in (0..full).step_by(16) {
+            let v = std::array::from_fn(|l| score(keys[b + l]));
+            _mm512_storeu_ps(sp.add(b), sum16(v));
+        }
+        for (jj, &j) in keys.iter().enumerate().skip(full) {
+            s[jj] = _mm512_reduce_add_ps(score(j));
+        }
+        let lse = softmax_row(s, row.mask, row.scale);
+        let op = o.as_mut_ptr();
+        let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(op.add(16 * c)));
+        for (&p, &j) in s.iter().zip(keys) {
+            let (pv, vp) = (_mm512_set1_ps(p), row.v.as_ptr().add(j * kw + kc));
+            for (c, a) in acc.iter_mut().enumerate() {
+                // A multiply then an add, rounded as the portable loop rounds.
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(pv, _mm512_loadu_ps(vp.add(16 * c))));
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(op.add(16 * c), *a);
+        }
+        lse
+    }
 }
 
 /// `c (+)= a · b` on row-major strided operands, on the calling thread.

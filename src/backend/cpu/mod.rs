@@ -3,6 +3,7 @@
 
 mod attention;
 pub mod gemm;
+mod lora;
 mod ops;
 pub mod prof;
 pub mod quant;
@@ -209,14 +210,8 @@ impl Backend for Cpu {
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
             if rows == 1 {
-                // A decoding step: two small dot loops; a gemm call's setup costs more than the
-                // work at m = 1.
-                let dot = quant::dot;
-                let xa: Vec<f32> = a.chunks_exact(k).map(|aj| dot(xs, aj) * sc).collect();
-                let ys = &mut y[s.rows.start * n..s.rows.end * n];
-                for (yi, bi) in ys.iter_mut().zip(b.chunks_exact(r)) {
-                    *yi += dot(&xa, bi);
-                }
+                // A decoding step: a gemm call's setup costs more than the work at m = 1.
+                lora::add_row(&mut y[s.rows.start * n..s.rows.end * n], xs, a, b, sc);
                 continue;
             }
             let mut xa = vec![0f32; rows * r];

@@ -5,9 +5,11 @@ use super::{
     Adapters, ForwardOut, KvCache, LayerActs, LayerMix, LinearAdapter, Mode, Packed, Saved,
 };
 use crate::backend::{
-    Activation, AttnArgs, AttnDims, Backend, LoraArgs, Norm, NormArgs, RopeArgs, RowCopy,
+    Activation, AttnArgs, AttnDims, AttnGroup, AttnPlan, Backend, LoraArgs, Norm, NormArgs,
+    RopeArgs, RowCopy,
 };
 use crate::model::weights::{Linear, Target, Weights};
+use std::ops::Range;
 
 /// `y = x Wᵀ + b + s·B(A x)` over all `rows` (the vector forms: see `peft::linear_fwd`).
 // The linear's forward (output, input, weight, rows) plus where the adapter is looked up.
@@ -103,7 +105,70 @@ pub fn forward<B: Backend>(
     cache: Option<&KvCache<B>>,
     mode: Mode,
 ) -> ForwardOut<B> {
-    crate::backend::on_pool(|| forward_on_pool(be, w, ad, p, cache, mode))
+    let past = cache.map_or(Past::None, Past::Read);
+    crate::backend::on_pool(|| forward_on_pool(be, w, ad, p, past, mode))
+}
+
+/// A decoding forward: appends this pass's K/V rows to `cache` and attends over the cache where
+/// it lies, so the past rows are neither copied into a K_ext buffer nor returned to be appended
+/// (per token, that copy cost as much as the attention itself). `p` has no kv-mix and reads the
+/// whole cache; the caller appends the new positions to `cache.pos`.
+pub fn forward_append<B: Backend>(
+    be: &B,
+    w: &Weights<B>,
+    ad: &dyn Adapters<B>,
+    p: &Packed,
+    cache: &mut KvCache<B>,
+) -> ForwardOut<B> {
+    assert!(
+        p.mix.is_none() && p.past == cache.rows(),
+        "forward_append: the pass must read the whole cache and mix nothing"
+    );
+    let past = Past::Append(cache);
+    crate::backend::on_pool(|| forward_on_pool(be, w, ad, p, past, Mode::default()))
+}
+
+/// Where a forward's past key/value rows come from.
+enum Past<'a, B: Backend> {
+    None,
+    /// Copied into K_ext after the pass's own rows.
+    Read(&'a KvCache<B>),
+    /// The cache itself, with the pass's rows appended: K_ext is `[past ; fresh]`.
+    Append(&'a mut KvCache<B>),
+}
+
+/// `plan` with K_ext's row order `[fresh (t) ; past]` turned into `[past ; fresh]`. The order of
+/// each group's key ranges stays, so every sum runs over the same keys in the same order.
+fn past_first(plan: &AttnPlan, t: usize) -> AttnPlan {
+    let past = plan.k_pos.len() - t;
+    let map = |r: &Range<usize>| -> Vec<Range<usize>> {
+        let fresh = r.start.min(t)..r.end.min(t);
+        let old = r.start.max(t)..r.end.max(t);
+        [
+            old.start - t..old.end - t,
+            past + fresh.start..past + fresh.end,
+        ]
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .collect()
+    };
+    AttnPlan {
+        groups: plan
+            .groups
+            .iter()
+            .map(|g| AttnGroup {
+                q: g.q.clone(),
+                kv: g.kv.iter().flat_map(map).collect(),
+                mask: g.mask,
+            })
+            .collect(),
+        q_pos: plan.q_pos.clone(),
+        k_pos: plan.k_pos[t..]
+            .iter()
+            .chain(&plan.k_pos[..t])
+            .copied()
+            .collect(),
+    }
 }
 
 fn forward_on_pool<B: Backend>(
@@ -111,14 +176,20 @@ fn forward_on_pool<B: Backend>(
     w: &Weights<B>,
     ad: &dyn Adapters<B>,
     p: &Packed,
-    cache: Option<&KvCache<B>>,
+    mut past: Past<B>,
     mode: Mode,
 ) -> ForwardOut<B> {
     let c = &w.cfg;
     let (t, d, inter) = (p.rows(), c.hidden_size, c.intermediate_size);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());
-    let kv_rows = p.kv_rows();
-    let ops = OpArgs::new(w, p);
+    let appending = matches!(past, Past::Append(_));
+    // An appending pass holds only its own rows; attention reads the rest from the cache.
+    let kv_rows = if appending { t } else { p.kv_rows() };
+    let appended_plan = appending.then(|| past_first(&p.attn, t));
+    let mut ops = OpArgs::new(w, p);
+    if let Some(plan) = &appended_plan {
+        ops.attn.plan = plan;
+    }
 
     let mut x = be.zeros(t * d);
     be.embedding_fwd(&mut x, &p.tokens, &w.embed, d, c.embed_scale.unwrap_or(1.0));
@@ -151,27 +222,42 @@ fn forward_on_pool<B: Backend>(
             ad.kv_mix_fwd(be, &mix(Target::K), &mut k);
             ad.kv_mix_fwd(be, &mix(Target::V), &mut v);
         }
-        if let Some(cache) = cache {
-            let past = RowCopy {
-                dst_row: t + p.mix_rows(),
-                src_row: 0,
-                rows: p.past,
-                width: kvd,
-            };
-            be.copy_rows(&mut k, &cache.k[l], past, false);
-            be.copy_rows(&mut v, &cache.v[l], past, false);
-        }
         let mut attn = be.zeros(t * qd);
         let mut lse = be.zeros(t * c.num_heads);
-        be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, ops.attn);
+        match &mut past {
+            Past::None => be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, ops.attn),
+            Past::Read(cache) => {
+                let rows = RowCopy {
+                    dst_row: t + p.mix_rows(),
+                    src_row: 0,
+                    rows: p.past,
+                    width: kvd,
+                };
+                be.copy_rows(&mut k, &cache.k[l], rows, false);
+                be.copy_rows(&mut v, &cache.v[l], rows, false);
+                be.attention_fwd(&mut attn, &mut lse, &q, &k, &v, ops.attn)
+            }
+            Past::Append(cache) => {
+                be.append_rows(&mut cache.k[l], &k, 0, t, kvd);
+                be.append_rows(&mut cache.v[l], &v, 0, t, kvd);
+                let (ck, cv) = (&cache.k[l], &cache.v[l]);
+                be.attention_fwd(&mut attn, &mut lse, &q, ck, cv, ops.attn)
+            }
+        }
         let mut o = be.zeros(t * d);
         linear(be, &mut o, &attn, &blk.o, t, ad, p, l, Target::O);
 
         // MLP: on the attention output (sequential) or on the same normed input (Phi, parallel).
-        let x_mid = if c.parallel_block {
+        // Unless the backward keeps x and x_mid, the residual adds go in place, not on copies.
+        let keep = mode.save_acts;
+        let mut x_mid = if c.parallel_block {
             x_copy(be, &x)
         } else {
-            let mut xm = x_copy(be, &x);
+            let mut xm = if keep {
+                x_copy(be, &x)
+            } else {
+                std::mem::replace(&mut x, be.zeros(0))
+            };
             be.add(&mut xm, &o);
             xm
         };
@@ -208,7 +294,11 @@ fn forward_on_pool<B: Backend>(
         };
         let mut mlp = be.zeros(t * d);
         linear(be, &mut mlp, &a, &blk.down, t, ad, p, l, Target::Down);
-        let mut x_out = x_copy(be, &x_mid);
+        let mut x_out = if keep {
+            x_copy(be, &x_mid)
+        } else {
+            std::mem::replace(&mut x_mid, be.zeros(0))
+        };
         if c.parallel_block {
             be.add(&mut x_out, &o);
         }

@@ -12,7 +12,7 @@ mod peft;
 
 pub use adapters::{Adapters, LayerMix, LinearAdapter, VecSeg};
 pub use backward::backward;
-pub use forward::forward;
+pub use forward::{forward, forward_append};
 
 use crate::backend::{AttnPlan, Backend};
 use std::ops::Range;
