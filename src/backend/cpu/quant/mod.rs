@@ -294,19 +294,13 @@ impl Quant {
 
     /// Whether this weight can serve a `[rows, cols]` matrix.
     pub fn fits(&self, rows: usize, cols: usize) -> bool {
-        if let Quant::Q8Dot { fmt, data } = self {
-            return cols.is_multiple_of(32) && data.len() == rows * fmt.row_bytes(cols / 32);
-        }
-        let blocked = matches!(
-            self,
-            Quant::Q4_0(_) | Quant::Q4_1(_) | Quant::Q8_0(_) | Quant::Q4Lanes { .. }
-        );
-        let len = match self {
-            Quant::Q4_0(v) | Quant::Q4_1(v) | Quant::Q8_0(v) | Quant::Q4Lanes { data: v, .. } => {
-                v.len()
-            }
-            Quant::Bf16(v) | Quant::F16(v) => v.len(),
-            Quant::Q8Dot { .. } => unreachable!("answered above"),
+        let (blocked, len) = match self {
+            Quant::Q4_0(v)
+            | Quant::Q4_1(v)
+            | Quant::Q8_0(v)
+            | Quant::Q4Lanes { data: v, .. }
+            | Quant::Q8Dot { data: v, .. } => (true, v.len()),
+            Quant::Bf16(v) | Quant::F16(v) => (false, v.len()),
         };
         (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
     }
@@ -497,14 +491,14 @@ fn q8_dot_portable(
     out: &mut [f32],
 ) {
     let nb = a.nb;
-    let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+    let (qs, ss) = (a.q_stride(), a.s_stride());
     for r in r0..r1 {
         let row = &data[r * fmt.row_bytes(nb)..];
         for i in 0..m {
             let (mut acc, mut macc) = (0f32, 0f32);
             for b in 0..nb {
                 let dw = fmt.half(row, nb, 0, b);
-                let mut isum = a.init[i * is + b / 2 * 16 + 8 * (b % 2)];
+                let mut isum = a.init[a.init_at(i, b)];
                 for j in 0..32 {
                     let q = dot_code(fmt, row, b, j) as i32;
                     isum += q * a.q[i * qs + b * 32 + j] as i32;

@@ -34,6 +34,21 @@ impl Q8Rows {
         self.nb.div_ceil(2) * 16
     }
 
+    /// Where the integer sum of block `b` of row `i` starts in `init`.
+    pub fn init_at(&self, i: usize, b: usize) -> usize {
+        i * self.i_stride() + b / 2 * 16 + 8 * (b % 2)
+    }
+
+    /// Block `b` of row `i`'s scale, and what its code sum `isum` gives: the integer sum's start
+    /// for codes offset by `offset`, and the block sum as quantised.
+    pub(super) fn put_block(&mut self, i: usize, b: usize, d: f32, isum: i32, offset: i32) {
+        let s = i * self.s_stride() + b;
+        self.d[s] = d;
+        self.sq[s] = d * isum as f32;
+        let at = self.init_at(i, b);
+        self.init[at] = -offset * isum;
+    }
+
     pub(super) fn zeroed(m: usize, cols: usize) -> Self {
         let nb = cols / 32;
         let (qs, ss) = (nb.next_multiple_of(2) * 32, nb.next_multiple_of(16));
@@ -49,7 +64,7 @@ impl Q8Rows {
     /// The portable quantisation (the reference of [`Q8Rows::quantize`]'s AVX-512 one).
     pub fn quantize_portable(x: &[f32], m: usize, cols: usize, offset: i32) -> Self {
         let mut a = Self::zeroed(m, cols);
-        let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+        let qs = a.q_stride();
         for i in 0..m {
             for b in 0..a.nb {
                 let xb = &x[i * cols + b * 32..i * cols + b * 32 + 32];
@@ -61,9 +76,7 @@ impl Q8Rows {
                     a.q[i * qs + b * 32 + j] = q as i8;
                     isum += q;
                 }
-                a.d[i * ss + b] = d;
-                a.init[i * is + b / 2 * 16 + 8 * (b % 2)] = -offset * isum;
-                a.sq[i * ss + b] = d * isum as f32;
+                a.put_block(i, b, d, isum, offset);
             }
         }
         a

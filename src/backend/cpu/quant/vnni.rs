@@ -11,6 +11,7 @@
 //! and for the min the block sum of x as quantised (`sq`).
 
 use super::q8act::{scales, Q8Rows};
+use super::DotFmt;
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -21,7 +22,7 @@ pub(super) unsafe fn quantize_avx512(
     offset: i32,
     a: &mut Q8Rows,
 ) {
-    let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+    let qs = a.q_stride();
     let sign = _mm512_set1_epi32(0x7FFF_FFFF);
     for i in 0..m {
         for b in 0..a.nb {
@@ -39,9 +40,7 @@ pub(super) unsafe fn quantize_avx512(
             _mm_storeu_si128(out as *mut __m128i, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128(out.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
             let isum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            a.d[i * ss + b] = d;
-            a.init[i * is + b / 2 * 16 + 8 * (b % 2)] = -offset * isum;
-            a.sq[i * ss + b] = d * isum as f32;
+            a.put_block(i, b, d, isum, offset);
         }
     }
 }
@@ -68,21 +67,21 @@ pub(super) unsafe fn rows<const NIB: bool, const MIN: bool, const OFF: bool, con
     a: &Q8Rows,
     out: &mut [f32],
 ) {
-    debug_assert!(data.len() >= r1 * row_bytes::<NIB, MIN>(a.nb));
+    debug_assert!(data.len() >= r1 * fmt::<NIB, MIN>().row_bytes(a.nb));
     debug_assert!(a.q.len() >= M * a.q_stride() && out.len() >= (r1 - r0) * M);
     for r in r0..r1 {
         row::<NIB, MIN, OFF, M>(data, r, a, out.as_mut_ptr().add((r - r0) * M));
     }
 }
 
+/// The format a kernel's flags read, whose methods give the row layout.
 #[inline(always)]
-fn code_row<const NIB: bool>(nb: usize) -> usize {
-    nb.div_ceil(2) * if NIB { 32 } else { 64 }
-}
-
-#[inline(always)]
-fn row_bytes<const NIB: bool, const MIN: bool>(nb: usize) -> usize {
-    code_row::<NIB>(nb) + 2 * nb * if MIN { 2 } else { 1 }
+fn fmt<const NIB: bool, const MIN: bool>() -> DotFmt {
+    match (NIB, MIN) {
+        (false, _) => DotFmt::Q8_0,
+        (true, false) => DotFmt::Q4_0,
+        (true, true) => DotFmt::Q4_1,
+    }
 }
 
 /// Weight row `r` of [`rows`], written to `out[i]`.
@@ -94,7 +93,8 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
     out: *mut f32,
 ) {
     let nb = a.nb;
-    let (code_row, row_bytes) = (code_row::<NIB>(nb), row_bytes::<NIB, MIN>(nb));
+    let f = fmt::<NIB, MIN>();
+    let (code_row, row_bytes) = (f.code_row(nb), f.row_bytes(nb));
     let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
     let nib = _mm256_set1_epi8(0x0F);
     // Lanes 0..8 take the scale of a pair's first block, 8..16 of its second.
