@@ -7,11 +7,13 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod lines;
 mod q8act;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use q8act::Q8Rows;
+pub use lines::Lines;
+pub use q8act::{Q8Rows, GROUP};
 
 use crate::backend::weight::QuantForm;
 #[cfg(test)]
@@ -40,15 +42,19 @@ pub enum Quant {
         offset8: bool,
     },
     /// Q4_0/Q4_1/Q8_0 re-laid for the integer dot kernels (`Quant::q8_dot`), which read them
-    /// against 8-bit activations as the formats intend. A row is the u8 codes of its blocks in
-    /// pairs (Q4: byte j of a 32-byte pair holds code j of the even block in its low nibble, of
-    /// the odd block in its high one; Q8_0: the pair's 64 codes, each `q + 128`), an odd last
-    /// block paired with zero codes; then the checkpoint's f16 scale of every block and, for
-    /// Q4_1, its f16 min. Value `d·(q − offset) + m`, as the checkpoint's. Rows follow each
-    /// other, so a product reads one sequential stream, which the hardware prefetcher follows.
+    /// against 8-bit activations as the formats intend. First every row's u8 codes (Q8_0's each
+    /// `q + 128`), row after row, where [`DotFmt::code_at`] puts them: groups of 16 blocks with
+    /// a 4-byte word of every block in each 64-byte vector (so an integer dot instruction sums
+    /// 16 blocks' words into 16 lanes and a group needs no shuffles), then the last `nb mod 16`
+    /// blocks in pairs, a vector's lanes 0-7 for one block and 8-15 for the other, an odd last
+    /// block paired with zero codes. Then every row's f16 block scales and, for Q4_1, its f16
+    /// block mins. Value `d·(q − offset) + m`, as the checkpoint's. A
+    /// product reads two sequential streams, which the hardware prefetcher follows; the codes
+    /// start on a cache line and a pair is 32 or 64 bytes, so no code load straddles two lines
+    /// (a Q8_0 row of 576 values with its scales is 612 bytes: interleaved, most loads did).
     Q8Dot {
         fmt: DotFmt,
-        data: Vec<u8>,
+        data: Lines,
     },
 }
 
@@ -107,14 +113,48 @@ impl DotFmt {
     fn code_row(self, nb: usize) -> usize {
         nb.div_ceil(2) * if self.nibbles() { 32 } else { 64 }
     }
+    /// Where code `j` of block `b` sits in a row's codes: the byte, and whether it is that
+    /// byte's high nibble. In a whole group of [`GROUP`] blocks, 4-byte word `w` of block `l`
+    /// is word `16w + l` of the group's logical vectors ([`Q8Rows::qg`] the same); Q4 folds
+    /// logical vectors 4-7 into the high nibbles of 0-3. Past the groups, pairs: Q4 byte `j` of
+    /// a 32-byte pair holds code `j` of its even block low, of its odd block high; Q8_0 a
+    /// 64-byte pair holds the even block's 32 codes, then the odd one's.
+    pub fn code_at(self, nb: usize, b: usize, j: usize) -> (usize, bool) {
+        let (g, l, w, i) = (b / GROUP, b % GROUP, j / 4, j % 4);
+        if g < nb / GROUP {
+            let group_bytes = GROUP * if self.nibbles() { 16 } else { 32 };
+            let v = if self.nibbles() { w % 4 } else { w };
+            (
+                g * group_bytes + (GROUP * v + l) * 4 + i,
+                self.nibbles() && w >= 4,
+            )
+        } else if self.nibbles() {
+            (b / 2 * 32 + j, b % 2 == 1)
+        } else {
+            (b / 2 * 64 + 32 * (b % 2) + j, false)
+        }
+    }
+    /// Bytes of one row's f16 scales and mins.
+    fn half_row(self, nb: usize) -> usize {
+        let (_, min) = self.ggml_block();
+        2 * nb * if min { 2 } else { 1 }
+    }
     /// Bytes of one row of `nb` blocks: codes, scales, mins.
     fn row_bytes(self, nb: usize) -> usize {
-        let (_, min) = self.ggml_block();
-        self.code_row(nb) + 2 * nb * if min { 2 } else { 1 }
+        self.code_row(nb) + self.half_row(nb)
     }
-    /// The f16 scale (`k` 0) or min (`k` 1) of block `b` in a row.
-    fn half(self, row: &[u8], nb: usize, k: usize, b: usize) -> f32 {
-        f16_le(&row[self.code_row(nb) + 2 * (k * nb + b)..])
+    /// Where row `r`'s scales (then mins) start in `data`, which holds rows of `nb` blocks.
+    fn halves_at(self, data_len: usize, nb: usize, r: usize) -> usize {
+        let rows = data_len / self.row_bytes(nb);
+        rows * self.code_row(nb) + r * self.half_row(nb)
+    }
+    /// The codes of row `r` in `data`.
+    fn codes(self, data: &[u8], nb: usize, r: usize) -> &[u8] {
+        &data[r * self.code_row(nb)..(r + 1) * self.code_row(nb)]
+    }
+    /// The f16 scale (`k` 0) or min (`k` 1) of block `b` of row `r` in `data`.
+    fn half(self, data: &[u8], nb: usize, r: usize, k: usize, b: usize) -> f32 {
+        f16_le(&data[self.halves_at(data.len(), nb, r) + 2 * (k * nb + b)..])
     }
     /// The ggml block: bytes, and whether it has a min after the scale.
     fn ggml_block(self) -> (usize, bool) {
@@ -263,28 +303,27 @@ impl Quant {
         let nb = cols / 32;
         let (bsz, has_min) = fmt.ggml_block();
         let rows = bytes.len() / (nb * bsz).max(1);
-        let (code_row, row_bytes) = (fmt.code_row(nb), fmt.row_bytes(nb));
-        let mut data = vec![0u8; rows * row_bytes];
-        for (row, out) in bytes
+        let (code_row, half_row) = (fmt.code_row(nb), fmt.half_row(nb));
+        let mut data = Lines::zeros(rows * fmt.row_bytes(nb));
+        let (codes, halves) = data.split_at_mut(rows * code_row);
+        for ((row, out), halves) in bytes
             .chunks_exact(nb * bsz)
-            .zip(data.chunks_exact_mut(row_bytes))
+            .zip(codes.chunks_exact_mut(code_row))
+            .zip(halves.chunks_exact_mut(half_row))
         {
-            let (out, halves) = out.split_at_mut(code_row);
             for (b, blk) in row.chunks_exact(bsz).enumerate() {
                 halves[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
                 if has_min {
                     halves[2 * (nb + b)..2 * (nb + b) + 2].copy_from_slice(&blk[2..4]);
                 }
-                let (pair, odd) = (b / 2, b % 2 == 1);
-                if fmt.nibbles() {
-                    let c = &blk[bsz - 16..];
-                    for j in 0..32 {
+                for j in 0..32 {
+                    let (at, high) = fmt.code_at(nb, b, j);
+                    if fmt.nibbles() {
+                        let c = &blk[bsz - 16..];
                         let q = if j < 16 { c[j] & 0xF } else { c[j - 16] >> 4 };
-                        out[pair * 32 + j] |= if odd { q << 4 } else { q };
-                    }
-                } else {
-                    for j in 0..32 {
-                        out[pair * 64 + 32 * odd as usize + j] = blk[2 + j] ^ 0x80;
+                        out[at] |= if high { q << 4 } else { q };
+                    } else {
+                        out[at] = blk[2 + j] ^ 0x80;
                     }
                 }
             }
@@ -295,11 +334,10 @@ impl Quant {
     /// Whether this weight can serve a `[rows, cols]` matrix.
     pub fn fits(&self, rows: usize, cols: usize) -> bool {
         let (blocked, len) = match self {
-            Quant::Q4_0(v)
-            | Quant::Q4_1(v)
-            | Quant::Q8_0(v)
-            | Quant::Q4Lanes { data: v, .. }
-            | Quant::Q8Dot { data: v, .. } => (true, v.len()),
+            Quant::Q4_0(v) | Quant::Q4_1(v) | Quant::Q8_0(v) | Quant::Q4Lanes { data: v, .. } => {
+                (true, v.len())
+            }
+            Quant::Q8Dot { data, .. } => (true, data.len()),
             Quant::Bf16(v) | Quant::F16(v) => (false, v.len()),
         };
         (!blocked || cols.is_multiple_of(32)) && len == rows * self.row_units(cols)
@@ -347,33 +385,23 @@ impl Quant {
             _ => None,
         };
         let q8 = q8.as_ref();
+        let part = |(c, out): (usize, &mut [f32])| {
+            let r0 = c * chunk;
+            let r1 = r0 + out.len() / m;
+            rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, out);
+        };
         if m == 1 && !accumulate {
             // One input row: y is `[rows]`, so each chunk writes its own slice directly.
-            y[..rows]
-                .par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(c, out)| {
-                    let r0 = c * chunk;
-                    rows_dispatch(self, r0, r0 + out.len(), cols, x, &xsum, q8, 1, out);
-                });
+            y[..rows].par_chunks_mut(chunk).enumerate().for_each(part);
             return;
         }
-        let results: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let r0 = c * chunk;
-                let r1 = (r0 + chunk).min(rows);
-                let mut out = vec![0f32; (r1 - r0) * m];
-                rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, &mut out);
-                (r0, out)
-            })
-            .collect();
-        for (r0, out) in results {
-            for (j, chunk) in out.chunks(m).enumerate() {
-                for (i, &v) in chunk.iter().enumerate() {
-                    let dst = &mut y[i * rows + r0 + j];
-                    *dst = if accumulate { *dst + v } else { v };
-                }
+        // Weight-row major `[rows, m]`, then added or copied into y's `[m, rows]`.
+        let mut t = vec![0f32; rows * m];
+        t.par_chunks_mut(chunk * m).enumerate().for_each(part);
+        for (r, v) in t.chunks_exact(m).enumerate() {
+            for (i, &v) in v.iter().enumerate() {
+                let dst = &mut y[i * rows + r];
+                *dst = if accumulate { *dst + v } else { v };
             }
         }
     }
@@ -493,19 +521,19 @@ fn q8_dot_portable(
     let nb = a.nb;
     let (qs, ss) = (a.q_stride(), a.s_stride());
     for r in r0..r1 {
-        let row = &data[r * fmt.row_bytes(nb)..];
+        let row = fmt.codes(data, nb, r);
         for i in 0..m {
             let (mut acc, mut macc) = (0f32, 0f32);
             for b in 0..nb {
-                let dw = fmt.half(row, nb, 0, b);
+                let dw = fmt.half(data, nb, r, 0, b);
                 let mut isum = a.init[a.init_at(i, b)];
                 for j in 0..32 {
-                    let q = dot_code(fmt, row, b, j) as i32;
+                    let q = dot_code(fmt, nb, row, b, j) as i32;
                     isum += q * a.q[i * qs + b * 32 + j] as i32;
                 }
                 acc += dw * a.d[i * ss + b] * isum as f32;
                 if fmt == DotFmt::Q4_1 {
-                    macc += fmt.half(row, nb, 1, b) * a.sq[i * ss + b];
+                    macc += fmt.half(data, nb, r, 1, b) * a.sq[i * ss + b];
                 }
             }
             out[(r - r0) * m + i] = acc + macc;
@@ -513,18 +541,13 @@ fn q8_dot_portable(
     }
 }
 
-/// The u8 code of value `j` of block `b` in a [`Quant::Q8Dot`] row.
+/// The u8 code of value `j` of block `b` in the codes of a [`Quant::Q8Dot`] row of `nb` blocks.
 #[inline(always)]
-fn dot_code(fmt: DotFmt, row: &[u8], b: usize, j: usize) -> u8 {
-    if fmt.nibbles() {
-        let byte = row[b / 2 * 32 + j];
-        if b.is_multiple_of(2) {
-            byte & 0xF
-        } else {
-            byte >> 4
-        }
-    } else {
-        row[b / 2 * 64 + 32 * (b % 2) + j]
+fn dot_code(fmt: DotFmt, nb: usize, row: &[u8], b: usize, j: usize) -> u8 {
+    match fmt.code_at(nb, b, j) {
+        (at, false) if fmt.nibbles() => row[at] & 0xF,
+        (at, true) => row[at] >> 4,
+        (at, false) => row[at],
     }
 }
 
@@ -590,13 +613,13 @@ fn widen_row(w: &Quant, r: usize, cols: usize, out: &mut [f32]) {
         }
         Quant::Q8Dot { fmt, data } => {
             let nb = cols / 32;
-            let row = &data[r * u..(r + 1) * u];
+            let row = fmt.codes(data, nb, r);
             for (b, o) in out.chunks_exact_mut(32).enumerate() {
-                let dw = fmt.half(row, nb, 0, b);
+                let dw = fmt.half(data, nb, r, 0, b);
                 for (j, oj) in o.iter_mut().enumerate() {
-                    let q = dot_code(*fmt, row, b, j) as i32;
+                    let q = dot_code(*fmt, nb, row, b, j) as i32;
                     *oj = match fmt {
-                        DotFmt::Q4_1 => q as f32 * dw + fmt.half(row, nb, 1, b),
+                        DotFmt::Q4_1 => q as f32 * dw + fmt.half(data, nb, r, 1, b),
                         _ => (q - fmt.offset()) as f32 * dw,
                     };
                 }
@@ -722,7 +745,7 @@ mod tests {
     /// per-lane products, thousands of times finer than one code step of any weight.
     #[test]
     fn kernels_decode_every_weight_exactly() {
-        let (rows, cols) = (70, 96);
+        let (rows, cols) = (70, 32 * 17);
         let mut rng = Rng::new(4);
         for p in formats(rows, cols, &mut rng) {
             let hot = if matches!(p, Quant::Q8Dot { .. }) {
@@ -747,8 +770,7 @@ mod tests {
                                 // The offset `−o·127`, the codes' products and Q4_1's min term
                                 // are rounded apart: a few ulps of `((o + 16)·d + |m|)·x`.
                                 let (nb, b) = (cols / 32, c / 32);
-                                let row = &data[r * fmt.row_bytes(nb)..];
-                                let half = |k| fmt.half(row, nb, k, b).abs() as f64;
+                                let half = |k| fmt.half(data, nb, r, k, b).abs() as f64;
                                 let min = if *fmt == DotFmt::Q4_1 { half(1) } else { 0.0 };
                                 let scale = (fmt.offset() + 16) as f64 * half(0) + min;
                                 let want = hot as f64 * w as f64;
@@ -860,7 +882,7 @@ mod tests {
 
     #[test]
     fn quant_matmul_equals_widened_f32() {
-        let (rows, cols) = (70, 96);
+        let (rows, cols) = (70, 32 * 17);
         let mut rng = Rng::new(5);
         for p in formats(rows, cols, &mut rng) {
             assert!(p.fits(rows, cols) && !p.fits(rows + 1, cols));

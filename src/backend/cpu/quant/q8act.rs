@@ -1,6 +1,9 @@
 //! Activations quantised to 8 bits per block of 32, the form the integer dot kernels of
 //! [`super::Quant::Q8Dot`] read.
 
+/// Blocks a group of the integer dot layout holds, one per 32-bit lane of a 512-bit vector.
+pub const GROUP: usize = 16;
+
 /// Rows of activations quantised per block of 32: `dₓ = amax/127`, `qₓ = round(x/dₓ)` (ties to
 /// even), as ggml's Q8_0. Every array is padded with zeros so the kernels read whole vectors:
 /// `q` to an even number of blocks (the weights pair blocks), the per-block arrays to 16.
@@ -8,6 +11,12 @@ pub struct Q8Rows {
     pub nb: usize,
     /// `[m, q_stride]` i8 codes.
     pub q: Vec<i8>,
+    /// `[m, g_stride]`: the codes of every whole group of [`GROUP`] blocks again, as the weights'
+    /// groups hold theirs ([`super::DotFmt::code_at`]): 4-byte word `w` of block `l` of a group
+    /// at word `16w + l`, so a vector of 16 words holds a word of every block.
+    pub qg: Vec<i8>,
+    /// `[m, s_stride]`: `−o·Σ qₓ` per block, the integer sums' starting values in a group.
+    pub ginit: Vec<i32>,
     /// `[m, s_stride]` scales `dₓ`.
     pub d: Vec<f32>,
     /// `[m, i_stride]`: per pair of blocks, the integer sums' starting values, `−o·Σ qₓ` of
@@ -33,6 +42,9 @@ impl Q8Rows {
     pub fn i_stride(&self) -> usize {
         self.nb.div_ceil(2) * 16
     }
+    pub fn g_stride(&self) -> usize {
+        self.nb / GROUP * GROUP * 32
+    }
 
     /// Where the integer sum of block `b` of row `i` starts in `init`.
     pub fn init_at(&self, i: usize, b: usize) -> usize {
@@ -47,6 +59,23 @@ impl Q8Rows {
         self.sq[s] = d * isum as f32;
         let at = self.init_at(i, b);
         self.init[at] = -offset * isum;
+        self.ginit[s] = -offset * isum;
+    }
+
+    /// Copies the codes of every whole group of row `i` from `q` into `qg`.
+    pub(super) fn group_row(&mut self, i: usize) {
+        let (qs, gs) = (self.q_stride(), self.g_stride());
+        let (src, dst) = (&self.q[i * qs..], &mut self.qg[i * gs..(i + 1) * gs]);
+        for (g, dst) in dst.chunks_exact_mut(GROUP * 32).enumerate() {
+            for (l, blk) in src[g * GROUP * 32..(g + 1) * GROUP * 32]
+                .chunks_exact(32)
+                .enumerate()
+            {
+                for (w, word) in blk.chunks_exact(4).enumerate() {
+                    dst[(GROUP * w + l) * 4..(GROUP * w + l) * 4 + 4].copy_from_slice(word);
+                }
+            }
+        }
     }
 
     pub(super) fn zeroed(m: usize, cols: usize) -> Self {
@@ -55,6 +84,8 @@ impl Q8Rows {
         Q8Rows {
             nb,
             q: vec![0; m * qs],
+            qg: vec![0; m * (nb / GROUP * GROUP * 32)],
+            ginit: vec![0; m * ss],
             d: vec![0.0; m * ss],
             init: vec![0; m * nb.div_ceil(2) * 16],
             sq: vec![0.0; m * ss],
@@ -78,6 +109,7 @@ impl Q8Rows {
                 }
                 a.put_block(i, b, d, isum, offset);
             }
+            a.group_row(i);
         }
         a
     }

@@ -10,7 +10,7 @@
 //! (started at `−o·Σ qₓ`, [`Q8Rows::init`], so the offset never meets a rounding) scaled once,
 //! and for the min the block sum of x as quantised (`sq`).
 
-use super::q8act::{scales, Q8Rows};
+use super::q8act::{scales, Q8Rows, GROUP};
 use super::DotFmt;
 use std::arch::x86_64::*;
 
@@ -42,22 +42,23 @@ pub(super) unsafe fn quantize_avx512(
             let isum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             a.put_block(i, b, d, isum, offset);
         }
+        a.group_row(i);
     }
 }
 
 /// `out[(r − r0)·M + i] = Σ_c W[r, c]·x[i, c]` for weight rows `r0..r1` and the `M` quantised
-/// activation rows `a`, one weight row at a time: rows follow each other in memory, so the
-/// product reads one sequential stream (taking four rows at a time, four interleaved streams,
-/// halved the throughput of a 49152 × 576 Q8_0 matrix: the prefetcher lost them). `NIB`: the codes are nibbles, two blocks a 32-byte pair
-/// (byte j holds code j of the even block low, of the odd block high), else bytes, two blocks a
-/// 64-byte pair. `MIN`: Q4_1's min term (`mins`, with `a.sq`); `OFF`: the codes are offset (the
-/// integer sums start at `a.init`).
+/// activation rows `a`, one weight row at a time: codes and scales each follow row after row,
+/// so the product reads two sequential streams (taking four rows at a time, four interleaved
+/// streams, halved the throughput of a 49152 × 576 Q8_0 matrix: the prefetcher lost them).
+/// `NIB`: the codes are nibbles, two blocks a 32-byte pair (byte j holds code j of the even
+/// block low, of the odd block high), else bytes, two blocks a 64-byte pair. `MIN`: Q4_1's min
+/// term (`mins`, with `a.sq`); `OFF`: the codes are offset (the integer sums start at `a.init`).
 ///
-/// A row is its codes (`a.nb` blocks paired as above, an odd last block paired with zeros), the
-/// blocks' f16 scales, then, when `MIN`, their f16 mins.
+/// `data` is [`super::Quant::Q8Dot`]'s: every row's codes (`a.nb` blocks paired as above, an odd
+/// last block paired with zeros), then every row's f16 block scales and, when `MIN`, mins.
 ///
 /// # Safety
-/// The processor has AVX-512 F/BW/VL/VNNI; `data` holds at least `r1` such rows; `a` holds `M`
+/// The processor has AVX-512 F/BW/VL/VNNI; `data` holds whole rows, at least `r1`; `a` holds `M`
 /// rows; `out.len() >= (r1 − r0)·M`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn rows<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>(
@@ -67,10 +68,14 @@ pub(super) unsafe fn rows<const NIB: bool, const MIN: bool, const OFF: bool, con
     a: &Q8Rows,
     out: &mut [f32],
 ) {
-    debug_assert!(data.len() >= r1 * fmt::<NIB, MIN>().row_bytes(a.nb));
+    let f = fmt::<NIB, MIN>();
+    debug_assert!(data.len().is_multiple_of(f.row_bytes(a.nb)));
+    debug_assert!(data.len() >= r1 * f.row_bytes(a.nb));
     debug_assert!(a.q.len() >= M * a.q_stride() && out.len() >= (r1 - r0) * M);
+    let (h0, half_row) = (f.halves_at(data.len(), a.nb, 0), f.half_row(a.nb));
     for r in r0..r1 {
-        row::<NIB, MIN, OFF, M>(data, r, a, out.as_mut_ptr().add((r - r0) * M));
+        let halves = data.as_ptr().add(h0 + r * half_row) as *const i16;
+        row::<NIB, MIN, OFF, M>(data, r, halves, a, out.as_mut_ptr().add((r - r0) * M));
     }
 }
 
@@ -84,17 +89,18 @@ fn fmt<const NIB: bool, const MIN: bool>() -> DotFmt {
     }
 }
 
-/// Weight row `r` of [`rows`], written to `out[i]`.
+/// Weight row `r` of [`rows`], whose scales (then mins) are at `halves`, written to `out[i]`.
 #[inline(always)]
 unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>(
     data: &[u8],
     r: usize,
+    halves: *const i16,
     a: &Q8Rows,
     out: *mut f32,
 ) {
     let nb = a.nb;
     let f = fmt::<NIB, MIN>();
-    let (code_row, row_bytes) = (f.code_row(nb), f.row_bytes(nb));
+    let code_row = f.code_row(nb);
     let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
     let nib = _mm256_set1_epi8(0x0F);
     // Lanes 0..8 take the scale of a pair's first block, 8..16 of its second.
@@ -103,11 +109,67 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
     // One accumulator per activation row; Q4_1's min term joins it, as every lane is summed in
     // the end anyway.
     let mut acc = [_mm512_setzero_ps(); M];
-    let mut b0 = 0;
+    // Whole groups: lane l of every vector is block 16g + l, so the integer sums land one block
+    // a lane and are scaled by the blocks' scales as loaded. Two integer accumulators per row
+    // halve the dependency chain of the dot instructions.
+    let gs = a.g_stride();
+    let group_bytes = GROUP * if NIB { 16 } else { 32 };
+    let ng = nb / GROUP;
+    let nib512 = _mm512_set1_epi8(0x0F);
+    for g in 0..ng {
+        let b0 = g * GROUP;
+        let cp = data.as_ptr().add(r * code_row + g * group_bytes);
+        // The offset's share, `−o·Σ qₓ` per block, starts the first sum.
+        let mut t0: [__m512i; M] = std::array::from_fn(|i| {
+            if OFF {
+                _mm512_loadu_si512(a.ginit.as_ptr().add(i * ss + b0) as *const _)
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let mut t1 = [_mm512_setzero_si512(); M];
+        let xg = |i: usize, v: usize| {
+            _mm512_loadu_si512(a.qg.as_ptr().add(i * gs + g * GROUP * 32 + v * 64) as *const _)
+        };
+        if NIB {
+            for u in 0..4 {
+                let v = _mm512_loadu_si512(cp.add(u * 64) as *const _);
+                let lo = _mm512_and_si512(v, nib512);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib512);
+                for i in 0..M {
+                    t0[i] = _mm512_dpbusd_epi32(t0[i], lo, xg(i, u));
+                    t1[i] = _mm512_dpbusd_epi32(t1[i], hi, xg(i, u + 4));
+                }
+            }
+        } else {
+            for u in 0..4 {
+                let w0 = _mm512_loadu_si512(cp.add(2 * u * 64) as *const _);
+                let w1 = _mm512_loadu_si512(cp.add((2 * u + 1) * 64) as *const _);
+                for i in 0..M {
+                    t0[i] = _mm512_dpbusd_epi32(t0[i], w0, xg(i, 2 * u));
+                    t1[i] = _mm512_dpbusd_epi32(t1[i], w1, xg(i, 2 * u + 1));
+                }
+            }
+        }
+        let half =
+            |k: usize| _mm512_cvtph_ps(_mm256_loadu_si256(halves.add(k * nb + b0) as *const _));
+        let dw = half(0);
+        for i in 0..M {
+            let s = i * ss + b0;
+            let ds = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d.as_ptr().add(s)));
+            let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t0[i], t1[i]));
+            acc[i] = _mm512_fmadd_ps(t, ds, acc[i]);
+            if MIN {
+                let sq = _mm512_loadu_ps(a.sq.as_ptr().add(s));
+                acc[i] = _mm512_fmadd_ps(half(1), sq, acc[i]);
+            }
+        }
+    }
+    // The last `nb mod 16` blocks, in pairs.
+    let mut b0 = ng * GROUP;
     while b0 < nb {
         let nw = (nb - b0).min(16);
         let mask: __mmask16 = ((1u32 << nw) - 1) as u16;
-        let halves = data.as_ptr().add(r * row_bytes + code_row) as *const i16;
         let half = |k: usize| {
             let p = halves.add(k * nb + b0);
             _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p))
@@ -125,7 +187,7 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
         let mut idx = first_idx;
         for p in 0..nw.div_ceil(2) {
             let pair = b0 / 2 + p;
-            let cp = data.as_ptr().add(r * row_bytes);
+            let cp = data.as_ptr().add(r * code_row);
             let w = if NIB {
                 let v = _mm256_loadu_si256(cp.add(pair * 32) as *const __m256i);
                 let lo = _mm256_and_si256(v, nib);
