@@ -1,5 +1,6 @@
 //! LoRA's add for one row, `y += B·(s·A·x)`: a decoding step, where each of the seven linears of
-//! every layer pays it once per token.
+//! every layer pays it once per token, and every row of a prompt or a training batch (rows split
+//! across threads by the caller).
 //!
 //! Reading A and B is the real cost, and B's shape makes the obvious loop slow: B is `[n, r]`
 //! with a small rank, so a dot product per output spends more on its horizontal sum than on its

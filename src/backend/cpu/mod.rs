@@ -209,16 +209,19 @@ impl Backend for Cpu {
             let a = &params[s.a_off..s.a_off + r * k];
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
+            let ys = &mut y[s.rows.start * n..s.rows.end * n];
             if rows == 1 {
                 // A decoding step: a gemm call's setup costs more than the work at m = 1.
-                lora::add_row(&mut y[s.rows.start * n..s.rows.end * n], xs, a, b, sc);
+                lora::add_row(ys, xs, a, b, sc);
                 continue;
             }
-            let mut xa = vec![0f32; rows * r];
-            mm(&mut xa, xs, &transpose(a, r, k), rows, k, r, false);
-            xa.iter_mut().for_each(|v| *v *= sc);
-            let ys = &mut y[s.rows.start * n..s.rows.end * n];
-            mm(ys, &xa, &transpose(b, n, r), rows, r, n, true);
+            // Row by row, rows split across threads: A and B stay in each core's caches, and
+            // the row kernel beats two skinny GEMMs (rank × k and n × rank operands transposed
+            // every call) by about 2x at prompt sizes.
+            ys.par_chunks_mut(n)
+                .zip(xs.par_chunks(k))
+                .with_min_len(4)
+                .for_each(|(yr, xr)| lora::add_row(yr, xr, a, b, sc));
         }
     }
 
