@@ -278,8 +278,8 @@ pub fn attention_fwd(
         });
 }
 
-/// Keys below which a decoding row's keys are not split into more chunks.
-const MIN_CHUNK: usize = 64;
+/// Fewest keys in a decoding row's chunk (but a shorter row's only one).
+const MIN_CHUNK: usize = 128;
 
 /// One query row of a decoding block against its visible keys.
 struct Row<'a> {
@@ -301,9 +301,10 @@ impl Row<'_> {
     /// softmaxes are then merged by their maxima and sums.
     fn decode(&self, o: &mut [f32], lse: &mut [f32], heads: usize, per_kv: usize) {
         let (hd, nk) = (self.hd, self.keys.len());
-        let chunks = rayon::current_num_threads().min(nk / MIN_CHUNK).max(1);
-        // Whole blocks of 16 keys (the kernel's score tree) but in the last chunk.
-        let len = nk.div_ceil(chunks).next_multiple_of(16);
+        // Chunks of whole blocks of 16 keys (the kernel's score tree), sized by the key count
+        // alone so that the logits do not depend on the thread count: two at 250 keys.
+        let len = nk.div_ceil(16).max(MIN_CHUNK).next_multiple_of(16);
+        let chunks = nk.div_ceil(len).max(1);
         // Per chunk, per head: hd output sums, then the chunk's max and sum.
         let part = hd + 2;
         let mut parts = vec![0f32; chunks * heads * part];

@@ -246,36 +246,14 @@ impl Backend for Cpu {
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
             let dys = &dy[s.rows.start * n..s.rows.end * n];
-            // u = s·(dy B)  [rows, r]; xa = s·(x Aᵀ) [rows, r]
-            let mut u = vec![0f32; rows * r];
-            mm(&mut u, dys, b, rows, n, r, false);
-            u.iter_mut().for_each(|v| *v *= sc);
-            let mut xa = vec![0f32; rows * r];
-            mm(&mut xa, xs, &transpose(a, r, k), rows, k, r, false);
-            xa.iter_mut().for_each(|v| *v *= sc);
-            // dA += uᵀ x   [r, k]
-            let ut = transpose(&u, rows, r);
-            mm(
-                &mut grads[s.a_off..s.a_off + r * k],
-                &ut,
-                xs,
-                r,
-                rows,
-                k,
-                true,
-            );
-            // dB += dyᵀ xa [n, r], as (xaᵀ dy)ᵀ: the transposes then touch r-wide data only.
-            let mut dbt = vec![0f32; r * n];
-            mm(&mut dbt, &transpose(&xa, rows, r), dys, r, rows, n, false);
-            let gb = &mut grads[s.b_off..s.b_off + n * r];
-            for (j, row) in gb.chunks_exact_mut(r).enumerate() {
-                for (c, g) in row.iter_mut().enumerate() {
-                    *g += dbt[c * n + j];
-                }
-            }
-            // dx += u A   [rows, k]
             let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
-            mm(dxs, &u, a, rows, r, k, true);
+            let (ga, gb) = grads.split_at_mut(s.b_off.max(s.a_off));
+            let (ga, gb) = if s.a_off < s.b_off {
+                (&mut ga[s.a_off..s.a_off + r * k], &mut gb[..n * r])
+            } else {
+                (&mut gb[..r * k], &mut ga[s.b_off..s.b_off + n * r])
+            };
+            lora::bwd_rows(dxs, ga, gb, dys, xs, a, b, sc, k, n);
         }
     }
 
