@@ -334,13 +334,12 @@ impl Row<'_> {
             let at = |c: usize| (c * heads + h) * part;
             let mx = (0..chunks).fold(f32::NEG_INFINITY, |a, c| a.max(parts[at(c) + hd]));
             let oh = &mut o[h * hd..(h + 1) * hd];
+            oh.fill(0.0);
             if mx == f32::NEG_INFINITY {
-                oh.fill(0.0);
                 lse[h] = mx;
                 continue;
             }
             let mut sum = 0f32;
-            oh.fill(0.0);
             for c in 0..chunks {
                 let (m, l) = (parts[at(c) + hd], parts[at(c) + hd + 1]);
                 if m == f32::NEG_INFINITY {

@@ -103,7 +103,7 @@ pub fn bwd_rows(
         "lora backward: operand shapes disagree"
     );
     // Bᵀ `[r, n]`, so each u = s·dy·B is r dot products along rows.
-    let bt: Vec<f32> = (0..r * n).map(|i| b[(i % n) * r + i / n]).collect();
+    let bt = super::transpose(b, n, r);
     let block = rows.div_ceil(BWD_TASKS).max(BWD_ROWS);
     let shares: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(block * k)

@@ -210,14 +210,9 @@ impl Backend for Cpu {
             let b = &params[s.b_off..s.b_off + n * r];
             let xs = &x[s.rows.start * k..s.rows.end * k];
             let ys = &mut y[s.rows.start * n..s.rows.end * n];
-            if rows == 1 {
-                // A decoding step: a gemm call's setup costs more than the work at m = 1.
-                lora::add_row(ys, xs, a, b, sc);
-                continue;
-            }
-            // Row by row, rows split across threads: A and B stay in each core's caches, and
-            // the row kernel beats two skinny GEMMs (rank × k and n × rank operands transposed
-            // every call) by about 2x at prompt sizes.
+            // Row by row (a decoding step is one), rows split across threads: A and B stay in
+            // each core's caches, and the row kernel beats two skinny GEMMs (rank × k and
+            // n × rank operands transposed every call) by about 2x at prompt sizes.
             ys.par_chunks_mut(n)
                 .zip(xs.par_chunks(k))
                 .with_min_len(4)
@@ -247,12 +242,9 @@ impl Backend for Cpu {
             let xs = &x[s.rows.start * k..s.rows.end * k];
             let dys = &dy[s.rows.start * n..s.rows.end * n];
             let dxs = &mut dx[s.rows.start * k..s.rows.end * k];
-            let (ga, gb) = grads.split_at_mut(s.b_off.max(s.a_off));
-            let (ga, gb) = if s.a_off < s.b_off {
-                (&mut ga[s.a_off..s.a_off + r * k], &mut gb[..n * r])
-            } else {
-                (&mut gb[..r * k], &mut ga[s.b_off..s.b_off + n * r])
-            };
+            let [ga, gb] = grads
+                .get_disjoint_mut([s.a_off..s.a_off + r * k, s.b_off..s.b_off + n * r])
+                .expect("an adapter's A and B gradients are disjoint ranges of the buffer");
             lora::bwd_rows(dxs, ga, gb, dys, xs, a, b, sc, k, n);
         }
     }

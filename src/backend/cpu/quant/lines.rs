@@ -1,5 +1,6 @@
 //! A byte buffer that starts on a cache line, so the integer dot kernels' code loads, which sit
-//! at multiples of their own width from the start of the codes, never straddle two lines.
+//! at multiples of their own width from the start of a row's codes, stay on one line wherever
+//! the rows' code bytes are a multiple of 64.
 
 use std::ops::{Deref, DerefMut};
 

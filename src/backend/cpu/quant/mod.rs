@@ -49,9 +49,10 @@ pub enum Quant {
     /// blocks in pairs, a vector's lanes 0-7 for one block and 8-15 for the other, an odd last
     /// block paired with zero codes. Then every row's f16 block scales and, for Q4_1, its f16
     /// block mins. Value `d·(q − offset) + m`, as the checkpoint's. A
-    /// product reads two sequential streams, which the hardware prefetcher follows; the codes
-    /// start on a cache line and a pair is 32 or 64 bytes, so no code load straddles two lines
-    /// (a Q8_0 row of 576 values with its scales is 612 bytes: interleaved, most loads did).
+    /// product reads two sequential streams, which the hardware prefetcher follows. The codes
+    /// start on a cache line, so a row whose codes are a multiple of 64 bytes (Q8_0 always, Q4
+    /// at an even block-pair count) keeps every code load on one line; interleaved with its
+    /// scales, a Q8_0 row of 576 values was 612 bytes and most of its loads straddled two.
     Q8Dot {
         fmt: DotFmt,
         data: Lines,
@@ -526,7 +527,7 @@ fn q8_dot_portable(
             let (mut acc, mut macc) = (0f32, 0f32);
             for b in 0..nb {
                 let dw = fmt.half(data, nb, r, 0, b);
-                let mut isum = a.init[a.init_at(i, b)];
+                let mut isum = a.init[i * ss + b];
                 for j in 0..32 {
                     let q = dot_code(fmt, nb, row, b, j) as i32;
                     isum += q * a.q[i * qs + b * 32 + j] as i32;

@@ -15,15 +15,12 @@ pub struct Q8Rows {
     /// groups hold theirs ([`super::DotFmt::code_at`]): 4-byte word `w` of block `l` of a group
     /// at word `16w + l`, so a vector of 16 words holds a word of every block.
     pub qg: Vec<i8>,
-    /// `[m, s_stride]`: `−o·Σ qₓ` per block, the integer sums' starting values in a group.
-    pub ginit: Vec<i32>,
+    /// `[m, s_stride]`: per block, its integer sum's starting value `−o·Σ qₓ`: a weight format
+    /// whose u8 codes are offset by `o` (`d·(q − o)`) takes the offset back inside the exact
+    /// integer sum, before anything is rounded.
+    pub init: Vec<i32>,
     /// `[m, s_stride]` scales `dₓ`.
     pub d: Vec<f32>,
-    /// `[m, i_stride]`: per pair of blocks, the integer sums' starting values, `−o·Σ qₓ` of
-    /// the pair's first block in lane 0, of its second in lane 8, zeros elsewhere: a weight
-    /// format whose u8 codes are offset by `o` (`d·(q − o)`) takes the offset back inside the
-    /// exact integer sum, before anything is rounded.
-    pub init: Vec<i32>,
     /// `[m, s_stride]` `dₓ·Σ qₓ` per block: the sum of the block as quantised, which Q4_1's min
     /// multiplies. Not the exact `Σ x`: with it the error of a block's dot is `Σ wⱼ·eⱼ` (e the
     /// quantisation errors), where the exact sum leaves `Σ (wⱼ − m)·eⱼ`, about twice as large
@@ -39,16 +36,8 @@ impl Q8Rows {
     pub fn s_stride(&self) -> usize {
         self.nb.next_multiple_of(16)
     }
-    pub fn i_stride(&self) -> usize {
-        self.nb.div_ceil(2) * 16
-    }
     pub fn g_stride(&self) -> usize {
         self.nb / GROUP * GROUP * 32
-    }
-
-    /// Where the integer sum of block `b` of row `i` starts in `init`.
-    pub fn init_at(&self, i: usize, b: usize) -> usize {
-        i * self.i_stride() + b / 2 * 16 + 8 * (b % 2)
     }
 
     /// Block `b` of row `i`'s scale, and what its code sum `isum` gives: the integer sum's start
@@ -57,9 +46,7 @@ impl Q8Rows {
         let s = i * self.s_stride() + b;
         self.d[s] = d;
         self.sq[s] = d * isum as f32;
-        let at = self.init_at(i, b);
-        self.init[at] = -offset * isum;
-        self.ginit[s] = -offset * isum;
+        self.init[s] = -offset * isum;
     }
 
     /// Copies the codes of every whole group of row `i` from `q` into `qg`.
@@ -85,9 +72,8 @@ impl Q8Rows {
             nb,
             q: vec![0; m * qs],
             qg: vec![0; m * (nb / GROUP * GROUP * 32)],
-            ginit: vec![0; m * ss],
+            init: vec![0; m * ss],
             d: vec![0.0; m * ss],
-            init: vec![0; m * nb.div_ceil(2) * 16],
             sq: vec![0.0; m * ss],
         }
     }

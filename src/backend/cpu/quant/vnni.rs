@@ -101,7 +101,7 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
     let nb = a.nb;
     let f = fmt::<NIB, MIN>();
     let code_row = f.code_row(nb);
-    let (qs, ss, is) = (a.q_stride(), a.s_stride(), a.i_stride());
+    let (qs, ss) = (a.q_stride(), a.s_stride());
     let nib = _mm256_set1_epi8(0x0F);
     // Lanes 0..8 take the scale of a pair's first block, 8..16 of its second.
     let first_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -122,7 +122,7 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
         // The offset's share, `−o·Σ qₓ` per block, starts the first sum.
         let mut t0: [__m512i; M] = std::array::from_fn(|i| {
             if OFF {
-                _mm512_loadu_si512(a.ginit.as_ptr().add(i * ss + b0) as *const _)
+                _mm512_loadu_si512(a.init.as_ptr().add(i * ss + b0) as *const _)
             } else {
                 _mm512_setzero_si512()
             }
@@ -165,9 +165,9 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
             }
         }
     }
-    // The last `nb mod 16` blocks, in pairs.
-    let mut b0 = ng * GROUP;
-    while b0 < nb {
+    // The last `nb mod 16` blocks, in pairs: one window of at most 15 blocks.
+    let b0 = ng * GROUP;
+    if b0 < nb {
         let nw = (nb - b0).min(16);
         let mask: __mmask16 = ((1u32 << nw) - 1) as u16;
         let half = |k: usize| {
@@ -176,9 +176,13 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
         };
         let dw = half(0);
         let mut ds = [_mm512_setzero_ps(); M];
+        let mut inits = [_mm512_setzero_si512(); M];
         for i in 0..M {
             let s = i * ss + b0;
             ds[i] = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d.as_ptr().add(s)));
+            if OFF {
+                inits[i] = _mm512_loadu_si512(a.init.as_ptr().add(s) as *const _);
+            }
             if MIN {
                 let sq = _mm512_loadu_ps(a.sq.as_ptr().add(s));
                 acc[i] = _mm512_fmadd_ps(half(1), sq, acc[i]);
@@ -198,18 +202,14 @@ unsafe fn row<const NIB: bool, const MIN: bool, const OFF: bool, const M: usize>
             };
             for i in 0..M {
                 let xq = _mm512_loadu_si512(a.q.as_ptr().add(i * qs + pair * 64) as *const _);
-                let init = if OFF {
-                    _mm512_loadu_si512(a.init.as_ptr().add(i * is + pair * 16) as *const _)
-                } else {
-                    _mm512_setzero_si512()
-                };
+                // The pair's two starts in lanes 0 and 8 (the lanes `idx` points at them).
+                let init = _mm512_maskz_permutexvar_epi32(0x0101, idx, inits[i]);
                 let t = _mm512_dpbusd_epi32(init, w, xq);
                 let s = _mm512_permutexvar_ps(idx, ds[i]);
                 acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[i]);
             }
             idx = _mm512_add_epi32(idx, two);
         }
-        b0 += 16;
     }
     for (i, acc) in acc.iter().enumerate() {
         *out.add(i) = _mm512_reduce_add_ps(*acc);
