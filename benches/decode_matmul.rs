@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
         ];
         for (f, p) in formats {
             g.bench_function(format!("{f}_quant"), |b| {
-                b.iter(|| p.matmul(&mut y, &x, 1, rows, cols, false))
+                b.iter(|| p.matmul(&mut y, &x, 1, rows, cols, false, None))
             });
         }
         g.finish();

@@ -21,9 +21,9 @@ fn table_by_default_json_on_request() {
     let o = bench(&[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
-    for k in 1..=5 {
+    for k in 1..=6 {
         assert!(
-            err.contains(&format!("bench [{k}/5]")),
+            err.contains(&format!("bench [{k}/6]")),
             "no progress line {k}:\n{err}"
         );
     }
@@ -39,8 +39,12 @@ fn table_by_default_json_on_request() {
     );
     assert!(rows[8].starts_with("| Bitune | "), "{out}");
     assert!(
-        rows[2].split('|').nth(4).unwrap().trim().ends_with(" %"),
+        rows[2].split('|').nth(5).unwrap().trim().ends_with(" %"),
         "base's share of the decode floor: {out}"
+    );
+    assert!(
+        rows[3].split('|').nth(4).unwrap().trim().ends_with(" %"),
+        "LoRA's decode over the base model's: {out}"
     );
     assert!(
         out.contains("decode floor: 0.2 MB of weights per token / "),
@@ -57,6 +61,13 @@ fn table_by_default_json_on_request() {
         // the noise of a shared machine.
         let share = v["results"][k]["decode_floor_share"].as_f64().unwrap();
         assert!(share > 0.0 && share <= 1.5, "{k}: share of floor {share}");
+        // One decode time per round (--repeat 1), and its ratio to the base model's.
+        let rounds = v["results"][k]["decode_rounds_s"].as_array().unwrap();
+        assert_eq!(rounds.len(), 1, "{k}");
+        let over = v["results"][k]["decode_over_base"].as_f64().unwrap();
+        let base = v["results"]["base"]["decode_rounds_s"][0].as_f64().unwrap();
+        let want = rounds[0].as_f64().unwrap() / base;
+        assert!((over - want).abs() < 1e-12, "{k}: {over} vs {want}");
     }
     let bandwidth = v["bandwidth_gbs"].as_f64().unwrap();
     assert!(bandwidth > 0.1, "{bandwidth} GB/s");

@@ -121,29 +121,29 @@ fn train_step_copies_only_the_loss() {
     if !sim::requested() {
         return;
     }
-    let (_, e) = engines(Some(ADAPTER)).unwrap();
+    let (be, model, tr) = engines(Some(ADAPTER)).unwrap().1.into_parts();
     let ex = Example {
         ids: (0..20).map(|i| 30 + 5 * i).collect(),
         prompt_len: 12,
     };
-    let w = &e.model.weights;
+    let w = &model.weights;
     let lora = LoraSpec {
         rank: 2,
         alpha: 1.0,
         targets: ALL_TARGETS.to_vec(),
     };
-    let mut states = vec![("bitune adapter", e.tr)];
+    let mut states = vec![("bitune adapter", tr)];
     for peft in [Peft::Dora, Peft::Ia3] {
-        let tr = Trainable::init_with(&e.be, w, Method::Bitune, lora.clone(), peft, 0.01, 3);
+        let tr = Trainable::init_with(&be, w, Method::Bitune, lora.clone(), peft, 0.01, 3);
         states.push((peft.name(), tr));
     }
     for (name, tr) in &states {
-        let mut g = e.be.zeros(tr.table.total);
-        e.be.synchronize().unwrap();
+        let mut g = be.zeros(tr.table.total);
+        be.synchronize().unwrap();
         let before = sim::counters().unwrap();
-        let out = loss_and_grad(&e.be, w, tr, std::slice::from_ref(&ex), 1, Some(&mut g));
+        let out = loss_and_grad(&be, w, tr, std::slice::from_ref(&ex), 1, Some(&mut g));
         out.unwrap();
-        e.be.synchronize().unwrap();
+        be.synchronize().unwrap();
         let d = sim::counters().unwrap() - before;
         assert_eq!(
             d.dtoh_copies, 2,

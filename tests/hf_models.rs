@@ -39,7 +39,7 @@ fn logits_match_transformers_causal_and_bidirectional() {
                 (MaskKind::Full, "bidir_logits"),
             ] {
                 let p = single_sequence(&ids, mask, None);
-                let out = forward(&e.be, w, &e.tr.state(), &p, None, Mode::default());
+                let out = forward(&e.be, w, &e.tr().state(), &p, None, Mode::default());
                 let want: Vec<f32> = pr[key].as_array().unwrap().iter().flat_map(f32s).collect();
                 let err = rel_err(&out.logits, &want);
                 assert!(err < 1e-4, "{name} {key}: relative error {err}");
@@ -68,7 +68,7 @@ fn cached_greedy_decoding_matches_transformers_and_recomputation() {
                 let full = forward(
                     &e.be,
                     &e.model.weights,
-                    &e.tr.state(),
+                    &e.tr().state(),
                     &p,
                     None,
                     Mode::default(),

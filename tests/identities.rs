@@ -251,12 +251,8 @@ fn resumed_training_equals_uninterrupted() {
     assert_eq!(full.losses, resumed.losses, "loss trajectory after resume");
     assert_eq!(tr.params, tr2.params, "final parameters after resume");
     // The final adapter folder loads back to the same parameters.
-    let e = Engine {
-        be,
-        model: m,
-        tr: tr2,
-    };
+    let e = Engine::new(be, m, tr2);
     let (back, _) = bitune_rt::bitune::engine::load_adapter(&e.be, &e.model, &cut).unwrap();
-    assert_eq!(back.params, e.tr.params);
+    assert_eq!(back.params, e.tr().params);
     std::fs::remove_dir_all(&tmp).unwrap();
 }

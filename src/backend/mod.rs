@@ -218,6 +218,9 @@ pub trait Backend: Send + Sync {
     /// A frozen matrix (a linear layer's weight, the embedding table) held the way this backend
     /// reads it fastest; built once, at load, by [`Backend::upload_weight`].
     type Weight: Send + Sync;
+    /// One linear's low-rank adapter in the form this backend's decoding reads (see
+    /// [`Backend::lora_pack`]).
+    type LoraPack: Send + Sync;
 
     fn name(&self) -> String;
     /// Waits until every queued op has finished (timing an asynchronous device); a no-op on the
@@ -339,6 +342,29 @@ pub trait Backend: Send + Sync {
         w: &Self::Weight,
         m: usize,
         accumulate: bool,
+    );
+    /// The decoding form of the adapter of `seg` (A and B read from `params`) on `w` (`[n, k]`),
+    /// for [`Backend::matmul_lora_fwd`]: built once per adapter state, then read by every
+    /// decoding step. `None` (the default) where this backend decodes through `lora_fwd`.
+    fn lora_pack(
+        &self,
+        _w: &Self::Weight,
+        _params: &Self::Buf,
+        _seg: &LoraSeg,
+        _k: usize,
+        _n: usize,
+    ) -> Option<Self::LoraPack> {
+        None
+    }
+    /// `y[1, n] = x[1, k] · Wᵀ (+ bias) + s·B·A·x` for one row, through a pack that
+    /// [`Backend::lora_pack`] built on `w`: the frozen product and the adapter in one pass.
+    fn matmul_lora_fwd(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        bias: Option<&Self::Buf>,
+        pack: &Self::LoraPack,
     );
     /// Segment-aware LoRA: for each segment, `y[rows] += s·(x[rows] Aᵀ) Bᵀ` (x is `[*, k]`, y `[*, n]`).
     fn lora_fwd(&self, y: &mut Self::Buf, x: &Self::Buf, params: &Self::Buf, a: LoraArgs);

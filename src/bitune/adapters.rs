@@ -4,18 +4,44 @@
 //! too (the backend's `kv_mix_fwd_theta` / `kv_mix_bwd_theta`), so no layer sends α or dα through
 //! the host (docs/ARCHITECTURE.md, "Segments and plans").
 
-use super::params::ParamTable;
+use super::params::{Kind, ParamTable};
 use super::peft::{is_feedforward, Peft};
 use crate::backend::{Backend, KvMix, LoraSeg, Theta};
 use crate::model::transformer::{Adapters, LayerMix, LinearAdapter, Packed, VecSeg};
-use crate::model::weights::Target;
+use crate::model::weights::{Linear, Target};
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
-/// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init.
+/// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init, and where
+/// decoding keeps its forms of the low-rank adapters.
 pub struct AdapterState<'a, B: Backend> {
     pub params: &'a B::Buf,
     pub table: &'a ParamTable,
     /// θ_init of α = |θ| / (|θ| + θ_init).
     pub theta_init: f32,
+    pub packs: Option<&'a LoraPacks<B>>,
+}
+
+/// The decoding forms ([`Backend::lora_pack`]) of a parameter buffer's low-rank adapters, each
+/// built on its first decoding step. They copy the buffer's values, so they belong with a buffer
+/// that no longer changes: [`super::engine::Adapted`] keeps the two together.
+pub struct LoraPacks<B: Backend> {
+    /// By A's offset: the pack, or `None` where the backend decodes through `lora_fwd`.
+    by_a: HashMap<usize, OnceLock<Option<B::LoraPack>>>,
+}
+
+impl<B: Backend> LoraPacks<B> {
+    /// A slot for every low-rank adapter of `table`, none built yet.
+    pub fn new(table: &ParamTable) -> Self {
+        LoraPacks {
+            by_a: table
+                .entries
+                .iter()
+                .filter(|e| e.kind == Kind::LoraA)
+                .map(|e| (e.offset, OnceLock::new()))
+                .collect(),
+        }
+    }
 }
 
 impl<B: Backend> AdapterState<'_, B> {
@@ -96,6 +122,14 @@ impl<B: Backend> Adapters<B> for AdapterState<'_, B> {
                 }
             }
         }
+    }
+
+    fn lora_pack(&self, be: &B, l: &Linear<B>, seg: &LoraSeg) -> Option<&B::LoraPack> {
+        self.packs?
+            .by_a
+            .get(&seg.a_off)?
+            .get_or_init(|| be.lora_pack(&l.w, self.params, seg, l.in_dim, l.out_dim))
+            .as_ref()
     }
 
     fn kv_mix_fwd(&self, be: &B, m: &LayerMix, buf: &mut B::Buf) {

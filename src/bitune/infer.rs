@@ -1,6 +1,7 @@
 //! Inference over the mixed prompt cache: the dual prefill (both prompt passes, the mix, the sep
 //! token), cached causal decoding with set C, and scoring continuations on a shared prefix.
 
+use super::adapters::AdapterState;
 use super::plan::{pack, pack_answers, Seq};
 use super::step::Trainable;
 use crate::backend::{Backend, CrossEntropyTargets, RowCopy};
@@ -132,15 +133,17 @@ pub fn prefill<B: Backend>(
     Ok((cache, be.download(&out.logits)))
 }
 
-/// One cached decoding step with set C: appends the token's K/V and returns its logits.
+/// One cached decoding step with set C of `ad` (a [`Trainable::state`], or an
+/// [`super::engine::Adapted`] one that keeps decoding forms): appends the token's K/V and
+/// returns its logits.
 pub fn decode_step<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    tr: &Trainable<B>,
+    ad: &AdapterState<'_, B>,
     cache: &mut KvCache<B>,
     token: u32,
 ) -> Result<Vec<f32>> {
-    let logits = decode_logits(be, w, tr, cache, token)?;
+    let logits = decode_logits(be, w, ad, cache, token)?;
     Ok(be.download(&logits))
 }
 
@@ -149,11 +152,11 @@ pub fn decode_step<B: Backend>(
 pub fn decode_step_greedy<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    tr: &Trainable<B>,
+    ad: &AdapterState<'_, B>,
     cache: &mut KvCache<B>,
     token: u32,
 ) -> Result<u32> {
-    let logits = decode_logits(be, w, tr, cache, token)?;
+    let logits = decode_logits(be, w, ad, cache, token)?;
     Ok(be.argmax(&logits, w.cfg.vocab_size))
 }
 
@@ -161,7 +164,7 @@ pub fn decode_step_greedy<B: Backend>(
 fn decode_logits<B: Backend>(
     be: &B,
     w: &Weights<B>,
-    tr: &Trainable<B>,
+    ad: &AdapterState<'_, B>,
     cache: &mut KvCache<B>,
     token: u32,
 ) -> Result<B::Buf> {
@@ -175,8 +178,7 @@ fn decode_logits<B: Backend>(
     };
     let (mut p, _) = pack_answers(&[seq], &cache.pos);
     p.logit_rows = vec![0];
-    let ad = tr.state();
-    let out = forward_append(be, w, &ad, &p, cache);
+    let out = forward_append(be, w, ad, &p, cache);
     cache.pos.push(pos);
     Ok(out.logits)
 }

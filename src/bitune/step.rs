@@ -104,6 +104,7 @@ impl<B: Backend> Trainable<B> {
             params: &self.params,
             table: &self.table,
             theta_init: self.theta_init,
+            packs: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `bench`'s table for people: base, LoRA and Bitune as rows; prefill, decode, the share of the
-//! decode floor reached, end-to-end and the end-to-end overhead over LoRA as columns, then the
+//! `bench`'s table for people: base, LoRA and Bitune as rows; prefill, decode, its overhead over
+//! the base model's (paired by round), the share of the decode floor reached, end-to-end and the
+//! end-to-end overhead over LoRA as columns, then the
 //! floor itself; the train-step rows with `--train`. Built from
 //! the JSON report alone, so what a person reads and what a machine reads cannot disagree.
 
@@ -33,11 +34,11 @@ pub fn table(r: &Value) -> String {
     if !inference.is_empty() {
         let _ = writeln!(
             s,
-            "| model  | prefill ms | decode ms/token | share of floor | end-to-end s | overhead over LoRA |"
+            "| model  | prefill ms | decode ms/token | decode over base | share of floor | end-to-end s | overhead over LoRA |"
         );
         let _ = writeln!(
             s,
-            "|--------|-----------:|----------------:|---------------:|-------------:|-------------------:|"
+            "|--------|-----------:|----------------:|-----------------:|---------------:|-------------:|-------------------:|"
         );
         for (key, name) in inference {
             let x = &res[*key];
@@ -46,9 +47,13 @@ pub fn table(r: &Value) -> String {
             let share = x["decode_floor_share"]
                 .as_f64()
                 .map_or("–".into(), |v| format!("{:.1} %", 100.0 * v));
+            let vs_base = match (*key, x["decode_over_base"].as_f64()) {
+                ("base", _) | (_, None) => "–".into(),
+                (_, Some(v)) => over(v, Some(1.0)),
+            };
             let _ = writeln!(
                 s,
-                "| {name:<6} | {:>10.1} | {:>15.2} | {share:>14} | {:>12.2} | {:>18} |",
+                "| {name:<6} | {:>10.1} | {:>15.2} | {vs_base:>16} | {share:>14} | {:>12.2} | {:>18} |",
                 f("prefill_ms"),
                 f("decode_ms_per_tok"),
                 e2e,
@@ -103,7 +108,7 @@ mod tests {
     fn rows_columns_and_overheads() {
         let row = |p: f64, d: f64, e: f64| {
             json!({"prefill_ms": p, "decode_ms_per_tok": d, "end_to_end_s": e,
-            "decode_floor_share": 8.0 / d})
+            "decode_floor_share": 8.0 / d, "decode_over_base": d / 16.0 + 0.01})
         };
         let r = json!({"device": "cpu: x (2 threads)", "commit": "abc", "prompt": 50,
             "answer": 200, "repeat": 3, "decode_weight_bytes": 80e6, "bandwidth_gbs": 10.0,
@@ -120,6 +125,9 @@ mod tests {
         );
         // 8 ms of floor under 16 ms/token measured: half.
         assert!(lines[2].contains("|         50.0 % |"), "{t}");
+        // The paired ratio as reported (not the ratio of the medians): 17/16 + 0.01 = 1.0725.
+        assert!(lines[2].contains(" 16.00 |                – |"), "{t}");
+        assert!(lines[3].contains(" 17.00 |           +7.3 % |"), "{t}");
         assert!(lines[4].contains("|         45.7 % |"), "{t}");
         assert!(
             t.contains("decode floor: 80.0 MB of weights per token / 10.0 GB/s (STREAM copy) = 8.00 ms/token"),

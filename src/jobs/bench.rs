@@ -7,7 +7,7 @@
 use super::{git_commit, now_utc};
 use crate::backend::device::Device;
 use crate::backend::Backend;
-use crate::bitune::engine::{empty_trainable, Engine};
+use crate::bitune::engine::{empty_trainable, Adapted, Engine};
 use crate::bitune::params::LoraSpec;
 use crate::bitune::plan::{Example, Method};
 use crate::bitune::step::{loss_and_grad, Trainable};
@@ -219,14 +219,26 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         _ => None,
     };
     let floor_ms = bandwidth_gbs.map(|g| weight_bytes as f64 / (g * 1e9) * 1e3);
-    let causal = empty_trainable(&be, &model, Method::CAUSAL_LM);
-    let lora = bitune_state(&be, &model, Method::Lora, 1);
-    let bitune = bitune_state(&be, &model, Method::Bitune, 1);
-    let mut e = Engine {
-        be,
-        model,
-        tr: causal,
+    let placeholder = empty_trainable(&be, &model, Method::CAUSAL_LM);
+    let mut inference: Vec<(&str, Adapted<B>)> = if a.train_only {
+        vec![]
+    } else {
+        vec![
+            (
+                "base",
+                Adapted::new(empty_trainable(&be, &model, Method::CAUSAL_LM)),
+            ),
+            (
+                "lora",
+                Adapted::new(bitune_state(&be, &model, Method::Lora, 1)),
+            ),
+            (
+                "bitune",
+                Adapted::new(bitune_state(&be, &model, Method::Bitune, 1)),
+            ),
+        ]
     };
+    let mut e = Engine::new(be, model, placeholder);
     let mut results = serde_json::Map::new();
     let mut profile = serde_json::Map::new();
     let prof = crate::backend::cpu::prof::enable;
@@ -241,16 +253,9 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             profile.insert(phase.into(), json!(rows));
         }
     };
-    let inference = if a.train_only {
-        vec![]
-    } else {
-        vec![
-            ("base", None),
-            ("lora", Some(lora)),
-            ("bitune", Some(bitune)),
-        ]
-    };
-    let phases = inference.len() + if a.train || a.train_only { 2 } else { 0 };
+    let rounds = a.repeat;
+    let decode_phase = usize::from(!inference.is_empty());
+    let phases = inference.len() + decode_phase + if a.train || a.train_only { 2 } else { 0 };
     let t_all = Instant::now();
     let note = |k: usize, what: String| {
         eprintln!(
@@ -265,53 +270,102 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         a.answer,
         a.repeat
     );
-    for (k, (name, tr)) in inference.into_iter().enumerate() {
+    // Greedy decoding as `generate --temperature 0` runs it (argmax where the logits are).
+    let decode_answer = |e: &Engine<B>, mut cache, logits0: &[f32]| -> Result<()> {
+        let mut next = crate::bitune::sample::argmax(logits0);
+        for _ in 0..a.answer {
+            next = e.decode_greedy(&mut cache, next)?;
+        }
+        Ok(())
+    };
+    // Prefill timed per adapter state; the prefill a decode starts from kept.
+    let mut starts = Vec::new();
+    for (k, (name, state)) in inference.iter_mut().enumerate() {
         note(
             k + 1,
             format!(
-                "{name}: prefill ×{}, then {} decode steps ×{}",
+                "{name}: prefill ×{}, then one decode of {} steps",
                 a.repeat + 1,
-                a.answer,
-                a.repeat.min(2) + 1
+                a.answer
             ),
         );
-        let saved = tr.map(|t| std::mem::replace(&mut e.tr, t));
+        e.swap_adapters(state);
         let prefill_s = time(a.repeat, || e.prefill(&ids))?;
         prof(a.profile);
         let (cache0, logits0) = e.prefill(&ids)?;
         prof(false);
         take_profile(&mut profile, &format!("{name}_prefill"));
-        // Greedy decoding as `generate --temperature 0` runs it (argmax where the logits are).
-        let decode_answer = |mut cache| -> Result<()> {
-            let mut next = crate::bitune::sample::argmax(&logits0);
-            for _ in 0..a.answer {
-                next = e.decode_greedy(&mut cache, next)?;
-            }
-            Ok(())
-        };
-        let decode_s = time(a.repeat.min(2), || {
-            decode_answer(clone_cache(&e.be, &cache0))
-        })?;
+        // The warm-up, which also builds the decoding forms of the adapters.
+        decode_answer(&e, clone_cache(&e.be, &cache0), &logits0)?;
         if a.profile {
             // One more decode, profiled apart from the timed ones (the scopes cost a clock read)
             // and from the copy of the cache it starts from.
             let cache = clone_cache(&e.be, &cache0);
             prof(true);
-            decode_answer(cache)?;
+            decode_answer(&e, cache, &logits0)?;
             prof(false);
             take_profile(&mut profile, &format!("{name}_decode"));
         }
-        let ms_tok = decode_s * 1e3 / a.answer as f64;
+        e.swap_adapters(state);
+        starts.push((prefill_s, cache0, logits0));
+    }
+    // Decoding timed in rounds of `answer` steps, the states taking turns token by token (the
+    // first of each step rotating), so the machine's load drifts alike over all of them: the
+    // adapters' overhead over the base model is a few percent, and one state timed a second
+    // after another swings by more than that here.
+    let n_states = inference.len();
+    let mut decode_s = vec![Vec::new(); n_states];
+    if n_states > 0 {
+        note(
+            n_states + 1,
+            format!(
+                "decode of {} steps, {rounds} rounds, the {n_states} states in turn",
+                a.answer
+            ),
+        );
+    }
+    for _ in 0..rounds {
+        let mut caches: Vec<_> = starts.iter().map(|s| clone_cache(&e.be, &s.1)).collect();
+        let mut next: Vec<u32> = starts
+            .iter()
+            .map(|s| crate::bitune::sample::argmax(&s.2))
+            .collect();
+        let mut spent = vec![0f64; n_states];
+        for step in 0..a.answer {
+            for j in 0..n_states {
+                let i = (step + j) % n_states;
+                e.swap_adapters(&mut inference[i].1);
+                let t = Instant::now();
+                next[i] = e.decode_greedy(&mut caches[i], next[i])?;
+                e.be.synchronize();
+                spent[i] += t.elapsed().as_secs_f64();
+                e.swap_adapters(&mut inference[i].1);
+            }
+        }
+        for (d, s) in decode_s.iter_mut().zip(spent) {
+            d.push(s);
+        }
+    }
+    for (i, (name, _)) in inference.iter().enumerate() {
+        let prefill_s = starts[i].0;
+        let dec_s = median(decode_s[i].clone());
+        let ms_tok = dec_s * 1e3 / a.answer as f64;
         let mut row = json!({"prefill_ms": prefill_s * 1e3, "prefill_tok_s": a.prompt as f64 / prefill_s,
                    "decode_ms_per_tok": ms_tok, "decode_tok_s": 1e3 / ms_tok,
-                   "end_to_end_s": prefill_s + decode_s});
+                   "end_to_end_s": prefill_s + dec_s});
         // Null where no bandwidth was measured: every device reports the same keys.
         row["decode_floor_ms_per_tok"] = json!(floor_ms);
         row["decode_floor_share"] = json!(floor_ms.map(|f| f / ms_tok));
-        results.insert(name.into(), row);
-        if let Some(s) = saved {
-            e.tr = s;
-        }
+        row["decode_rounds_s"] = json!(decode_s[i]);
+        // This state's decode time over the base model's in the same round, median over rounds.
+        row["decode_over_base"] = json!(median(
+            decode_s[i]
+                .iter()
+                .zip(&decode_s[0])
+                .map(|(t, b)| t / b)
+                .collect()
+        ));
+        results.insert((*name).into(), row);
     }
     if a.train || a.train_only {
         let ex: Vec<u32> = (0..a.prompt + a.answer)

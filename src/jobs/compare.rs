@@ -270,11 +270,7 @@ fn evaluate<B: Backend + Clone>(
     let eval_dir = dir.join("eval");
     std::fs::create_dir_all(&eval_dir)
         .with_context(|| format!("creating {}", eval_dir.display()))?;
-    let mut e = Engine {
-        be: be.clone(),
-        model,
-        tr,
-    };
+    let mut e = Engine::new(be.clone(), model, tr);
     let mut out = serde_json::Map::new();
     for t in tasks {
         let file = t.name.replace(':', "-");

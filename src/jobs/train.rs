@@ -239,11 +239,7 @@ fn before<B: Backend + Clone>(
         return Ok((model, Before::None));
     }
     let tr = empty_trainable(be, &model, Method::CAUSAL_LM);
-    let mut e = Engine {
-        be: be.clone(),
-        model,
-        tr,
-    };
+    let mut e = Engine::new(be.clone(), model, tr);
     let b = if a.data.is_none() && a.eval_n > 0 {
         Before::Table(heldout::evaluate(&mut e, a.eval_n, "base model")?)
     } else {
@@ -262,11 +258,7 @@ fn after<B: Backend + Clone>(
     out: &Path,
 ) -> Result<Report> {
     let method = tr.method.name();
-    let mut e = Engine {
-        be: be.clone(),
-        model,
-        tr,
-    };
+    let mut e = Engine::new(be.clone(), model, tr);
     Ok(match b {
         Before::None => Report::None,
         Before::Sample(before) => Report::Sample {

@@ -4,6 +4,7 @@
 mod attention;
 pub mod gemm;
 mod lora;
+pub mod lora_decode;
 mod ops;
 pub mod prof;
 pub mod quant;
@@ -47,6 +48,7 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
+    type LoraPack = lora_decode::LoraPack;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -195,6 +197,31 @@ impl Backend for Cpu {
             k,
             accumulate,
         );
+    }
+
+    fn lora_pack(
+        &self,
+        w: &CpuWeight,
+        params: &Vec<f32>,
+        seg: &LoraSeg,
+        k: usize,
+        n: usize,
+    ) -> Option<lora_decode::LoraPack> {
+        let r = seg.rank;
+        let a = &params[seg.a_off..seg.a_off + r * k];
+        let b = &params[seg.b_off..seg.b_off + n * r];
+        w.lora_pack(a, b, seg.scale())
+    }
+
+    fn matmul_lora_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        bias: Option<&Vec<f32>>,
+        pack: &lora_decode::LoraPack,
+    ) {
+        w.matmul_lora_fwd(y, x, bias.map(|b| &b[..]), pack)
     }
 
     fn lora_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, params: &Vec<f32>, la: LoraArgs) {

@@ -1,5 +1,6 @@
 //! How the CPU backend holds a frozen weight, and the one matmul that picks how to read it.
 
+use super::lora_decode::LoraPack;
 use super::quant::{Quant, MAX_QUANT_ROWS};
 use super::tiles::{self, Panels};
 use super::{gemm, ops, prof};
@@ -67,7 +68,7 @@ impl CpuWeight {
         match (self.compact_for(m), self.panels_for(m)) {
             (Some(q), _) => {
                 let _p = prof::scope("matmul_fwd (quant)");
-                q.matmul(y, x, m, n, k, accumulate);
+                q.matmul(y, x, m, n, k, accumulate, None);
             }
             (_, Some(p)) => {
                 let _p = prof::scope("matmul_fwd (panels)");
@@ -92,6 +93,36 @@ impl CpuWeight {
             } else {
                 y.par_chunks_mut(n).for_each(add);
             }
+        }
+    }
+
+    /// The 8-bit decoding form of an adapter `s·B·A` on this weight (A `[r, k]`, B `[n, r]`),
+    /// where decoding reads the weight against 8-bit activations (and `k` is whole blocks of
+    /// 32); `None` elsewhere, where decoding adds the f32 adapter after the product (the same
+    /// values fused into the product's pass measured no faster: the bytes are the cost).
+    pub fn lora_pack(&self, a: &[f32], b: &[f32], s: f32) -> Option<LoraPack> {
+        let q = self.compact_for(1)?;
+        (matches!(q, Quant::Q8Dot { .. }) && self.k.is_multiple_of(32))
+            .then(|| LoraPack::new(a, b, self.k, self.n, s))
+    }
+
+    /// `y[1, n] = x[1, k]·Wᵀ (+ bias) + s·B·A·x` for one row, `pack` built by
+    /// [`CpuWeight::lora_pack`] on this weight, in the product's pass over the output rows.
+    pub(super) fn matmul_lora_fwd(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        pack: &LoraPack,
+    ) {
+        let (n, k) = (self.n, self.k);
+        let q = self
+            .compact_for(1)
+            .expect("a lora pack is built only on a weight decoded through its compact form");
+        let _p = prof::scope("matmul_fwd (quant + lora)");
+        q.matmul(&mut y[..n], &x[..k], 1, n, k, false, Some(pack));
+        if let Some(b) = bias {
+            y[..n].iter_mut().zip(b).for_each(|(a, c)| *a += c);
         }
     }
 
@@ -188,6 +219,84 @@ mod tests {
             compact.panels.get().map(Option::is_some),
             Some(tiles::available())
         );
+    }
+
+    /// The adapter fused into a decoding product adds `B·(s·A·x)` with the values its 8-bit
+    /// pack holds, with and without bias; output rows span several chunks and end off a tile of
+    /// B. Only a weight read against 8-bit activations gets a pack (Q8_0 where the integer dot
+    /// kernels run); bf16 and plain f32 weights decode through the product and `lora_fwd`.
+    #[test]
+    fn fused_adapter_adds_what_its_pack_holds() {
+        let mut rng = Rng::new(5);
+        let (n, k, r, s) = (200, 96, 8, 0.75);
+        let a: Vec<f32> = (0..r * k).map(|_| rng.uniform(-0.3, 0.3)).collect();
+        let b: Vec<f32> = (0..n * r).map(|_| rng.uniform(-0.05, 0.05)).collect();
+        let x: Vec<f32> = (0..k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let mut q8 = Vec::new();
+        let mut q8_values = Vec::new();
+        for _ in 0..n * k / 32 {
+            let d = half::f16::from_f32(rng.uniform(0.001, 0.02));
+            q8.extend_from_slice(&d.to_bits().to_le_bytes());
+            for _ in 0..32 {
+                let q = rng.below(255) as i32 - 127;
+                q8.push(q as i8 as u8);
+                q8_values.push(q as f32 * d.to_f32());
+            }
+        }
+        let bits: Vec<u16> = (0..n * k)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)).to_bits())
+            .collect();
+        let bf16_values: Vec<f32> = bits.iter().map(|&v| bf16::from_bits(v).to_f32()).collect();
+        let weights = [
+            HostWeight::new(q8_values, n, k, Some(QuantForm::Q8_0(q8))),
+            HostWeight::new(bf16_values, n, k, Some(QuantForm::Bf16(bits))),
+        ];
+        for hw in weights {
+            let w = CpuWeight::new(hw);
+            let int8 = matches!(w.quant, Some(Quant::Q8Dot { .. }));
+            let Some(pack) = w.lora_pack(&a, &b, s) else {
+                assert!(!int8, "a weight read against 8-bit activations gets a pack");
+                continue;
+            };
+            assert!(
+                int8,
+                "only a weight read against 8-bit activations gets a pack"
+            );
+            // Codes, and an f32 scale per 32 of A and per 16 of B (its outputs padded to 16).
+            let np = n.next_multiple_of(16);
+            assert_eq!(
+                pack.bytes(),
+                (r * k + r * k / 8 + np * r + np * r / 4) as u64
+            );
+            let (aq, bq) = (pack.a_values(), pack.b_values());
+            let xa: Vec<f64> = (0..r)
+                .map(|c| {
+                    s as f64
+                        * (0..k)
+                            .map(|i| aq[c * k + i] as f64 * x[i] as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            for with_bias in [false, true] {
+                let bias = with_bias.then_some(&bias[..]);
+                let mut plain = vec![0f32; n];
+                w.matmul_fwd(&mut plain, &x, bias, 1, false);
+                let mut fused = vec![f32::NAN; n];
+                w.matmul_lora_fwd(&mut fused, &x, bias, &pack);
+                for j in 0..n {
+                    let add: f64 = (0..r).map(|c| bq[j * r + c] as f64 * xa[c]).sum();
+                    let want = plain[j] as f64 + add;
+                    assert!(
+                        (fused[j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "bias={with_bias} y[{j}]: {} vs {want}",
+                        fused[j]
+                    );
+                }
+            }
+        }
+        let plain = CpuWeight::new(HostWeight::dense(vec![0.0; n * k], n, k));
+        assert!(plain.lora_pack(&a, &b, s).is_none());
     }
 
     /// The bytes a product reads, against a hand count for `[n, k] = [64, 96]` (3 blocks of 32

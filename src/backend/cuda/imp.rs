@@ -11,6 +11,7 @@ use crate::backend::{
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Weight = CudaWeight;
+    type LoraPack = std::convert::Infallible;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -170,6 +171,18 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) {
         self.matmul_bwd_x_k(dx, dy, w, m, accumulate)
+    }
+    fn matmul_lora_fwd(
+        &self,
+        _y: &mut CudaBuf,
+        _x: &CudaBuf,
+        _w: &Self::Weight,
+        _bias: Option<&CudaBuf>,
+        pack: &Self::LoraPack,
+    ) {
+        // This backend builds no packs (`lora_pack` is the default `None`): decoding runs the
+        // product and `lora_fwd`.
+        match *pack {}
     }
     fn lora_fwd(&self, y: &mut CudaBuf, x: &CudaBuf, params: &CudaBuf, a: LoraArgs) {
         lora::lora_fwd(self, y, x, params, a)

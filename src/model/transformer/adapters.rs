@@ -16,7 +16,7 @@
 
 use super::MixPlan;
 use crate::backend::{Backend, LoraSeg};
-use crate::model::weights::Target;
+use crate::model::weights::{Linear, Target};
 use std::ops::Range;
 
 /// A row range of the packed stream and the offset of its per-feature vector in the parameter
@@ -76,6 +76,12 @@ pub trait Adapters<B: Backend>: Sync {
     fn params(&self) -> &B::Buf;
     /// The adapter op of linear `t` of `layer` over the rows of `p`.
     fn linear(&self, p: &super::Packed, layer: usize, t: Target) -> LinearAdapter;
+    /// The decoding form of low-rank `seg` on `l` ([`Backend::lora_pack`]), where this state
+    /// keeps such forms and the backend builds one; else `None` (the default), and the forward
+    /// runs the product and `lora_fwd`.
+    fn lora_pack(&self, _be: &B, _l: &Linear<B>, _seg: &LoraSeg) -> Option<&B::LoraPack> {
+        None
+    }
     /// Writes the mixed rows of `buf` (after the K/V projection and RoPE).
     fn kv_mix_fwd(&self, be: &B, m: &LayerMix, buf: &mut B::Buf);
     /// Backward of [`Adapters::kv_mix_fwd`]: folds the mixed rows' gradient of `dbuf` into the

@@ -15,11 +15,13 @@ mod vnni;
 pub use lines::Lines;
 pub use q8act::{Q8Rows, GROUP};
 
+use super::lora_decode::{LoraPack, BT_BLOCK};
 use crate::backend::weight::QuantForm;
 #[cfg(test)]
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// A compact weight as the CPU kernels read it: a checkpoint's [`QuantForm`], or its Q4 blocks
 /// re-laid for SIMD.
@@ -345,7 +347,11 @@ impl Quant {
     }
 
     /// `y[m, rows] (+)= x[m, cols] · Wᵀ` for a few rows of `x` (at most [`MAX_QUANT_ROWS`]):
-    /// every weight block is decoded once and dotted with every input row.
+    /// every weight block is decoded once and dotted with every input row. With `lora` (one
+    /// row, not accumulating), also `+ s·B·A·x`: each chunk of output rows adds its part of the
+    /// adapter once its results are in, `s·A·x` made by the first chunk to start.
+    // The product's operands and shape, plus the adapter fused into its pass.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
         y: &mut [f32],
@@ -354,6 +360,7 @@ impl Quant {
         rows: usize,
         cols: usize,
         accumulate: bool,
+        lora: Option<&LoraPack>,
     ) {
         assert!(
             m <= MAX_QUANT_ROWS,
@@ -367,11 +374,17 @@ impl Quant {
             x.len() >= m * cols && y.len() >= m * rows,
             "quant matmul: short buffers"
         );
-        // About four chunks per thread (the small K/V projections too), at least 16 rows each.
+        assert!(
+            lora.is_none_or(|p| m == 1 && !accumulate && p.n() == rows && p.k() == cols),
+            "a fused adapter serves one row of a product it writes, of its own shape"
+        );
+        // About four chunks per thread (the small K/V projections too), at least 16 rows each,
+        // starting where a block of the 8-bit adapter's B does.
         let chunk = rows
             .div_ceil(4 * rayon::current_num_threads())
-            .next_multiple_of(8)
+            .next_multiple_of(BT_BLOCK)
             .max(16);
+        let (xa, claimed) = (OnceLock::<Vec<f32>>::new(), AtomicBool::new(false));
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
             Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
@@ -389,7 +402,17 @@ impl Quant {
         let part = |(c, out): (usize, &mut [f32])| {
             let r0 = c * chunk;
             let r1 = r0 + out.len() / m;
+            if let Some(p) = lora {
+                // The first chunk to start makes `s·A·x` before its rows, while the other
+                // threads stream theirs: nobody waits on it later.
+                if !claimed.swap(true, Ordering::Relaxed) {
+                    let _ = xa.set(p.project(x));
+                }
+            }
             rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, out);
+            if let Some(p) = lora {
+                p.expand(out, wait_for(&xa).as_slice(), r0);
+            }
         };
         if m == 1 && !accumulate {
             // One input row: y is `[rows]`, so each chunk writes its own slice directly.
@@ -404,6 +427,24 @@ impl Quant {
                 let dst = &mut y[i * rows + r];
                 *dst = if accumulate { *dst + v } else { v };
             }
+        }
+    }
+}
+
+/// The value another chunk of the same product is making: it makes it before its own rows, so
+/// it is ready or about a microsecond away, and a spin beats parking the thread.
+fn wait_for<T>(v: &OnceLock<T>) -> &T {
+    let mut spins = 0u32;
+    loop {
+        if let Some(v) = v.get() {
+            return v;
+        }
+        spins += 1;
+        if spins < 1 << 16 {
+            std::hint::spin_loop();
+        } else {
+            // That chunk's thread lost its core (more threads than cores): let it run.
+            std::thread::yield_now();
         }
     }
 }
@@ -763,7 +804,7 @@ mod tests {
                         x[i * cols + c] = hot;
                     }
                     let mut y = vec![f32::NAN; m * rows];
-                    p.matmul(&mut y, &x, m, rows, cols, false);
+                    p.matmul(&mut y, &x, m, rows, cols, false, None);
                     for (i, &c) in picked.iter().enumerate() {
                         for r in 0..rows {
                             let (got, w) = (y[i * rows + r], w[r * cols + c]);
@@ -840,7 +881,7 @@ mod tests {
                     q8_dot_portable(fmt, data, 0, rows, &b, m, &mut want);
                     for accumulate in [false, true] {
                         let mut y = y0.clone();
-                        p.matmul(&mut y, &x, m, rows, cols, accumulate);
+                        p.matmul(&mut y, &x, m, rows, cols, accumulate, None);
                         for i in 0..m {
                             for r in 0..rows {
                                 let base = if accumulate { y0[i * rows + r] } else { 0.0 };
@@ -893,7 +934,7 @@ mod tests {
                 let y0: Vec<f32> = (0..m * rows).map(|_| rng.uniform(-1.0, 1.0)).collect();
                 for accumulate in [false, true] {
                     let mut y = y0.clone();
-                    p.matmul(&mut y, &x, m, rows, cols, accumulate);
+                    p.matmul(&mut y, &x, m, rows, cols, accumulate, None);
                     let mut portable = vec![0f32; rows * m];
                     rows_kernel(&p, 0, rows, cols, &x, m, &mut portable);
                     for i in 0..m {
