@@ -85,24 +85,17 @@ impl CpuWeight {
             }
         }
         if let Some(b) = bias {
-            let _p = prof::scope("matmul_fwd (bias)");
-            let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
-            // A decoding step's few rows are not worth a hand-off to other threads.
-            if few {
-                y.chunks_mut(n).for_each(add);
-            } else {
-                y.par_chunks_mut(n).for_each(add);
-            }
+            add_bias(y, b, few);
         }
     }
 
     /// The 8-bit decoding form of an adapter `s·B·A` on this weight (A `[r, k]`, B `[n, r]`),
-    /// where decoding reads the weight against 8-bit activations (and `k` is whole blocks of
-    /// 32); `None` elsewhere, where decoding adds the f32 adapter after the product (the same
-    /// values fused into the product's pass measured no faster: the bytes are the cost).
+    /// where decoding reads the weight against 8-bit activations (a `Q8Dot` form, which exists
+    /// only for whole blocks of 32 inputs); `None` elsewhere, where decoding adds the f32
+    /// adapter after the product (the same values fused into the product's pass measured no
+    /// faster: the bytes are the cost).
     pub fn lora_pack(&self, a: &[f32], b: &[f32], s: f32) -> Option<LoraPack> {
-        let q = self.compact_for(1)?;
-        (matches!(q, Quant::Q8Dot { .. }) && self.k.is_multiple_of(32))
+        matches!(self.compact_for(1)?, Quant::Q8Dot { .. })
             .then(|| LoraPack::new(a, b, self.k, self.n, s))
     }
 
@@ -122,7 +115,7 @@ impl CpuWeight {
         let _p = prof::scope("matmul_fwd (quant + lora)");
         q.matmul(&mut y[..n], &x[..k], 1, n, k, false, Some(pack));
         if let Some(b) = bias {
-            y[..n].iter_mut().zip(b).for_each(|(a, c)| *a += c);
+            add_bias(&mut y[..n], b, true);
         }
     }
 
@@ -151,6 +144,18 @@ impl CpuWeight {
     /// which must not build them.
     fn panels_for(&self, m: usize) -> Option<&Panels> {
         (m > MAX_QUANT_ROWS).then(|| self.panels()).flatten()
+    }
+}
+
+/// `y[i, :] += b` for every row of `y` (rows as long as `b`); a decoding step's `few` rows are
+/// not worth a hand-off to other threads.
+fn add_bias(y: &mut [f32], b: &[f32], few: bool) {
+    let _p = prof::scope("matmul_fwd (bias)");
+    let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
+    if few {
+        y.chunks_mut(b.len()).for_each(add);
+    } else {
+        y.par_chunks_mut(b.len()).for_each(add);
     }
 }
 
