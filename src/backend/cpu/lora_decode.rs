@@ -1,40 +1,71 @@
-//! A low-rank adapter in the form decoding reads it ([`LoraPack`]): 8-bit, for a weight read
-//! against 8-bit activations, its add fused into that weight's matmul over the output rows.
+//! A low-rank adapter in the form decoding reads it ([`LoraPack`]): 8-bit integer dots, for a
+//! weight read against 8-bit activations, its add fused into that weight's matmul over the output
+//! rows.
 //!
-//! A decoding step reads every weight once, so an adapter costs its bytes. In f32, rank-8
+//! A decoding step reads every weight once, so an adapter costs its bytes, and on two threads the
+//! few kilobytes each linear adds are read at memory latency, not bandwidth. In f32, rank-8
 //! adapters on the seven linears of the default model are 9.8 MB a token against 96 MB of Q4_1
 //! weights, and added on one thread after each product they made decoding 11% slower than the
-//! base model (`bench`, the states decoding in turn). In 8 bits they are 2.8 MB: A in blocks of
-//! 32 inputs and B in tiles of [`BT_BLOCK`] outputs, each with an f32 scale. The matmul's first
-//! chunk makes `s·A·x` (against the f32 activations: quantising them as well would cost more than
-//! r dot products) while the other threads stream their rows, then every chunk adds
-//! `B[rows]·(s·A·x)` to its own results. The f32 values fused the same way measured no faster
-//! than the add after the product, so weights read against f32 activations keep that path.
+//! base model (`bench`, the states decoding in turn). In 8 bits they are 2.8 MB.
+//!
+//! Both halves are integer dot products (`vpdpbusd`), as the weights' own:
+//! - `s·A·x` reads the activations the product already quantised ([`Q8Rows`]), A's codes stored
+//!   `a + 128` (u8) in pairs of blocks of 32 like Q8_0's, with a scale a block; the offset comes
+//!   back out through the blocks' sums, which the quantiser keeps anyway.
+//! - `B·xa` quantises the r values of `xa` to 8 bits once, and each tile of 16 outputs is one
+//!   integer dot per four ranks, B's codes stored `b + 128` with a scale per output row.
+//!
+//! Converting the codes to f32 instead, with a multiply-add per rank and 16 outputs, cost 4% of
+//! the adapter states' decoding time; the dots are a tenth of the instructions. Scales are f16
+//! relative to the pack's largest (trained LoRA B values are small enough that their own scales
+//! would be f16 subnormals). The matmul's first chunk projects before its rows while the others
+//! stream theirs, and every chunk adds its own rows' `B·xa`
+//! ([`super::quant::Quant::matmul`]).
 //!
 //! The 8-bit adapter moves the default model's decoding logits about as much as 8-bit
 //! activations already do (`tests/adapter_decode.rs`).
 
+use super::quant::{Lines, Q8Rows};
+use half::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Outputs per tile of the 8-bit B; the matmul's chunks of output rows start on a multiple.
 pub const BT_BLOCK: usize = 16;
 
-/// One linear's adapter `y += s·B·A·x` (A `[r, k]`, B `[n, r]`) in 8 bits. A: `a` `[r, k]`
-/// codes with an f32 scale per block of 32 (`as_`, `[r, k / 32]`). B in tiles of [`BT_BLOCK`]
-/// outputs: `bt` `[n_pad / 16, r, 16]` codes (`n_pad` the next multiple of 16, zeros past `n`)
-/// and an f32 scale per tile and rank, `bts` `[n_pad / 16, r]`, so a chunk of output rows reads
-/// one contiguous span of each (rank-major rows of Bᵀ were eight short streams a chunk, each
-/// line a demand miss).
+/// One linear's adapter `y += s·B·A·x` (A `[r, k]`, B `[n, r]`) in 8 bits, in one buffer of four
+/// sections, each starting on a cache line:
+/// - A: `a` `[r, np·64]` u8 codes `q + 128`, blocks of 32 paired (an odd last block paired with
+///   codes 128, zero), and `ad` `[r, np·2]` f16 block scales relative to `a_max`.
+/// - B: `bt` `[n_pad / 16, rq / 4, 16, 4]` u8 codes `q + 128`: byte `e` of lane `l` of quad `g`
+///   of tile `t` is `B[16t + l, 4g + e]` (rq the rank rounded up to 4, codes 128 past `r` and
+///   `n`), and `bd` `[n_pad]` f16 row scales relative to `b_max`.
+///
+/// The buffers are cut one after another from huge pages ([`Lines`]), and decoding builds the
+/// packs in the order it reads them: one linear's pack ends where the next one's starts.
 pub struct LoraPack {
     r: usize,
+    rq: usize,
     k: usize,
     n: usize,
+    /// Pairs of blocks of 32 in a row of A.
+    np: usize,
     scale: f32,
-    a: Vec<i8>,
-    as_: Vec<f32>,
-    bt: Vec<i8>,
-    bts: Vec<f32>,
+    a_max: f32,
+    b_max: f32,
+    buf: Lines,
+    /// Where `ad`, `bt` and `bd` start in `buf` (`a` at 0).
+    at: [usize; 3],
+}
+
+/// `xa = s·A·x` quantised for [`LoraPack::expand`]: codes `xq` (rank padded to a multiple of 4
+/// with zeros) four to a word, the integer sums' start `−128·Σ xq` (B's codes are offset), and
+/// the factor the integer sums take back to f32 (`d_xa·b_max`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Projected {
+    words: Vec<i32>,
+    init: i32,
+    mult: f32,
 }
 
 /// `v` in 8 bits per block of `block` values: codes `round(v/d)` and scales `d = amax/127`.
@@ -53,6 +84,18 @@ fn int8_blocks(v: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
     (codes, scales)
 }
 
+/// Scales as f16 fractions of their largest (returned), so none falls below f16's normal range
+/// unless it is that small beside the largest.
+fn relative_scales(d: &[f32]) -> (Vec<f16>, f32) {
+    let max = d.iter().fold(0f32, |m, &x| m.max(x));
+    let inv = if max > 0.0 { 1.0 / max } else { 0.0 };
+    (d.iter().map(|&x| f16::from_f32(x * inv)).collect(), max)
+}
+
+fn offset_code(q: i8) -> u8 {
+    (q as i16 + 128) as u8
+}
+
 impl LoraPack {
     /// The pack of A (`[r, k]`, `k` a multiple of 32) and B (`[n, r]`) with scale `s`.
     pub fn new(a: &[f32], b: &[f32], k: usize, n: usize, s: f32) -> Self {
@@ -61,26 +104,74 @@ impl LoraPack {
             a.len() == r * k && b.len() == n * r && r > 0 && k.is_multiple_of(32),
             "lora pack: A or B is not [r, {k}] / [{n}, r] with k whole blocks of 32"
         );
+        let (nb, rq) = (k / 32, r.next_multiple_of(4));
+        let np = nb.div_ceil(2);
+        let (aq, ads) = int8_blocks(a, 32);
+        let mut a8 = vec![128u8; r * np * 64];
+        let mut ad = vec![0f32; r * np * 2];
+        for c in 0..r {
+            for (i, &q) in aq[c * k..(c + 1) * k].iter().enumerate() {
+                a8[c * np * 64 + i] = offset_code(q);
+            }
+            ad[c * np * 2..c * np * 2 + nb].copy_from_slice(&ads[c * nb..(c + 1) * nb]);
+        }
+        let (ad, a_max) = relative_scales(&ad);
         let n_pad = n.next_multiple_of(BT_BLOCK);
-        // B's tiles: output j of rank c at [j / 16, c, j % 16], zeros past `n`.
-        let mut tiles = vec![0f32; r * n_pad];
-        for (j, row) in b.chunks_exact(r).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                tiles[(j / BT_BLOCK * r + c) * BT_BLOCK + j % BT_BLOCK] = v;
+        let (bq, bds) = int8_blocks(b, r);
+        let mut bt = vec![128u8; n_pad * rq];
+        for (j, row) in bq.chunks_exact(r).enumerate() {
+            let (t, l) = (j / BT_BLOCK, j % BT_BLOCK);
+            for (c, &q) in row.iter().enumerate() {
+                bt[((t * rq / 4 + c / 4) * BT_BLOCK + l) * 4 + c % 4] = offset_code(q);
             }
         }
-        let (bt, bts) = int8_blocks(&tiles, BT_BLOCK);
-        let (a, as_) = int8_blocks(a, 32);
+        let mut bd = bds;
+        bd.resize(n_pad, 0.0);
+        let (bd, b_max) = relative_scales(&bd);
+        let sections =
+            [a8.len(), 2 * ad.len(), bt.len(), 2 * bd.len()].map(|l| l.next_multiple_of(64));
+        let at = [
+            sections[0],
+            sections[0] + sections[1],
+            sections[0] + sections[1] + sections[2],
+        ];
+        let mut buf = Lines::zeros(sections.iter().sum());
+        buf[..a8.len()].copy_from_slice(&a8);
+        buf[at[1]..at[1] + bt.len()].copy_from_slice(&bt);
+        for (dst, v) in [(at[0], &ad), (at[2], &bd)] {
+            for (i, h) in v.iter().enumerate() {
+                buf[dst + 2 * i..dst + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
         LoraPack {
             r,
+            rq,
             k,
             n,
+            np,
             scale: s,
-            a,
-            as_,
-            bt,
-            bts,
+            a_max,
+            b_max,
+            buf,
+            at,
         }
+    }
+
+    fn a(&self) -> &[u8] {
+        &self.buf[..self.at[0]]
+    }
+    fn ad(&self) -> &[u8] {
+        &self.buf[self.at[0]..self.at[1]]
+    }
+    fn bt(&self) -> &[u8] {
+        &self.buf[self.at[1]..self.at[2]]
+    }
+    fn bd(&self) -> &[u8] {
+        &self.buf[self.at[2]..]
+    }
+    /// f16 scale `i` of a section of them.
+    fn scale_at(section: &[u8], i: usize) -> f32 {
+        f16::from_le_bytes([section[2 * i], section[2 * i + 1]]).to_f32()
     }
 
     /// Output features.
@@ -94,117 +185,208 @@ impl LoraPack {
 
     /// Bytes a decoding step reads of this pack.
     pub fn bytes(&self) -> u64 {
-        (self.a.len() + 4 * self.as_.len() + self.bt.len() + 4 * self.bts.len()) as u64
+        self.buf.len() as u64
     }
 
-    /// `s·A·x` for one row `x` of `k` values.
-    pub fn project(&self, x: &[f32]) -> Vec<f32> {
-        let (k, s) = (self.k, self.scale);
-        let x = &x[..k];
-        let mut xa = vec![0f32; self.r];
+    /// `s·A·x` for the first row of `x8` (the activations quantised for the product, `k`
+    /// values), quantised for [`LoraPack::expand`]; `None` when it adds nothing (`xa` or B all
+    /// zero, as B starts in training).
+    pub fn project(&self, x8: &Q8Rows) -> Option<Projected> {
+        assert!(
+            x8.nb == self.k / 32,
+            "lora pack: activations of {} values for A of {}",
+            x8.nb * 32,
+            self.k
+        );
+        if self.b_max == 0.0 {
+            return None;
+        }
+        let mut xa = vec![0f32; self.rq];
         #[cfg(target_arch = "x86_64")]
-        if super::tiles::available() {
-            // SAFETY: AVX-512F was detected; `a` is `[r, k]` and `as_` `[r, k / 32]` with `k` a
-            // multiple of 32 (`new` asserted it), and `x` holds `k` values.
-            unsafe { project_int8(&mut xa, x, &self.a, &self.as_, s) };
-            return xa;
+        if super::quant::vnni_available() {
+            // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `a` holds `r` rows of `np` pairs and
+            // `ad` their `2·np` scales; `x8`'s first row holds `nb` blocks whose codes are padded
+            // to whole pairs and whose per-block arrays to a multiple of 16 (`Q8Rows`), at least
+            // the `2·np` blocks read.
+            unsafe { project_vnni(&mut xa[..self.r], self, x8) };
+        } else {
+            self.project_portable(&mut xa[..self.r], x8);
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.project_portable(&mut xa[..self.r], x8);
+        let mult = self.scale * self.a_max;
+        if xa.iter().any(|v| !v.is_finite()) {
+            // Overflowed activations poison the outputs, as they do the product's.
+            return Some(Projected {
+                words: vec![0; self.rq / 4],
+                init: 0,
+                mult: f32::NAN,
+            });
+        }
+        let amax = xa.iter().fold(0f32, |m, v| m.max((v * mult).abs()));
+        if amax == 0.0 {
+            return None;
+        }
+        let d = amax / 127.0;
+        let codes: Vec<i8> = xa
+            .iter()
+            .map(|v| (v * mult / d).round_ties_even() as i8)
+            .collect();
+        Some(Projected {
+            words: codes
+                .chunks_exact(4)
+                .map(|w| i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]))
+                .collect(),
+            init: -128 * codes.iter().map(|&c| c as i32).sum::<i32>(),
+            mult: d * self.b_max,
+        })
+    }
+
+    /// [`LoraPack::project`]'s sums before the scale: per rank, `Σ_b ad[b]·(dₓ·T_b − 128·sqₓ)`
+    /// with `T_b` block b's integer dot of the offset codes, in which `128·Σ qₓ` comes back out.
+    fn project_portable(&self, xa: &mut [f32], x8: &Q8Rows) {
+        let nb = self.k / 32;
         for (c, o) in xa.iter_mut().enumerate() {
-            let blocks = self.a[c * k..(c + 1) * k]
-                .chunks_exact(32)
-                .zip(x.chunks_exact(32))
-                .zip(&self.as_[c * k / 32..]);
-            *o = s * blocks
-                .map(|((q, v), d)| d * q.iter().zip(v).map(|(&q, v)| q as f32 * v).sum::<f32>())
-                .sum::<f32>();
+            let row = &self.a()[c * self.np * 64..];
+            *o = (0..nb)
+                .map(|b| {
+                    let t: i32 = row[b * 32..b * 32 + 32]
+                        .iter()
+                        .zip(&x8.q[b * 32..b * 32 + 32])
+                        .map(|(&w, &q)| w as i32 * q as i32)
+                        .sum();
+                    let d = Self::scale_at(self.ad(), c * self.np * 2 + b);
+                    d * (x8.d[b] * t as f32 - 128.0 * x8.sq[b])
+                })
+                .sum();
         }
-        xa
     }
 
     /// `out[j − r0] += Σ_c B[j, c]·xa[c]` for the output rows `j` in `r0..r0 + out.len()`; `r0`
     /// is a multiple of [`BT_BLOCK`].
-    pub fn expand(&self, out: &mut [f32], xa: &[f32], r0: usize) {
-        let (r, len) = (self.r, out.len());
+    pub fn expand(&self, out: &mut [f32], xa: &Projected, r0: usize) {
+        let len = out.len();
         assert!(
-            r0.is_multiple_of(BT_BLOCK) && r0 + len <= self.n && xa.len() == r,
+            r0.is_multiple_of(BT_BLOCK) && r0 + len <= self.n && xa.words.len() == self.rq / 4,
             "lora pack: rows {r0}..{} of {}",
             r0 + len,
             self.n
         );
         #[cfg(target_arch = "x86_64")]
-        if super::tiles::available() {
-            // SAFETY: AVX-512F was detected; `bt` holds `n_pad / 16` whole tiles of `r` 16-byte
-            // rows and `bts` `r` scales a tile, `n_pad` at or past `r0 + len`, and `r0` is a
-            // multiple of 16: every tile the loop reads is whole; `out` is read and written only
-            // in its own `len` lanes.
-            unsafe { expand_int8(out, xa, &self.bt, &self.bts, r0) };
+        if super::quant::vnni_available() {
+            // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `bt` holds `n_pad / 16` whole tiles of
+            // `rq / 4` 64-byte quads and `bd` `n_pad` scales, `n_pad` at or past `r0 + len`, and
+            // `r0` is a multiple of 16: every tile the loop reads is whole; `out` is read and
+            // written only in its own `len` lanes.
+            unsafe { expand_vnni(out, xa, self.bt(), self.bd(), self.rq / 4, r0) };
             return;
         }
+        self.expand_portable(out, xa, r0);
+    }
+
+    fn expand_portable(&self, out: &mut [f32], xa: &Projected, r0: usize) {
+        let quads = self.rq / 4;
         for (i, o) in out.iter_mut().enumerate() {
             let (t, l) = ((r0 + i) / BT_BLOCK, (r0 + i) % BT_BLOCK);
-            *o += (0..r)
-                .map(|c| self.bt[(t * r + c) * BT_BLOCK + l] as f32 * self.bts[t * r + c] * xa[c])
-                .sum::<f32>();
+            let mut acc = xa.init;
+            for (g, w) in xa.words.iter().enumerate() {
+                let codes = &self.bt()[((t * quads + g) * BT_BLOCK + l) * 4..][..4];
+                for (e, &xq) in w.to_le_bytes().iter().enumerate() {
+                    acc += codes[e] as i32 * xq as i8 as i32;
+                }
+            }
+            *o += acc as f32 * (Self::scale_at(self.bd(), r0 + i) * xa.mult);
         }
+    }
+
+    /// The values `xa`'s codes stand for, `xq·d_xa` (rank padded to 4).
+    #[cfg(test)]
+    pub fn xa_values(&self, xa: &Projected) -> Vec<f32> {
+        let d = xa.mult / self.b_max;
+        xa.words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .map(|c| c as i8 as f32 * d)
+            .collect()
     }
 
     /// A as the pack holds it, `[r, k]`: the codes times their scales.
     #[cfg(test)]
     pub fn a_values(&self) -> Vec<f32> {
-        let s = &self.as_;
-        self.a
-            .iter()
-            .enumerate()
-            .map(|(e, &q)| q as f32 * s[e / 32])
+        let (k, np) = (self.k, self.np);
+        (0..self.r * k)
+            .map(|e| {
+                let (c, i) = (e / k, e % k);
+                let q = self.a()[c * np * 64 + i] as i32 - 128;
+                q as f32 * Self::scale_at(self.ad(), c * np * 2 + i / 32) * self.a_max
+            })
             .collect()
     }
 
     /// B as the pack holds it, `[n, r]`: the codes times their scales.
     #[cfg(test)]
     pub fn b_values(&self) -> Vec<f32> {
-        let r = self.r;
+        let (r, quads) = (self.r, self.rq / 4);
         (0..self.n * r)
             .map(|e| {
-                let (t, l, c) = (e / r / BT_BLOCK, e / r % BT_BLOCK, e % r);
-                self.bt[(t * r + c) * BT_BLOCK + l] as f32 * self.bts[t * r + c]
+                let (j, c) = (e / r, e % r);
+                let (t, l) = (j / BT_BLOCK, j % BT_BLOCK);
+                let q = self.bt()[((t * quads + c / 4) * BT_BLOCK + l) * 4 + c % 4] as i32 - 128;
+                q as f32 * Self::scale_at(self.bd(), j) * self.b_max
             })
             .collect()
     }
 }
 
-/// [`LoraPack::project`] of the 8-bit form: per block of 32, two vectors of codes times x, then
-/// the block's scale.
+/// [`LoraPack::project_portable`] with 64 codes a dot instruction: lanes 0-7 of a pair's sums are
+/// its first block, 8-15 its second, so the activations' `dₓ` and `16·sqₓ` (summed over 8 lanes,
+/// `128·sqₓ`) and A's scales are laid that way per pair. Eight ranks at a time share each pair of
+/// activation blocks, their sums independent chains.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn project_int8(xa: &mut [f32], x: &[f32], a: &[i8], as_: &[f32], s: f32) {
-    let k = x.len();
-    for (c, o) in xa.iter_mut().enumerate() {
-        let (row, ds) = (a.as_ptr().add(c * k), &as_[c * k / 32..]);
-        let mut acc = _mm512_setzero_ps();
-        for (b, &d) in ds[..k / 32].iter().enumerate() {
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                row.add(32 * b).cast(),
-            )));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                row.add(32 * b + 16).cast(),
-            )));
-            let xs = x.as_ptr().add(32 * b);
-            let blk = _mm512_fmadd_ps(
-                hi,
-                _mm512_loadu_ps(xs.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(xs)),
-            );
-            acc = _mm512_fmadd_ps(blk, _mm512_set1_ps(d), acc);
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn project_vnni(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
+    const RANKS: usize = 8;
+    let np = p.np;
+    let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let pair_of = |v: __m128| _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v));
+    let sixteen = _mm512_set1_ps(16.0);
+    let (a, ad) = (p.a().as_ptr(), p.ad().as_ptr());
+    for c0 in (0..xa.len()).step_by(RANKS) {
+        let ranks = (xa.len() - c0).min(RANKS);
+        let mut acc = [_mm512_setzero_ps(); RANKS];
+        for q in 0..np {
+            let dx = pair_of(_mm_castpd_ps(_mm_load_sd(x8.d.as_ptr().add(2 * q).cast())));
+            let sq = pair_of(_mm_castpd_ps(_mm_load_sd(x8.sq.as_ptr().add(2 * q).cast())));
+            let sq16 = _mm512_mul_ps(sq, sixteen);
+            let xq = _mm512_loadu_si512(x8.q.as_ptr().add(q * 64).cast());
+            for (i, acc) in acc[..ranks].iter_mut().enumerate() {
+                let c = c0 + i;
+                let w = _mm512_loadu_si512(a.add((c * np + q) * 64).cast());
+                let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq);
+                let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(t), dx, sq16);
+                let two = ad.add((c * np + q) * 4).cast::<i32>().read_unaligned();
+                let da = pair_of(_mm_cvtph_ps(_mm_cvtsi32_si128(two)));
+                *acc = _mm512_fmadd_ps(v, da, *acc);
+            }
         }
-        *o = s * _mm512_reduce_add_ps(acc);
+        for (i, acc) in acc[..ranks].iter().enumerate() {
+            xa[c0 + i] = _mm512_reduce_add_ps(*acc);
+        }
     }
 }
 
-/// [`LoraPack::expand`] of the 8-bit form: 16 outputs a vector, one multiply-add per rank.
+/// [`LoraPack::expand`] with one integer dot per four ranks and 16 outputs.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn expand_int8(out: &mut [f32], xa: &[f32], bt: &[i8], bts: &[f32], r0: usize) {
-    let r = xa.len();
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn expand_vnni(
+    out: &mut [f32],
+    xa: &Projected,
+    bt: &[u8],
+    bd: &[u8],
+    quads: usize,
+    r0: usize,
+) {
+    let (init, mult) = (_mm512_set1_epi32(xa.init), _mm512_set1_ps(xa.mult));
     let mut i = 0;
     while i < out.len() {
         let t = (r0 + i) / BT_BLOCK;
@@ -214,16 +396,17 @@ unsafe fn expand_int8(out: &mut [f32], xa: &[f32], bt: &[i8], bts: &[f32], r0: u
         } else {
             ((1u32 << lanes) - 1) as __mmask16
         };
-        let mut acc = _mm512_setzero_ps();
-        for c in 0..r {
-            let codes = _mm_loadu_si128(bt.as_ptr().add((t * r + c) * BT_BLOCK).cast());
-            let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
-            let w = _mm512_set1_ps(xa[c] * bts[t * r + c]);
-            acc = _mm512_fmadd_ps(v, w, acc);
+        let tile = bt.as_ptr().add(t * quads * 64);
+        let mut acc = init;
+        for (g, &x) in xa.words.iter().enumerate() {
+            let w = _mm512_loadu_si512(tile.add(g * 64).cast());
+            acc = _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x));
         }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(bd.as_ptr().add(2 * (r0 + i)).cast()));
         let o = out.as_mut_ptr().add(i);
         let y = _mm512_maskz_loadu_ps(mask, o);
-        _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(y, acc));
+        let add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, mult), y);
+        _mm512_mask_storeu_ps(o, mask, add);
         i += 16;
     }
 }
@@ -233,66 +416,129 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// The pack's `s·A·x` and `B·xa` against an f64 reference from the values it holds (the
-    /// codes times their scales, each within half a step of the trained value). Ranges start on
-    /// every tile the matmul's chunks can, with and without a ragged end.
+    /// The pack's `s·A·x` against an f64 reference from the values it holds and the activations
+    /// as quantised, its 8-bit `xa` within half a step of that, and `B·xa` against an f64
+    /// reference from B's values and `xa`'s codes. Ranges start on every tile the matmul's chunks
+    /// can, with and without a ragged end; ranks that are and are not a multiple of 4, an odd
+    /// number of blocks, B's scales spanning f16's subnormals. The vector and portable kernels
+    /// are both checked.
     #[test]
     fn packs_add_what_they_hold() {
         let mut rng = Rng::new(11);
         for (k, n, r) in [
             (64, 40, 8),
-            (96, 33, 4),
+            (96, 33, 3),
             (576, 192, 16),
             (576, 1536, 8),
             (1536, 576, 8),
+            (160, 50, 6),
         ] {
             let a: Vec<f32> = (0..r * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
-            let b: Vec<f32> = (0..n * r).map(|_| rng.uniform(-0.1, 0.1)).collect();
+            // Rows of B from 1e-7 to 0.1: their scales relative to the largest reach 1e-6.
+            let b: Vec<f32> = (0..n * r)
+                .map(|e| rng.uniform(-0.1, 0.1) * 10f32.powi(-((e / r) as i32 % 7)))
+                .collect();
             let x: Vec<f32> = (0..k).map(|_| rng.uniform(-2.0, 2.0)).collect();
             let s = 0.5;
-            {
-                let p = LoraPack::new(&a, &b, k, n, s);
-                let bq = p.b_values();
-                for (j, (&q, &t)) in bq.iter().zip(&b).enumerate() {
-                    // Half a step of a scale of at most 0.1/127 (B's range), plus rounding.
-                    assert!((q - t).abs() <= 0.1 / 127.0 * 0.51, "B[{j}]: {q} vs {t}");
+            let p = LoraPack::new(&a, &b, k, n, s);
+            let bq = p.b_values();
+            for (j, (&q, &t)) in bq.iter().zip(&b).enumerate() {
+                // Half a step of the row's scale, plus the f16 scale's rounding: relative where
+                // it is normal, half a subnormal step of the largest scale where it is not.
+                let row_max = b[j / r * r..(j / r + 1) * r]
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                let tol = row_max / 127.0 * 0.5 + row_max * 1e-3 + 127.0 * p.b_max * 2f32.powi(-25);
+                assert!((q - t).abs() <= tol, "B[{j}]: {q} vs {t}");
+            }
+            let aq = p.a_values();
+            for (e, (&q, &t)) in aq.iter().zip(&a).enumerate() {
+                assert!((q - t).abs() <= 0.51 / 127.0 + 1e-3, "A[{e}]: {q} vs {t}");
+            }
+            for offset in [0, 8, 128] {
+                let x8 = Q8Rows::quantize_portable(&x, 1, k, offset);
+                let xv: Vec<f64> = (0..k)
+                    .map(|i| x8.q[i] as f64 * x8.d[i / 32] as f64)
+                    .collect();
+                let want: Vec<f64> = (0..r)
+                    .map(|c| (0..k).map(|i| aq[c * k + i] as f64 * xv[i]).sum::<f64>() * s as f64)
+                    .collect();
+                let mut sums = [vec![0f32; r], vec![0f32; r]];
+                p.project_portable(&mut sums[0], &x8);
+                #[cfg(target_arch = "x86_64")]
+                if crate::backend::cpu::quant::vnni_available() {
+                    // SAFETY: as in `project`.
+                    unsafe { project_vnni(&mut sums[1], &p, &x8) };
+                } else {
+                    sums[1] = sums[0].clone();
                 }
-                // A within half a step of its block's largest value (at most 1/127).
-                let aq = p.a_values();
-                for (e, (&q, &t)) in aq.iter().zip(&a).enumerate() {
-                    assert!((q - t).abs() <= 0.51 / 127.0, "A[{e}]: {q} vs {t}");
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    sums[1] = sums[0].clone();
                 }
-                let xa = p.project(&x);
-                for c in 0..r {
-                    let want: f64 = (0..k)
-                        .map(|i| aq[c * k + i] as f64 * x[i] as f64)
-                        .sum::<f64>()
-                        * s as f64;
+                for got in &sums {
+                    for c in 0..r {
+                        let g = got[c] as f64 * (s * p.a_max) as f64;
+                        assert!(
+                            (g - want[c]).abs() <= 1e-4 * (1.0 + want[c].abs()),
+                            "k={k} xa[{c}]: {g} vs {}",
+                            want[c]
+                        );
+                    }
+                }
+                let xa = p.project(&x8).expect("a nonzero adapter projects");
+                let xav = p.xa_values(&xa);
+                let amax = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                assert_eq!(xav.len(), p.rq);
+                for (c, &got) in xav.iter().enumerate() {
+                    let w = want.get(c).copied().unwrap_or(0.0);
                     assert!(
-                        (xa[c] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "k={k} xa[{c}]: {} vs {want}",
-                        xa[c]
+                        (got as f64 - w).abs() <= amax / 127.0 * 0.5 + 1e-4 * amax,
+                        "k={k} 8-bit xa[{c}]: {got} vs {w}"
                     );
                 }
                 for r0 in (0..n).step_by(BT_BLOCK) {
                     for end in [n, (r0 + BT_BLOCK).min(n), (r0 + 5).min(n)] {
                         let base: Vec<f32> = (r0..end).map(|_| rng.uniform(-1.0, 1.0)).collect();
-                        let mut out = base.clone();
-                        p.expand(&mut out, &xa, r0);
-                        for (i, (&o, &y0)) in out.iter().zip(&base).enumerate() {
+                        let (mut vec_out, mut port_out) = (base.clone(), base.clone());
+                        p.expand(&mut vec_out, &xa, r0);
+                        p.expand_portable(&mut port_out, &xa, r0);
+                        for (i, y0) in base.iter().enumerate() {
                             let j = r0 + i;
-                            let want = y0 as f64
-                                + (0..r)
-                                    .map(|c| bq[j * r + c] as f64 * xa[c] as f64)
-                                    .sum::<f64>();
-                            assert!(
-                                (o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "n={n} out[{j}] from {r0}..{end}: {o} vs {want}"
-                            );
+                            let add: f64 =
+                                (0..r).map(|c| bq[j * r + c] as f64 * xav[c] as f64).sum();
+                            let want = *y0 as f64 + add;
+                            for (name, got) in [("vector", &vec_out), ("portable", &port_out)] {
+                                assert!(
+                                    (got[i] as f64 - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                                    "{name} n={n} out[{j}] from {r0}..{end}: {} vs {want}",
+                                    got[i]
+                                );
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// An adapter whose B is zero (as training starts it) or whose input is zero adds nothing
+    /// and is skipped; one whose input overflowed poisons its outputs rather than vanishing.
+    #[test]
+    fn zero_and_overflowed_projections() {
+        let (k, n, r) = (64, 32, 4);
+        let a = vec![0.5f32; r * k];
+        let zero_b = LoraPack::new(&a, &vec![0.0; n * r], k, n, 1.0);
+        let x8 = Q8Rows::quantize_portable(&vec![1.0; k], 1, k, 0);
+        assert!(zero_b.project(&x8).is_none());
+        let p = LoraPack::new(&a, &vec![0.1; n * r], k, n, 1.0);
+        assert!(p
+            .project(&Q8Rows::quantize_portable(&vec![0.0; k], 1, k, 0))
+            .is_none());
+        let inf = Q8Rows::quantize_portable(&vec![f32::INFINITY; k], 1, k, 0);
+        let xa = p.project(&inf).expect("an overflowed projection is kept");
+        let mut out = vec![0f32; n];
+        p.expand(&mut out, &xa, 0);
+        assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
     }
 }

@@ -162,6 +162,7 @@ fn add_bias(y: &mut [f32], b: &[f32], few: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::quant::Q8Rows;
     use crate::backend::weight::QuantForm;
     use crate::rng::Rng;
     use half::bf16;
@@ -268,21 +269,34 @@ mod tests {
                 int8,
                 "only a weight read against 8-bit activations gets a pack"
             );
-            // Codes, and an f32 scale per 32 of A and per 16 of B (its outputs padded to 16).
-            let np = n.next_multiple_of(16);
+            // A: codes in pairs of blocks of 32 and an f16 scale a block (3 blocks: 2 pairs);
+            // B: codes for 8 ranks and an f16 scale a row, its outputs padded to 16; each of the
+            // four on whole cache lines.
+            let n_pad = n.next_multiple_of(16);
+            let lines = |b: usize| b.next_multiple_of(64);
             assert_eq!(
                 pack.bytes(),
-                (r * k + r * k / 8 + np * r + np * r / 4) as u64
+                (lines(r * 128) + lines(2 * r * 4) + lines(n_pad * r) + lines(2 * n_pad)) as u64
             );
+            // The adapter's input is the activations as the product quantised them (Q8_0's
+            // codes are stored offset by 128), and its `xa` in 8 bits within half a step of the
+            // f64 projection of the values A holds.
+            let x8 = Q8Rows::quantize_portable(&x, 1, k, 128);
             let (aq, bq) = (pack.a_values(), pack.b_values());
-            let xa: Vec<f64> = (0..r)
+            let want: Vec<f64> = (0..r)
                 .map(|c| {
                     s as f64
                         * (0..k)
-                            .map(|i| aq[c * k + i] as f64 * x[i] as f64)
+                            .map(|i| aq[c * k + i] as f64 * x8.q[i] as f64 * x8.d[i / 32] as f64)
                             .sum::<f64>()
                 })
                 .collect();
+            let xa = pack.xa_values(&pack.project(&x8).expect("a nonzero adapter"));
+            let amax = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for c in 0..r {
+                let step = (xa[c] as f64 - want[c]).abs() / (amax / 127.0);
+                assert!(step <= 0.5 + 1e-3, "xa[{c}]: {} vs {}", xa[c], want[c]);
+            }
             for with_bias in [false, true] {
                 let bias = with_bias.then_some(&bias[..]);
                 let mut plain = vec![0f32; n];
@@ -290,7 +304,7 @@ mod tests {
                 let mut fused = vec![f32::NAN; n];
                 w.matmul_lora_fwd(&mut fused, &x, bias, &pack);
                 for j in 0..n {
-                    let add: f64 = (0..r).map(|c| bq[j * r + c] as f64 * xa[c]).sum();
+                    let add: f64 = (0..r).map(|c| bq[j * r + c] as f64 * xa[c] as f64).sum();
                     let want = plain[j] as f64 + add;
                     assert!(
                         (fused[j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),

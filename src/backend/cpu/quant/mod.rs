@@ -14,6 +14,8 @@ mod vnni;
 
 pub use lines::Lines;
 pub use q8act::{Q8Rows, GROUP};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use vnni::available as vnni_available;
 
 use super::lora_decode::{LoraPack, BT_BLOCK};
 use crate::backend::weight::QuantForm;
@@ -384,7 +386,7 @@ impl Quant {
             .div_ceil(4 * rayon::current_num_threads())
             .next_multiple_of(BT_BLOCK)
             .max(16);
-        let (xa, claimed) = (OnceLock::<Vec<f32>>::new(), AtomicBool::new(false));
+        let (xa, claimed) = (OnceLock::new(), AtomicBool::new(false));
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
             Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
@@ -406,12 +408,15 @@ impl Quant {
                 // The first chunk to start makes `s·A·x` before its rows, while the other
                 // threads stream theirs: nobody waits on it later.
                 if !claimed.swap(true, Ordering::Relaxed) {
-                    let _ = xa.set(p.project(x));
+                    let x8 = q8.expect("a fused adapter is read with quantised activations");
+                    let _ = xa.set(p.project(x8));
                 }
             }
             rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, out);
             if let Some(p) = lora {
-                p.expand(out, wait_for(&xa).as_slice(), r0);
+                if let Some(xa) = wait_for(&xa) {
+                    p.expand(out, xa, r0);
+                }
             }
         };
         if m == 1 && !accumulate {
