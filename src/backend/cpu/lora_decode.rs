@@ -15,9 +15,9 @@
 //! - `B·xa` quantises the r values of `xa` to 8 bits once, and each tile of 16 outputs is one
 //!   integer dot per four ranks, B's codes stored `b + 128` with a scale per output row.
 //!
-//! Converting the codes to f32 instead, with a multiply-add per rank and 16 outputs, cost 4% of
-//! the adapter states' decoding time; the dots are a tenth of the instructions. Scales are f16
-//! relative to the pack's largest (trained LoRA B values are small enough that their own scales
+//! In cache, a rank-8 projection over 576 inputs takes 0.27 µs and the add to 192 outputs 60 ns;
+//! in a decoding step both wait on memory for the pack's bytes, which is most of what the adapter
+//! still costs over the base model. Scales are f16 relative to the pack's largest (trained LoRA B values are small enough that their own scales
 //! would be f16 subnormals). The matmul's first chunk projects before its rows while the others
 //! stream theirs, and every chunk adds its own rows' `B·xa`
 //! ([`super::quant::Quant::matmul`]).
