@@ -1,8 +1,9 @@
-//! Decoding with a LoRA adapter on the default model (Q4_1 layers read against 8-bit
+//! Decoding with a LoRA or Bitune adapter on the default model (Q4_1 layers read against 8-bit
 //! activations) reads the adapter's 8-bit decoding form, fused into each linear's product. It must
 //! decode what the trained f32 adapter does (the path every forward of more rows runs): logits
 //! no further from the f32 adapter's than 8-bit activations already move them, the adapter's
-//! effect there, and the same greedy tokens.
+//! effect there, and the same greedy tokens. Bitune's two adapter sets hold different values, so
+//! a step that read the other set's forms would fail all three.
 
 mod common;
 
@@ -25,14 +26,20 @@ fn rms(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn eight_bit_adapters_decode_what_the_f32_ones_do() {
     let Some(path) = default_model() else { return };
+    for method in [Method::Lora, Method::Bitune] {
+        eight_bit_adapter_decodes(&path, method);
+    }
+}
+
+fn eight_bit_adapter_decodes(path: &std::path::Path, method: Method) {
     let be = Cpu;
-    let model = Model::load(&be, &path).unwrap();
+    let model = Model::load(&be, path).unwrap();
     let lora = LoraSpec {
         rank: 8,
         alpha: 16.0,
         targets: ALL_TARGETS.to_vec(),
     };
-    let mut tr = Trainable::init(&be, &model.weights, Method::Lora, lora, 0.01, 3);
+    let mut tr = Trainable::init(&be, &model.weights, method, lora, 0.01, 3);
     // B as training leaves it: no longer zero.
     let mut rng = Rng::new(4);
     for e in tr.table.entries.clone() {
@@ -70,19 +77,27 @@ fn eight_bit_adapters_decode_what_the_f32_ones_do() {
         next = tf;
     }
     eprintln!(
-        "logits rms, mean over {steps} steps: 8-bit vs f32 adapter {off:.4}; f32 adapter vs base \
+        "{}: logits rms, mean over {steps} steps: 8-bit vs f32 adapter {off:.4}; f32 adapter vs base \
          model {moved:.4}; 8-bit adapter vs base model {applied:.4}; greedy tokens agree \
-         {agree}/{steps}"
+         {agree}/{steps}",
+        method.name()
     );
     // 8-bit activations alone move these logits 0.25 rms from f32 ones (tests/int8_decode.rs).
     assert!(
         off <= 0.25,
-        "8-bit adapter logits {off} rms off the f32 adapter's"
+        "{}: 8-bit adapter logits {off} rms off the f32 adapter's",
+        method.name()
     );
     // The packs apply the adapter: without its add they would be the base model's.
     assert!(
         applied >= 0.5 * moved && moved > 0.1,
-        "the 8-bit adapter moved the logits {applied} rms from the base model's, the f32 one {moved}"
+        "{}: the 8-bit adapter moved the logits {applied} rms from the base model's, the f32 one \
+         {moved}",
+        method.name()
     );
-    assert!(agree >= steps - 2, "greedy tokens agree {agree}/{steps}");
+    assert!(
+        agree >= steps - 2,
+        "{}: greedy tokens agree {agree}/{steps}",
+        method.name()
+    );
 }

@@ -4,12 +4,11 @@
 //! too (the backend's `kv_mix_fwd_theta` / `kv_mix_bwd_theta`), so no layer sends α or dα through
 //! the host (docs/ARCHITECTURE.md, "Segments and plans").
 
-use super::params::{Kind, ParamTable};
+use super::params::ParamTable;
 use super::peft::{is_feedforward, Peft};
 use crate::backend::{Backend, KvMix, LoraSeg, Theta};
 use crate::model::transformer::{Adapters, LayerMix, LinearAdapter, Packed, VecSeg};
-use crate::model::weights::{Linear, Target};
-use std::collections::HashMap;
+use crate::model::weights::{Linear, Target, ALL_TARGETS};
 use std::sync::OnceLock;
 
 /// Adapters and mixing for a forward: the flat parameter buffer, its table, θ_init, and where
@@ -25,23 +24,62 @@ pub struct AdapterState<'a, B: Backend> {
 /// The decoding forms ([`Backend::lora_pack`]) of a parameter buffer's low-rank adapters, each
 /// built on its first decoding step. They copy the buffer's values, so they belong with a buffer
 /// that no longer changes: [`super::engine::Adapted`] keeps the two together.
+///
+/// A dense table by (set, layer, target), so a decoding step finds a linear's pack by indexing:
+/// the step runs 7 linears a layer between reads of megabytes of weights, and a hash lookup and a
+/// segment list per linear, on cold cache lines and on the one thread that dispatches, cost the
+/// default model about 2% of its decoding time (`bench`, against a hash map by A's offset).
 pub struct LoraPacks<B: Backend> {
-    /// By A's offset: the pack, or `None` where the backend decodes through `lora_fwd`.
-    by_a: HashMap<usize, OnceLock<Option<B::LoraPack>>>,
+    /// `[set][layer][target]` (targets in [`ALL_TARGETS`] order): the adapter and its pack, or
+    /// `None` where the table has no low-rank adapter there.
+    slots: Vec<Option<PackSlot<B>>>,
+    num_layers: usize,
+}
+
+/// One low-rank adapter and its decoding form: `None` where the backend decodes through
+/// `lora_fwd`.
+struct PackSlot<B: Backend> {
+    seg: LoraSeg,
+    pack: OnceLock<Option<B::LoraPack>>,
 }
 
 impl<B: Backend> LoraPacks<B> {
-    /// A slot for every low-rank adapter of `table`, none built yet.
+    /// A slot for every low-rank adapter of `table`, none built yet. DoRA's and IA3's adapters
+    /// decode through their vector forms, so only LoRA tables get slots.
     pub fn new(table: &ParamTable) -> Self {
+        let (sets, layers) = (table.num_sets, table.num_layers);
+        let mut slots: Vec<Option<PackSlot<B>>> = Vec::new();
+        slots.resize_with(sets * layers * ALL_TARGETS.len(), || None);
+        if table.peft == Peft::Lora {
+            let scale_bits = table.lora.scale().to_bits();
+            for set in 0..sets {
+                for layer in 0..layers {
+                    for t in ALL_TARGETS {
+                        if let Some((a_off, b_off)) = table.lora(set, layer, t) {
+                            slots[slot_index(layers, set, layer, t)] = Some(PackSlot {
+                                seg: LoraSeg {
+                                    rows: 0..1,
+                                    a_off,
+                                    b_off,
+                                    rank: table.lora.rank,
+                                    scale_bits,
+                                },
+                                pack: OnceLock::new(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
         LoraPacks {
-            by_a: table
-                .entries
-                .iter()
-                .filter(|e| e.kind == Kind::LoraA)
-                .map(|e| (e.offset, OnceLock::new()))
-                .collect(),
+            slots,
+            num_layers: layers,
         }
     }
+}
+
+fn slot_index(layers: usize, set: usize, layer: usize, t: Target) -> usize {
+    (set * layers + layer) * ALL_TARGETS.len() + t as usize
 }
 
 impl<B: Backend> AdapterState<'_, B> {
@@ -124,11 +162,26 @@ impl<B: Backend> Adapters<B> for AdapterState<'_, B> {
         }
     }
 
-    fn lora_pack(&self, be: &B, l: &Linear<B>, seg: &LoraSeg) -> Option<&B::LoraPack> {
-        self.packs?
-            .by_a
-            .get(&seg.a_off)?
-            .get_or_init(|| be.lora_pack(&l.w, self.params, seg, l.in_dim, l.out_dim))
+    fn decode_pack(
+        &self,
+        be: &B,
+        l: &Linear<B>,
+        p: &Packed,
+        layer: usize,
+        t: Target,
+    ) -> Option<&B::LoraPack> {
+        let packs = self.packs?;
+        let set = match p.adapter_rows.as_slice() {
+            [(rows, set)] if *rows == (0..1) => *set,
+            _ => return None,
+        };
+        if layer >= packs.num_layers {
+            return None;
+        }
+        let at = slot_index(packs.num_layers, set, layer, t);
+        let slot = packs.slots.get(at)?.as_ref()?;
+        slot.pack
+            .get_or_init(|| be.lora_pack(&l.w, self.params, &slot.seg, l.in_dim, l.out_dim))
             .as_ref()
     }
 

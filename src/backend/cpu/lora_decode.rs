@@ -6,19 +6,24 @@
 //! few kilobytes each linear adds are read at memory latency, not bandwidth. In f32, rank-8
 //! adapters on the seven linears of the default model are 9.8 MB a token against 96 MB of Q4_1
 //! weights, and added on one thread after each product they made decoding 11% slower than the
-//! base model (`bench`, the states decoding in turn). In 8 bits they are 2.8 MB.
+//! base model (`bench`, the states decoding in turn). In 8 bits they are 2.5 MB.
 //!
 //! Both halves are integer dot products (`vpdpbusd`), as the weights' own:
 //! - `s·A·x` reads the activations the product already quantised ([`Q8Rows`]), A's codes stored
 //!   `a + 128` (u8) in pairs of blocks of 32 like Q8_0's, with a scale a block; the offset comes
 //!   back out through the blocks' sums, which the quantiser keeps anyway.
-//! - `B·xa` quantises the r values of `xa` to 8 bits once, and each tile of 16 outputs is one
-//!   integer dot per four ranks, B's codes stored `b + 128` with a scale per output row.
+//! - `B·xa`: B's codes are stored `b + 128` with a scale per rank, which goes into `xa` before
+//!   its r values are quantised to 8 bits; each tile of 16 outputs is then one integer dot per
+//!   four ranks and one multiply. A scale per rank rather than per output row keeps B at r bytes
+//!   a row where row scales made it r + 2 (a fifth more at rank 8), and a trained B's columns,
+//!   unlike its rows of r values, are long enough that their largest sits a few of their typical
+//!   sizes out, as the 32-value blocks of A and of the weights do.
 //!
 //! In cache, a rank-8 projection over 576 inputs takes 0.27 µs and the add to 192 outputs 60 ns;
 //! in a decoding step both wait on memory for the pack's bytes, which is most of what the adapter
-//! still costs over the base model. Scales are f16 relative to the pack's largest (trained LoRA B values are small enough that their own scales
-//! would be f16 subnormals). The matmul's first chunk projects before its rows while the others
+//! still costs over the base model, so each chunk asks for its B rows before it streams its
+//! weight rows, and the chunk that projects for A before it projects. A's scales are f16
+//! relative to their largest. The matmul's first chunk projects before its rows while the others
 //! stream theirs, and every chunk adds its own rows' `B·xa`
 //! ([`super::quant::Quant::matmul`]).
 //!
@@ -34,12 +39,12 @@ use std::arch::x86_64::*;
 pub const BT_BLOCK: usize = 16;
 
 /// One linear's adapter `y += s·B·A·x` (A `[r, k]`, B `[n, r]`) in 8 bits, in one buffer of four
-/// sections, each starting on a cache line:
+/// sections, each starting on a cache line (the first three are what projecting reads):
 /// - A: `a` `[r, np·64]` u8 codes `q + 128`, blocks of 32 paired (an odd last block paired with
 ///   codes 128, zero), and `ad` `[r, np·2]` f16 block scales relative to `a_max`.
-/// - B: `bt` `[n_pad / 16, rq / 4, 16, 4]` u8 codes `q + 128`: byte `e` of lane `l` of quad `g`
-///   of tile `t` is `B[16t + l, 4g + e]` (rq the rank rounded up to 4, codes 128 past `r` and
-///   `n`), and `bd` `[n_pad]` f16 row scales relative to `b_max`.
+/// - B: `bs` `[rq]` f32 rank scales (zero past `r`), and `bt` `[n_pad / 16, rq / 4, 16, 4]` u8
+///   codes `q + 128`: byte `e` of lane `l` of quad `g` of tile `t` is `B[16t + l, 4g + e]` (rq
+///   the rank rounded up to 4, codes 128 past `r` and `n`).
 ///
 /// The buffers are cut one after another from huge pages ([`Lines`]), and decoding builds the
 /// packs in the order it reads them: one linear's pack ends where the next one's starts.
@@ -52,15 +57,16 @@ pub struct LoraPack {
     np: usize,
     scale: f32,
     a_max: f32,
+    /// B's largest rank scale (zero: B is all zero).
     b_max: f32,
     buf: Lines,
-    /// Where `ad`, `bt` and `bd` start in `buf` (`a` at 0).
+    /// Where `ad`, `bs` and `bt` start in `buf` (`a` at 0).
     at: [usize; 3],
 }
 
-/// `xa = s·A·x` quantised for [`LoraPack::expand`]: codes `xq` (rank padded to a multiple of 4
-/// with zeros) four to a word, the integer sums' start `−128·Σ xq` (B's codes are offset), and
-/// the factor the integer sums take back to f32 (`d_xa·b_max`).
+/// `xa = s·A·x` times B's rank scales, quantised for [`LoraPack::expand`]: codes `xq` (rank
+/// padded to a multiple of 4 with zeros) four to a word, the integer sums' start `−128·Σ xq`
+/// (B's codes are offset), and the factor the integer sums take back to f32 (`d_xa`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Projected {
     words: Vec<i32>,
@@ -117,19 +123,20 @@ impl LoraPack {
         }
         let (ad, a_max) = relative_scales(&ad);
         let n_pad = n.next_multiple_of(BT_BLOCK);
-        let (bq, bds) = int8_blocks(b, r);
+        // Rank c's column of B in 8 bits with one scale: B's transpose is r rows of n.
+        let bt_cols: Vec<f32> = (0..r * n).map(|e| b[(e % n) * r + e / n]).collect();
+        let (bq, mut bs) = int8_blocks(&bt_cols, n);
+        bs.resize(rq, 0.0);
         let mut bt = vec![128u8; n_pad * rq];
-        for (j, row) in bq.chunks_exact(r).enumerate() {
-            let (t, l) = (j / BT_BLOCK, j % BT_BLOCK);
-            for (c, &q) in row.iter().enumerate() {
+        for (c, col) in bq.chunks_exact(n).enumerate() {
+            for (j, &q) in col.iter().enumerate() {
+                let (t, l) = (j / BT_BLOCK, j % BT_BLOCK);
                 bt[((t * rq / 4 + c / 4) * BT_BLOCK + l) * 4 + c % 4] = offset_code(q);
             }
         }
-        let mut bd = bds;
-        bd.resize(n_pad, 0.0);
-        let (bd, b_max) = relative_scales(&bd);
+        let b_max = bs.iter().fold(0f32, |m, &d| m.max(d));
         let sections =
-            [a8.len(), 2 * ad.len(), bt.len(), 2 * bd.len()].map(|l| l.next_multiple_of(64));
+            [a8.len(), 2 * ad.len(), 4 * bs.len(), bt.len()].map(|l| l.next_multiple_of(64));
         let at = [
             sections[0],
             sections[0] + sections[1],
@@ -137,11 +144,12 @@ impl LoraPack {
         ];
         let mut buf = Lines::zeros(sections.iter().sum());
         buf[..a8.len()].copy_from_slice(&a8);
-        buf[at[1]..at[1] + bt.len()].copy_from_slice(&bt);
-        for (dst, v) in [(at[0], &ad), (at[2], &bd)] {
-            for (i, h) in v.iter().enumerate() {
-                buf[dst + 2 * i..dst + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
-            }
+        buf[at[2]..at[2] + bt.len()].copy_from_slice(&bt);
+        for (i, h) in ad.iter().enumerate() {
+            buf[at[0] + 2 * i..at[0] + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
+        }
+        for (i, d) in bs.iter().enumerate() {
+            buf[at[1] + 4 * i..at[1] + 4 * i + 4].copy_from_slice(&d.to_le_bytes());
         }
         LoraPack {
             r,
@@ -163,15 +171,40 @@ impl LoraPack {
     fn ad(&self) -> &[u8] {
         &self.buf[self.at[0]..self.at[1]]
     }
-    fn bt(&self) -> &[u8] {
-        &self.buf[self.at[1]..self.at[2]]
+    /// B's per-rank scales, `[rq]` (zero past `r`).
+    pub(super) fn bs(&self, c: usize) -> f32 {
+        let o = self.at[1] + 4 * c;
+        f32::from_le_bytes([
+            self.buf[o],
+            self.buf[o + 1],
+            self.buf[o + 2],
+            self.buf[o + 3],
+        ])
     }
-    fn bd(&self) -> &[u8] {
+    fn bt(&self) -> &[u8] {
         &self.buf[self.at[2]..]
     }
     /// f16 scale `i` of a section of them.
     fn scale_at(section: &[u8], i: usize) -> f32 {
         f16::from_le_bytes([section[2 * i], section[2 * i + 1]]).to_f32()
+    }
+
+    /// Asks for A and its scales in L2: the chunk that projects reads them next, and a few
+    /// dozen lines in flight at once arrive sooner than the hardware prefetcher ramps up to them.
+    pub fn prefetch_a(&self) {
+        prefetch_l2(&self.buf[..self.at[2]]);
+    }
+
+    /// Asks for the B rows `r0..r1` in L2, so they arrive while the chunk streams its weights
+    /// and [`LoraPack::expand`] finds them there.
+    pub fn prefetch_b(&self, r0: usize, r1: usize) {
+        let tile = self.rq / 4 * 64;
+        let (t0, t1) = (r0 / BT_BLOCK, r1.div_ceil(BT_BLOCK).min(self.n_tiles()));
+        prefetch_l2(&self.bt()[t0 * tile..t1 * tile]);
+    }
+
+    fn n_tiles(&self) -> usize {
+        self.n.div_ceil(BT_BLOCK)
     }
 
     /// Output features.
@@ -223,22 +256,23 @@ impl LoraPack {
                 mult: f32::NAN,
             });
         }
-        let amax = xa.iter().fold(0f32, |m, v| m.max((v * mult).abs()));
+        // B's rank scales go into xa, so each output row is one integer dot and one multiply.
+        for (c, v) in xa.iter_mut().enumerate() {
+            *v *= mult * self.bs(c);
+        }
+        let amax = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
         if amax == 0.0 {
             return None;
         }
         let d = amax / 127.0;
-        let codes: Vec<i8> = xa
-            .iter()
-            .map(|v| (v * mult / d).round_ties_even() as i8)
-            .collect();
+        let codes: Vec<i8> = xa.iter().map(|v| (v / d).round_ties_even() as i8).collect();
         Some(Projected {
             words: codes
                 .chunks_exact(4)
                 .map(|w| i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]))
                 .collect(),
             init: -128 * codes.iter().map(|&c| c as i32).sum::<i32>(),
-            mult: d * self.b_max,
+            mult: d,
         })
     }
 
@@ -275,10 +309,10 @@ impl LoraPack {
         #[cfg(target_arch = "x86_64")]
         if super::quant::vnni_available() {
             // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `bt` holds `n_pad / 16` whole tiles of
-            // `rq / 4` 64-byte quads and `bd` `n_pad` scales, `n_pad` at or past `r0 + len`, and
+            // `rq / 4` 64-byte quads, `n_pad` at or past `r0 + len`, and
             // `r0` is a multiple of 16: every tile the loop reads is whole; `out` is read and
             // written only in its own `len` lanes.
-            unsafe { expand_vnni(out, xa, self.bt(), self.bd(), self.rq / 4, r0) };
+            unsafe { expand_vnni(out, xa, self.bt(), self.rq / 4, r0) };
             return;
         }
         self.expand_portable(out, xa, r0);
@@ -295,18 +329,18 @@ impl LoraPack {
                     acc += codes[e] as i32 * xq as i8 as i32;
                 }
             }
-            *o += acc as f32 * (Self::scale_at(self.bd(), r0 + i) * xa.mult);
+            *o += acc as f32 * xa.mult;
         }
     }
 
-    /// The values `xa`'s codes stand for, `xq·d_xa` (rank padded to 4).
+    /// The values `xa`'s codes stand for, `xq·d_xa`: `s·A·x` times B's rank scales (rank padded
+    /// to 4).
     #[cfg(test)]
     pub fn xa_values(&self, xa: &Projected) -> Vec<f32> {
-        let d = xa.mult / self.b_max;
         xa.words
             .iter()
             .flat_map(|w| w.to_le_bytes())
-            .map(|c| c as i8 as f32 * d)
+            .map(|c| c as i8 as f32 * xa.mult)
             .collect()
     }
 
@@ -323,17 +357,26 @@ impl LoraPack {
             .collect()
     }
 
-    /// B as the pack holds it, `[n, r]`: the codes times their scales.
+    /// B's codes as the pack holds them, `[n, r]`.
     #[cfg(test)]
-    pub fn b_values(&self) -> Vec<f32> {
+    pub fn b_codes(&self) -> Vec<i32> {
         let (r, quads) = (self.r, self.rq / 4);
         (0..self.n * r)
             .map(|e| {
                 let (j, c) = (e / r, e % r);
                 let (t, l) = (j / BT_BLOCK, j % BT_BLOCK);
-                let q = self.bt()[((t * quads + c / 4) * BT_BLOCK + l) * 4 + c % 4] as i32 - 128;
-                q as f32 * Self::scale_at(self.bd(), j) * self.b_max
+                self.bt()[((t * quads + c / 4) * BT_BLOCK + l) * 4 + c % 4] as i32 - 128
             })
+            .collect()
+    }
+
+    /// B as the pack holds it, `[n, r]`: the codes times their rank's scale.
+    #[cfg(test)]
+    pub fn b_values(&self) -> Vec<f32> {
+        let r = self.r;
+        let codes = self.b_codes();
+        (0..self.n * r)
+            .map(|e| codes[e] as f32 * self.bs(e % r))
             .collect()
     }
 }
@@ -378,14 +421,7 @@ unsafe fn project_vnni(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
 /// [`LoraPack::expand`] with one integer dot per four ranks and 16 outputs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn expand_vnni(
-    out: &mut [f32],
-    xa: &Projected,
-    bt: &[u8],
-    bd: &[u8],
-    quads: usize,
-    r0: usize,
-) {
+unsafe fn expand_vnni(out: &mut [f32], xa: &Projected, bt: &[u8], quads: usize, r0: usize) {
     let (init, mult) = (_mm512_set1_epi32(xa.init), _mm512_set1_ps(xa.mult));
     let mut i = 0;
     while i < out.len() {
@@ -402,13 +438,24 @@ unsafe fn expand_vnni(
             let w = _mm512_loadu_si512(tile.add(g * 64).cast());
             acc = _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x));
         }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(bd.as_ptr().add(2 * (r0 + i)).cast()));
         let o = out.as_mut_ptr().add(i);
         let y = _mm512_maskz_loadu_ps(mask, o);
-        let add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, mult), y);
+        let add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), mult, y);
         _mm512_mask_storeu_ps(o, mask, add);
         i += 16;
     }
+}
+
+/// A prefetch into L2 of every cache line `bytes` touch.
+fn prefetch_l2(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len()).step_by(64) {
+        // SAFETY: SSE is part of x86_64, the address is inside `bytes`, and a prefetch neither
+        // faults nor changes memory.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().add(off).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 #[cfg(test)]
@@ -418,10 +465,10 @@ mod tests {
 
     /// The pack's `s·A·x` against an f64 reference from the values it holds and the activations
     /// as quantised, its 8-bit `xa` within half a step of that, and `B·xa` against an f64
-    /// reference from B's values and `xa`'s codes. Ranges start on every tile the matmul's chunks
-    /// can, with and without a ragged end; ranks that are and are not a multiple of 4, an odd
-    /// number of blocks, B's scales spanning f16's subnormals. The vector and portable kernels
-    /// are both checked.
+    /// reference from B's codes and `xa`'s. Ranges start on every tile the matmul's chunks can,
+    /// with and without a ragged end; ranks that are and are not a multiple of 4, an odd number
+    /// of blocks, B's ranks four decades apart in size. The vector and portable kernels are both
+    /// checked.
     #[test]
     fn packs_add_what_they_hold() {
         let mut rng = Rng::new(11);
@@ -434,23 +481,23 @@ mod tests {
             (160, 50, 6),
         ] {
             let a: Vec<f32> = (0..r * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
-            // Rows of B from 1e-7 to 0.1: their scales relative to the largest reach 1e-6.
+            // B's rank columns from 1e-5 to 0.1, as a rank's scale must follow its own column.
             let b: Vec<f32> = (0..n * r)
-                .map(|e| rng.uniform(-0.1, 0.1) * 10f32.powi(-((e / r) as i32 % 7)))
+                .map(|e| rng.uniform(-0.1, 0.1) * 10f32.powi(-((e % r) as i32 % 5)))
                 .collect();
             let x: Vec<f32> = (0..k).map(|_| rng.uniform(-2.0, 2.0)).collect();
             let s = 0.5;
             let p = LoraPack::new(&a, &b, k, n, s);
             let bq = p.b_values();
-            for (j, (&q, &t)) in bq.iter().zip(&b).enumerate() {
-                // Half a step of the row's scale, plus the f16 scale's rounding: relative where
-                // it is normal, half a subnormal step of the largest scale where it is not.
-                let row_max = b[j / r * r..(j / r + 1) * r]
-                    .iter()
-                    .fold(0f32, |m, v| m.max(v.abs()));
-                let tol = row_max / 127.0 * 0.5 + row_max * 1e-3 + 127.0 * p.b_max * 2f32.powi(-25);
-                assert!((q - t).abs() <= tol, "B[{j}]: {q} vs {t}");
+            let col_max: Vec<f32> = (0..r)
+                .map(|c| (0..n).fold(0f32, |m, j| m.max(b[j * r + c].abs())))
+                .collect();
+            for (e, (&q, &t)) in bq.iter().zip(&b).enumerate() {
+                // Half a step of the rank's scale.
+                let tol = col_max[e % r] / 127.0 * 0.5 * (1.0 + 1e-5);
+                assert!((q - t).abs() <= tol, "B[{}, {}]: {q} vs {t}", e / r, e % r);
             }
+            let bc = p.b_codes();
             let aq = p.a_values();
             for (e, (&q, &t)) in aq.iter().zip(&a).enumerate() {
                 assert!((q - t).abs() <= 0.51 / 127.0 + 1e-3, "A[{e}]: {q} vs {t}");
@@ -486,8 +533,11 @@ mod tests {
                         );
                     }
                 }
+                p.prefetch_a();
                 let xa = p.project(&x8).expect("a nonzero adapter projects");
                 let xav = p.xa_values(&xa);
+                // `xa` carries B's rank scales.
+                let want: Vec<f64> = (0..r).map(|c| want[c] * p.bs(c) as f64).collect();
                 let amax = want.iter().fold(0f64, |m, v| m.max(v.abs()));
                 assert_eq!(xav.len(), p.rq);
                 for (c, &got) in xav.iter().enumerate() {
@@ -501,12 +551,14 @@ mod tests {
                     for end in [n, (r0 + BT_BLOCK).min(n), (r0 + 5).min(n)] {
                         let base: Vec<f32> = (r0..end).map(|_| rng.uniform(-1.0, 1.0)).collect();
                         let (mut vec_out, mut port_out) = (base.clone(), base.clone());
+                        // The matmul asks for a chunk's B rows first: in bounds for any chunk.
+                        p.prefetch_b(r0, end);
                         p.expand(&mut vec_out, &xa, r0);
                         p.expand_portable(&mut port_out, &xa, r0);
                         for (i, y0) in base.iter().enumerate() {
                             let j = r0 + i;
                             let add: f64 =
-                                (0..r).map(|c| bq[j * r + c] as f64 * xav[c] as f64).sum();
+                                (0..r).map(|c| bc[j * r + c] as f64 * xav[c] as f64).sum();
                             let want = *y0 as f64 + add;
                             for (name, got) in [("vector", &vec_out), ("portable", &port_out)] {
                                 assert!(

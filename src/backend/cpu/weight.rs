@@ -270,22 +270,23 @@ mod tests {
                 "only a weight read against 8-bit activations gets a pack"
             );
             // A: codes in pairs of blocks of 32 and an f16 scale a block (3 blocks: 2 pairs);
-            // B: codes for 8 ranks and an f16 scale a row, its outputs padded to 16; each of the
-            // four on whole cache lines.
+            // B: an f32 scale a rank and codes for 8 ranks, its outputs padded to 16; each of
+            // the four on whole cache lines.
             let n_pad = n.next_multiple_of(16);
             let lines = |b: usize| b.next_multiple_of(64);
             assert_eq!(
                 pack.bytes(),
-                (lines(r * 128) + lines(2 * r * 4) + lines(n_pad * r) + lines(2 * n_pad)) as u64
+                (lines(r * 128) + lines(2 * r * 4) + lines(4 * r) + lines(n_pad * r)) as u64
             );
             // The adapter's input is the activations as the product quantised them (Q8_0's
             // codes are stored offset by 128), and its `xa` in 8 bits within half a step of the
-            // f64 projection of the values A holds.
+            // f64 projection of the values A holds, times B's rank scales.
             let x8 = Q8Rows::quantize_portable(&x, 1, k, 128);
-            let (aq, bq) = (pack.a_values(), pack.b_values());
+            let (aq, bc) = (pack.a_values(), pack.b_codes());
             let want: Vec<f64> = (0..r)
                 .map(|c| {
                     s as f64
+                        * pack.bs(c) as f64
                         * (0..k)
                             .map(|i| aq[c * k + i] as f64 * x8.q[i] as f64 * x8.d[i / 32] as f64)
                             .sum::<f64>()
@@ -304,7 +305,7 @@ mod tests {
                 let mut fused = vec![f32::NAN; n];
                 w.matmul_lora_fwd(&mut fused, &x, bias, &pack);
                 for j in 0..n {
-                    let add: f64 = (0..r).map(|c| bq[j * r + c] as f64 * xa[c] as f64).sum();
+                    let add: f64 = (0..r).map(|c| bc[j * r + c] as f64 * xa[c] as f64).sum();
                     let want = plain[j] as f64 + add;
                     assert!(
                         (fused[j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),

@@ -76,10 +76,18 @@ pub trait Adapters<B: Backend>: Sync {
     fn params(&self) -> &B::Buf;
     /// The adapter op of linear `t` of `layer` over the rows of `p`.
     fn linear(&self, p: &super::Packed, layer: usize, t: Target) -> LinearAdapter;
-    /// The decoding form of low-rank `seg` on `l` ([`Backend::lora_pack`]), where this state
-    /// keeps such forms and the backend builds one; else `None` (the default), and the forward
-    /// runs the product and `lora_fwd`.
-    fn lora_pack(&self, _be: &B, _l: &Linear<B>, _seg: &LoraSeg) -> Option<&B::LoraPack> {
+    /// The decoding form ([`Backend::lora_pack`]) of the low-rank adapter on linear `t` of
+    /// `layer`, where `p` is one decoding step (one row, one adapter set), this state keeps such
+    /// forms and the backend builds one; else `None` (the default), and the forward runs the
+    /// product and `lora_fwd`.
+    fn decode_pack(
+        &self,
+        _be: &B,
+        _l: &Linear<B>,
+        _p: &super::Packed,
+        _layer: usize,
+        _t: Target,
+    ) -> Option<&B::LoraPack> {
         None
     }
     /// Writes the mixed rows of `buf` (after the K/V projection and RoPE).

@@ -25,19 +25,17 @@ pub(super) fn linear<B: Backend>(
     layer: usize,
     t: Target,
 ) {
+    // A decoding step: one row, one adapter, read in the form kept for decoding.
+    if rows == 1 {
+        if let Some(pack) = ad.decode_pack(be, l, p, layer, t) {
+            be.matmul_lora_fwd(y, x, &l.w, l.b.as_ref(), pack);
+            return;
+        }
+    }
     let segs = match ad.linear(p, layer, t) {
         LinearAdapter::LowRank(segs) => segs,
         vec_form => return super::peft::linear_fwd(be, y, x, l, rows, ad.params(), &vec_form),
     };
-    // A decoding step: one row, one adapter, read in the form kept for decoding.
-    if let ([seg], 1) = (&segs[..], rows) {
-        if seg.rows == (0..1) {
-            if let Some(pack) = ad.lora_pack(be, l, seg) {
-                be.matmul_lora_fwd(y, x, &l.w, l.b.as_ref(), pack);
-                return;
-            }
-        }
-    }
     be.matmul_fwd(y, x, &l.w, l.b.as_ref(), rows, false);
     if !segs.is_empty() {
         be.lora_fwd(

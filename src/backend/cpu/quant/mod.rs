@@ -405,9 +405,13 @@ impl Quant {
             let r0 = c * chunk;
             let r1 = r0 + out.len() / m;
             if let Some(p) = lora {
+                // The chunk's B rows are needed after its weight rows: asked for now, they are
+                // there by then.
+                p.prefetch_b(r0, r1);
                 // The first chunk to start makes `s·A·x` before its rows, while the other
                 // threads stream theirs: nobody waits on it later.
                 if !claimed.swap(true, Ordering::Relaxed) {
+                    p.prefetch_a();
                     let x8 = q8.expect("a fused adapter is read with quantised activations");
                     let _ = xa.set(p.project(x8));
                 }
