@@ -1,5 +1,6 @@
 //! Decoding with a LoRA or Bitune adapter on the default model (Q4_1 layers read against 8-bit
-//! activations) reads the adapter's 8-bit decoding form, fused into each linear's product. It must
+//! activations) reads the adapter's integer decoding form (4-bit codes, as the weights', unless
+//! `BITUNE_ADAPTER_BITS` says otherwise), fused into each linear's product. It must
 //! decode what the trained f32 adapter does (the path every forward of more rows runs): logits
 //! no further from the f32 adapter's than 8-bit activations already move them, the adapter's
 //! effect there, and the same greedy tokens. Bitune's two adapter sets hold different values, so
@@ -24,14 +25,14 @@ fn rms(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
-fn eight_bit_adapters_decode_what_the_f32_ones_do() {
+fn packed_adapters_decode_what_the_f32_ones_do() {
     let Some(path) = default_model() else { return };
     for method in [Method::Lora, Method::Bitune] {
-        eight_bit_adapter_decodes(&path, method);
+        packed_adapter_decodes(&path, method);
     }
 }
 
-fn eight_bit_adapter_decodes(path: &std::path::Path, method: Method) {
+fn packed_adapter_decodes(path: &std::path::Path, method: Method) {
     let be = Cpu;
     let model = Model::load(&be, path).unwrap();
     let lora = LoraSpec {
@@ -53,7 +54,7 @@ fn eight_bit_adapter_decodes(path: &std::path::Path, method: Method) {
     let e = Engine::new(be, model, tr);
     let w = &e.model.weights;
     let ids = e.model.encode("The capital of France is", true).unwrap();
-    // Three copies of the adapter's cache of the prompt, decoded on with the kept 8-bit forms
+    // Three copies of the adapter's cache of the prompt, decoded on with the kept packed forms
     // (what `Engine::decode` runs), with the f32 adapter, and with no adapter.
     let (mut packed, logits) = e.prefill(&ids).unwrap();
     let mut f32c = e.prefill(&ids).unwrap().0;
@@ -77,21 +78,21 @@ fn eight_bit_adapter_decodes(path: &std::path::Path, method: Method) {
         next = tf;
     }
     eprintln!(
-        "{}: logits rms, mean over {steps} steps: 8-bit vs f32 adapter {off:.4}; f32 adapter vs base \
-         model {moved:.4}; 8-bit adapter vs base model {applied:.4}; greedy tokens agree \
+        "{}: logits rms, mean over {steps} steps: packed vs f32 adapter {off:.4}; f32 adapter vs base \
+         model {moved:.4}; packed adapter vs base model {applied:.4}; greedy tokens agree \
          {agree}/{steps}",
         method.name()
     );
     // 8-bit activations alone move these logits 0.25 rms from f32 ones (tests/int8_decode.rs).
     assert!(
         off <= 0.25,
-        "{}: 8-bit adapter logits {off} rms off the f32 adapter's",
+        "{}: packed adapter logits {off} rms off the f32 adapter's",
         method.name()
     );
     // The packs apply the adapter: without its add they would be the base model's.
     assert!(
         applied >= 0.5 * moved && moved > 0.1,
-        "{}: the 8-bit adapter moved the logits {applied} rms from the base model's, the f32 one \
+        "{}: the packed adapter moved the logits {applied} rms from the base model's, the f32 one \
          {moved}",
         method.name()
     );

@@ -1,6 +1,6 @@
 //! How the CPU backend holds a frozen weight, and the one matmul that picks how to read it.
 
-use super::lora_decode::LoraPack;
+use super::lora_decode::{CodeBits, LoraPack, MAX_RANK};
 use super::quant::{Quant, MAX_QUANT_ROWS};
 use super::tiles::{self, Panels};
 use super::{gemm, ops, prof};
@@ -89,14 +89,21 @@ impl CpuWeight {
         }
     }
 
-    /// The 8-bit decoding form of an adapter `s·B·A` on this weight (A `[r, k]`, B `[n, r]`),
+    /// The integer decoding form of an adapter `s·B·A` on this weight (A `[r, k]`, B `[n, r]`),
     /// where decoding reads the weight against 8-bit activations (a `Q8Dot` form, which exists
-    /// only for whole blocks of 32 inputs); `None` elsewhere, where decoding adds the f32
-    /// adapter after the product (the same values fused into the product's pass measured no
-    /// faster: the bytes are the cost).
+    /// only for whole blocks of 32 inputs), its codes as wide as the weight's
+    /// ([`CodeBits::for_weight`]), up to rank [`MAX_RANK`]; `None` elsewhere, where decoding
+    /// adds the f32 adapter after the product (the same values fused into the product's pass
+    /// measured no faster: the bytes are the cost).
     pub fn lora_pack(&self, a: &[f32], b: &[f32], s: f32) -> Option<LoraPack> {
-        matches!(self.compact_for(1)?, Quant::Q8Dot { .. })
-            .then(|| LoraPack::new(a, b, self.k, self.n, s))
+        let Quant::Q8Dot { fmt, .. } = self.compact_for(1)? else {
+            return None;
+        };
+        if a.len() > MAX_RANK * self.k {
+            return None;
+        }
+        let bits = CodeBits::for_weight(fmt.nibbles());
+        Some(LoraPack::new(a, b, self.k, self.n, s, bits))
     }
 
     /// `y[1, n] = x[1, k]·Wᵀ (+ bias) + s·B·A·x` for one row, `pack` built by
@@ -227,10 +234,11 @@ mod tests {
         );
     }
 
-    /// The adapter fused into a decoding product adds `B·(s·A·x)` with the values its 8-bit
-    /// pack holds, with and without bias; output rows span several chunks and end off a tile of
-    /// B. Only a weight read against 8-bit activations gets a pack (Q8_0 where the integer dot
-    /// kernels run); bf16 and plain f32 weights decode through the product and `lora_fwd`.
+    /// The adapter fused into a decoding product adds `B·(s·A·x)` with the values its pack
+    /// holds, with and without bias; output rows span several chunks and end off a tile of B.
+    /// Only a weight read against 8-bit activations gets a pack (Q8_0 with 8-bit codes, Q4_0
+    /// with 4-bit ones, where the integer dot kernels run); bf16 and plain f32 weights decode
+    /// through the product and `lora_fwd`.
     #[test]
     fn fused_adapter_adds_what_its_pack_holds() {
         let mut rng = Rng::new(5);
@@ -250,14 +258,28 @@ mod tests {
                 q8_values.push(q as f32 * d.to_f32());
             }
         }
+        // Q4_0: an f16 scale and 16 bytes, byte j holding value j low and j + 16 high.
+        let mut q4 = Vec::new();
+        let mut q4_values = vec![0f32; n * k];
+        for blk in q4_values.chunks_exact_mut(32) {
+            let d = half::f16::from_f32(rng.uniform(0.001, 0.02));
+            q4.extend_from_slice(&d.to_bits().to_le_bytes());
+            let codes: Vec<u8> = (0..32).map(|_| rng.below(16) as u8).collect();
+            q4.extend((0..16).map(|j| codes[j] | codes[j + 16] << 4));
+            for (v, &q) in blk.iter_mut().zip(&codes) {
+                *v = (q as f32 - 8.0) * d.to_f32();
+            }
+        }
         let bits: Vec<u16> = (0..n * k)
             .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)).to_bits())
             .collect();
         let bf16_values: Vec<f32> = bits.iter().map(|&v| bf16::from_bits(v).to_f32()).collect();
         let weights = [
             HostWeight::new(q8_values, n, k, Some(QuantForm::Q8_0(q8))),
+            HostWeight::new(q4_values, n, k, Some(QuantForm::Q4_0(q4))),
             HostWeight::new(bf16_values, n, k, Some(QuantForm::Bf16(bits))),
         ];
+        let mut widths = vec![];
         for hw in weights {
             let w = CpuWeight::new(hw);
             let int8 = matches!(w.quant, Some(Quant::Q8Dot { .. }));
@@ -269,19 +291,31 @@ mod tests {
                 int8,
                 "only a weight read against 8-bit activations gets a pack"
             );
-            // A: codes in pairs of blocks of 32 and an f16 scale a block (3 blocks: 2 pairs);
-            // B: an f32 scale a rank and codes for 8 ranks, its outputs padded to 16; each of
-            // the four on whole cache lines.
+            // The codes are as wide as the weight's.
+            let Some(Quant::Q8Dot { fmt, .. }) = &w.quant else {
+                unreachable!("checked above")
+            };
+            assert_eq!(pack.bits(), CodeBits::for_weight(fmt.nibbles()));
+            widths.push(pack.bits());
+            // A, 3 blocks of 32 a rank: 8-bit, codes in pairs (2 pairs) and an f16 step a
+            // block; 4-bit, Q4_1 rows (2 pairs of nibbles, an f16 step and min a block). B: an
+            // f32 scale a rank, an f16 step a tile of 16 outputs and codes for 8 ranks, its
+            // outputs padded to 16. Each section on whole cache lines.
             let n_pad = n.next_multiple_of(16);
             let lines = |b: usize| b.next_multiple_of(64);
+            let (a_bytes, b_codes) = match pack.bits() {
+                CodeBits::Four => (lines(r * (64 + 3 * 4)), n_pad * r / 2),
+                CodeBits::Eight => (lines(r * 128) + lines(2 * r * 4), n_pad * r),
+            };
             assert_eq!(
                 pack.bytes(),
-                (lines(r * 128) + lines(2 * r * 4) + lines(4 * r) + lines(n_pad * r)) as u64
+                (a_bytes + lines(4 * r) + lines(2 * n_pad / 16) + lines(b_codes)) as u64
             );
             // The adapter's input is the activations as the product quantised them (Q8_0's
-            // codes are stored offset by 128), and its `xa` in 8 bits within half a step of the
-            // f64 projection of the values A holds, times B's rank scales.
-            let x8 = Q8Rows::quantize_portable(&x, 1, k, 128);
+            // codes are stored offset by 128, Q4_0's by 8), and its `xa` in 8 bits within half a
+            // step of the f64 projection of the values A holds, times B's rank scales.
+            let offset = if fmt.nibbles() { 8 } else { 128 };
+            let x8 = Q8Rows::quantize_portable(&x, 1, k, offset);
             let (aq, bc) = (pack.a_values(), pack.b_codes());
             let want: Vec<f64> = (0..r)
                 .map(|c| {
@@ -305,7 +339,10 @@ mod tests {
                 let mut fused = vec![f32::NAN; n];
                 w.matmul_lora_fwd(&mut fused, &x, bias, &pack);
                 for j in 0..n {
-                    let add: f64 = (0..r).map(|c| bc[j * r + c] as f64 * xa[c] as f64).sum();
+                    let add: f64 = (0..r)
+                        .map(|c| bc[j * r + c] as f64 * xa[c] as f64)
+                        .sum::<f64>()
+                        * pack.tile_step(j) as f64;
                     let want = plain[j] as f64 + add;
                     assert!(
                         (fused[j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -314,6 +351,9 @@ mod tests {
                     );
                 }
             }
+        }
+        if crate::backend::cpu::quant::int8_dot_available() {
+            assert_eq!(widths.len(), 2, "Q8_0 and Q4_0 get packs");
         }
         let plain = CpuWeight::new(HostWeight::dense(vec![0.0; n * k], n, k));
         assert!(plain.lora_pack(&a, &b, s).is_none());

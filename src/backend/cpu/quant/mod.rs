@@ -22,7 +22,7 @@ use crate::backend::weight::QuantForm;
 #[cfg(test)]
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// A compact weight as the CPU kernels read it: a checkpoint's [`QuantForm`], or its Q4 blocks
@@ -111,7 +111,8 @@ impl DotFmt {
             DotFmt::Q8_0 => 128,
         }
     }
-    fn nibbles(self) -> bool {
+    /// Whether the codes are nibbles (Q4_0, Q4_1) rather than bytes.
+    pub(in crate::backend::cpu) fn nibbles(self) -> bool {
         self != DotFmt::Q8_0
     }
     /// Code bytes of one row of `nb` blocks.
@@ -386,7 +387,7 @@ impl Quant {
             .div_ceil(4 * rayon::current_num_threads())
             .next_multiple_of(BT_BLOCK)
             .max(16);
-        let (xa, claimed) = (OnceLock::new(), AtomicBool::new(false));
+        let xa = OnceLock::new();
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
             Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
@@ -408,9 +409,12 @@ impl Quant {
                 // The chunk's B rows are needed after its weight rows: asked for now, they are
                 // there by then.
                 p.prefetch_b(r0, r1);
-                // The first chunk to start makes `s·A·x` before its rows, while the other
-                // threads stream theirs: nobody waits on it later.
-                if !claimed.swap(true, Ordering::Relaxed) {
+                // The first chunk makes `s·A·x` before its rows, while the other threads
+                // stream theirs: nobody waits on it later. Rayon's calling thread runs chunk 0
+                // before it splits off the rest, so it is the first to start; a flag taken by
+                // whichever chunk starts first cost a cache line passed between the cores on
+                // every chunk.
+                if c == 0 {
                     p.prefetch_a();
                     let x8 = q8.expect("a fused adapter is read with quantised activations");
                     let _ = xa.set(p.project(x8));
@@ -557,6 +561,65 @@ fn rows_dispatch(
     rows_kernel(w, r0, r1, cols, x, m, out)
 }
 
+/// `out[r − r0] = Σ_c W[r, c]·x[c]` for rows `r0..r1` of Q4_1 blocks re-laid as
+/// [`Quant::Q8Dot`]'s (`data` exactly its rows, [`Quant::q8_dot`]) against the first row of `a`,
+/// whatever weight `a` was quantised for: Q4_1's integer sums start at zero, its offset being
+/// its min. An adapter's 4-bit A projects with it ([`super::lora_decode`]).
+pub(in crate::backend::cpu) fn q4_1_dot_rows(
+    data: &[u8],
+    r0: usize,
+    r1: usize,
+    a: &Q8Rows,
+    out: &mut [f32],
+) {
+    let row = DotFmt::Q4_1.row_bytes(a.nb);
+    assert!(
+        data.len().is_multiple_of(row) && data.len() >= r1 * row && out.len() >= r1 - r0,
+        "q4_1 rows {r0}..{r1} of {} bytes ({row} a row) into {} outputs",
+        data.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if vnni::available() {
+        // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `data` holds whole Q4_1 rows, at least
+        // `r1`; `a` holds at least one row; `out` has the `r1 − r0` outputs written.
+        unsafe { vnni::rows::<true, true, false, 1>(data, r0, r1, a, out) };
+        return;
+    }
+    q8_dot_portable(DotFmt::Q4_1, data, r0, r1, a, 1, out)
+}
+
+/// [`q4_1_dot_rows`]'s portable loop, whichever one that runs.
+#[cfg(test)]
+pub(in crate::backend::cpu) fn q4_1_dot_rows_portable(
+    data: &[u8],
+    r0: usize,
+    r1: usize,
+    a: &Q8Rows,
+    out: &mut [f32],
+) {
+    q8_dot_portable(DotFmt::Q4_1, data, r0, r1, a, 1, out)
+}
+
+/// Value `j` of block `b` of row `r` of a [`Quant::Q8Dot`] `data` of `fmt` rows of `nb` blocks.
+#[cfg(test)]
+pub(in crate::backend::cpu) fn q8_dot_value(
+    fmt: DotFmt,
+    data: &[u8],
+    nb: usize,
+    r: usize,
+    b: usize,
+    j: usize,
+) -> f32 {
+    let q = dot_code(fmt, nb, fmt.codes(data, nb, r), b, j) as i32 - fmt.offset();
+    let min = if fmt == DotFmt::Q4_1 {
+        fmt.half(data, nb, r, 1, b)
+    } else {
+        0.0
+    };
+    q as f32 * fmt.half(data, nb, r, 0, b) + min
+}
+
 /// The integer dot of [`Quant::Q8Dot`] weight rows `r0..r1` with quantised activations, as the
 /// VNNI kernel computes it (up to the order of its f32 additions): the reference it is tested
 /// against, and the loop where it does not run.
@@ -577,7 +640,12 @@ fn q8_dot_portable(
             let (mut acc, mut macc) = (0f32, 0f32);
             for b in 0..nb {
                 let dw = fmt.half(data, nb, r, 0, b);
-                let mut isum = a.init[i * ss + b];
+                // Formats without an offset take none: `a` may serve another weight's.
+                let mut isum = if fmt.offset() == 0 {
+                    0
+                } else {
+                    a.init[i * ss + b]
+                };
                 for j in 0..32 {
                     let q = dot_code(fmt, nb, row, b, j) as i32;
                     isum += q * a.q[i * qs + b * 32 + j] as i32;
