@@ -32,7 +32,7 @@
 //! the others stream theirs, and every chunk adds its own rows' `B·xa`
 //! ([`super::quant::Quant::matmul`]).
 
-use super::quant::{q4_1_dot_rows, DotFmt, Lines, Q8Rows, Quant};
+use super::quant::{q4_1_dot_rows, DotFmt, Lines, Q8Rows};
 use half::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -117,7 +117,7 @@ impl CodeBits {
 /// buffer of five sections, each starting on a cache line (the first three are what projecting
 /// reads):
 /// - A, blocks of 32 with an f16 step each, relative to `a_max`. Four: `a` holds Q4_1 blocks
-///   whose min is −8 steps, re-laid as the Q4_1 weights are ([`Quant::q8_dot`]), and `ad` is
+///   whose min is −8 steps, re-laid as the Q4_1 weights are ([`DotFmt::relay`]), and `ad` is
 ///   empty. Eight: `a` `[r, np, 64]` codes, blocks paired as the activations pair them (the
 ///   even block's 32 codes then the odd one's, an odd last block paired with zero codes), and
 ///   `ad` `[r, np·2]` the steps.
@@ -228,25 +228,24 @@ impl LoraPack {
             let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
             (a[e] * inv).round().clamp(-bits.max(), bits.max()) as i8
         };
-        let (a_codes, ad) = match bits {
+        // Four: ggml Q4_1 blocks whose min is −8 steps (`d·(q − 8)`), re-laid straight into the
+        // buffer as the Q4_1 weights are, so A projects with their kernel. Eight: paired codes
+        // and a step a block.
+        let (mut a_codes, mut ad) = (vec![], vec![]);
+        let a_len = match bits {
             CodeBits::Four => {
-                // Q4_1 blocks whose min is −8 steps (`d·(q − 8)`), re-laid as the Q4_1 weights
-                // are, so A projects with their kernel.
-                let mut ggml = Vec::with_capacity(r * nb * 20);
+                a_codes.reserve(r * nb * 20);
                 for (b, d) in rel.iter().enumerate() {
-                    ggml.extend_from_slice(&d.to_le_bytes());
-                    ggml.extend_from_slice(&f16::from_f32(-8.0 * d.to_f32()).to_le_bytes());
-                    let q: Vec<u8> = (0..32).map(|j| bits.stored(code(b * 32 + j))).collect();
-                    ggml.extend((0..16).map(|j| q[j] | q[j + 16] << 4));
+                    a_codes.extend_from_slice(&d.to_le_bytes());
+                    a_codes.extend_from_slice(&f16::from_f32(-8.0 * d.to_f32()).to_le_bytes());
+                    let q: [u8; 32] = std::array::from_fn(|j| bits.stored(code(b * 32 + j)));
+                    a_codes.extend((0..16).map(|j| q[j] | q[j + 16] << 4));
                 }
-                let Quant::Q8Dot { data, .. } = Quant::q8_dot(&ggml, DotFmt::Q4_1, k) else {
-                    unreachable!("q8_dot makes a Q8Dot")
-                };
-                (data.to_vec(), vec![])
+                r * DotFmt::Q4_1.row_bytes(nb)
             }
             CodeBits::Eight => {
-                let mut a_codes = vec![zero; r * np * 64];
-                let mut ad = vec![f16::ZERO; r * np * 2];
+                a_codes = vec![zero; r * np * 64];
+                ad = vec![f16::ZERO; r * np * 2];
                 for (e, &d) in rel.iter().enumerate() {
                     let (c, blk) = (e / nb, e % nb);
                     ad[c * np * 2 + blk] = d;
@@ -254,7 +253,7 @@ impl LoraPack {
                         a_codes[c * np * 64 + i] = bits.stored(code(c * k + i));
                     }
                 }
-                (a_codes, ad)
+                a_codes.len()
             }
         };
         // B: each rank by its largest, then a step per tile of 16 outputs.
@@ -292,20 +291,17 @@ impl LoraPack {
         }
         bs.resize(rq, 0.0);
         let b_max = bs.iter().fold(0f32, |m, &d| m.max(d));
-        let sections = [
-            a_codes.len(),
-            2 * ad.len(),
-            4 * bs.len(),
-            2 * ts.len(),
-            bt.len(),
-        ]
-        .map(|l| l.next_multiple_of(64));
+        let sections = [a_len, 2 * ad.len(), 4 * bs.len(), 2 * ts.len(), bt.len()]
+            .map(|l| l.next_multiple_of(64));
         let mut at = [0; 4];
         for i in 0..4 {
             at[i] = sections[..=i].iter().sum();
         }
         let mut buf = Lines::zeros(sections.iter().sum());
-        buf[..a_codes.len()].copy_from_slice(&a_codes);
+        match bits {
+            CodeBits::Four => DotFmt::Q4_1.relay(&a_codes, k, &mut buf[..a_len]),
+            CodeBits::Eight => buf[..a_len].copy_from_slice(&a_codes),
+        }
         for (i, h) in ad.iter().enumerate() {
             buf[at[0] + 2 * i..at[0] + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
         }
@@ -318,7 +314,7 @@ impl LoraPack {
         buf[at[3]..at[3] + bt.len()].copy_from_slice(&bt);
         LoraPack {
             bits,
-            a_len: a_codes.len(),
+            a_len,
             r,
             rq,
             k,

@@ -111,6 +111,38 @@ impl DotFmt {
             DotFmt::Q8_0 => 128,
         }
     }
+    /// Writes ggml blocks of this format (rows of `cols` values) into `out`, zeroed and
+    /// `rows · row_bytes` long, as [`Quant::Q8Dot`] holds them: every row's codes, then every
+    /// row's scales (and mins).
+    pub(in crate::backend::cpu) fn relay(self, bytes: &[u8], cols: usize, out: &mut [u8]) {
+        let nb = cols / 32;
+        let (bsz, has_min) = self.ggml_block();
+        let rows = bytes.len() / (nb * bsz).max(1);
+        let (code_row, half_row) = (self.code_row(nb), self.half_row(nb));
+        let (codes, halves) = out[..rows * self.row_bytes(nb)].split_at_mut(rows * code_row);
+        for ((row, out), halves) in bytes
+            .chunks_exact(nb * bsz)
+            .zip(codes.chunks_exact_mut(code_row))
+            .zip(halves.chunks_exact_mut(half_row))
+        {
+            for (b, blk) in row.chunks_exact(bsz).enumerate() {
+                halves[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
+                if has_min {
+                    halves[2 * (nb + b)..2 * (nb + b) + 2].copy_from_slice(&blk[2..4]);
+                }
+                for j in 0..32 {
+                    let (at, high) = self.code_at(nb, b, j);
+                    if self.nibbles() {
+                        let c = &blk[bsz - 16..];
+                        let q = if j < 16 { c[j] & 0xF } else { c[j - 16] >> 4 };
+                        out[at] |= if high { q << 4 } else { q };
+                    } else {
+                        out[at] = blk[2 + j] ^ 0x80;
+                    }
+                }
+            }
+        }
+    }
     /// Whether the codes are nibbles (Q4_0, Q4_1) rather than bytes.
     pub(in crate::backend::cpu) fn nibbles(self) -> bool {
         self != DotFmt::Q8_0
@@ -146,7 +178,7 @@ impl DotFmt {
         2 * nb * if min { 2 } else { 1 }
     }
     /// Bytes of one row of `nb` blocks: codes, scales, mins.
-    fn row_bytes(self, nb: usize) -> usize {
+    pub(in crate::backend::cpu) fn row_bytes(self, nb: usize) -> usize {
         self.code_row(nb) + self.half_row(nb)
     }
     /// Where row `r`'s scales (then mins) start in `data`, which holds rows of `nb` blocks.
@@ -307,33 +339,9 @@ impl Quant {
     /// Re-lays ggml blocks of `fmt` (rows of `cols` values) as [`Quant::Q8Dot`].
     pub fn q8_dot(bytes: &[u8], fmt: DotFmt, cols: usize) -> Self {
         let nb = cols / 32;
-        let (bsz, has_min) = fmt.ggml_block();
-        let rows = bytes.len() / (nb * bsz).max(1);
-        let (code_row, half_row) = (fmt.code_row(nb), fmt.half_row(nb));
+        let rows = bytes.len() / (nb * fmt.ggml_block().0).max(1);
         let mut data = Lines::zeros(rows * fmt.row_bytes(nb));
-        let (codes, halves) = data.split_at_mut(rows * code_row);
-        for ((row, out), halves) in bytes
-            .chunks_exact(nb * bsz)
-            .zip(codes.chunks_exact_mut(code_row))
-            .zip(halves.chunks_exact_mut(half_row))
-        {
-            for (b, blk) in row.chunks_exact(bsz).enumerate() {
-                halves[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
-                if has_min {
-                    halves[2 * (nb + b)..2 * (nb + b) + 2].copy_from_slice(&blk[2..4]);
-                }
-                for j in 0..32 {
-                    let (at, high) = fmt.code_at(nb, b, j);
-                    if fmt.nibbles() {
-                        let c = &blk[bsz - 16..];
-                        let q = if j < 16 { c[j] & 0xF } else { c[j - 16] >> 4 };
-                        out[at] |= if high { q << 4 } else { q };
-                    } else {
-                        out[at] = blk[2 + j] ^ 0x80;
-                    }
-                }
-            }
-        }
+        fmt.relay(bytes, cols, &mut data);
         Quant::Q8Dot { fmt, data }
     }
 
