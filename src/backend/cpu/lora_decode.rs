@@ -166,6 +166,15 @@ impl Projected {
     }
 }
 
+/// `v` rounded to the nearest integer, ties to even, for `|v| ≤ 2²²`: adding and taking back
+/// 1.5·2²³ leaves no fraction bits, and the default rounding mode rounds ties to even. The same
+/// as `f32::round_ties_even`, which without SSE4.1 in the build's baseline is a call into libm
+/// (`rintf`) on every rank of every adapted linear of every decoded token.
+fn round_even(v: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (v + SHIFT) - SHIFT
+}
+
 /// The f16 at or above `v` (≥ 0), so codes made with it never pass the largest.
 fn f16_at_least(v: f32) -> f16 {
     let h = f16::from_f32(v);
@@ -412,9 +421,16 @@ impl LoraPack {
         if self.b_max == 0.0 {
             return None;
         }
-        // On the stack: this runs for every adapted linear of every decoded token.
-        let mut buf = [0f32; MAX_RANK];
-        let xa = &mut buf[..self.rq];
+        // On the stack: this runs for every adapted linear of every decoded token, so rank 32
+        // and under (almost every adapter) clears a small buffer, not MAX_RANK's.
+        let (mut small, mut large);
+        let xa: &mut [f32] = if self.rq <= 32 {
+            small = [0f32; 32];
+            &mut small[..self.rq]
+        } else {
+            large = [0f32; MAX_RANK];
+            &mut large[..self.rq]
+        };
         self.project_raw(&mut xa[..self.r], x8);
         let mult = self.scale * self.a_max;
         let mut out = Projected {
@@ -438,7 +454,7 @@ impl LoraPack {
         let d = amax / 127.0;
         let mut sum = 0;
         for (w, v) in out.words.iter_mut().zip(xa.chunks_exact(4)) {
-            let q: [i8; 4] = std::array::from_fn(|e| (v[e] / d).round_ties_even() as i8);
+            let q: [i8; 4] = std::array::from_fn(|e| round_even(v[e] / d) as i8);
             sum += q.iter().map(|&c| c as i32).sum::<i32>();
             *w = i32::from_le_bytes(q.map(|c| c as u8));
         }
@@ -692,6 +708,21 @@ fn prefetch_l2(bytes: &[u8]) {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// `round_even` is `round_ties_even` over the codes' range: ties both ways, both signs, and
+    /// the values around them.
+    #[test]
+    fn round_even_is_round_ties_even() {
+        for i in -1300..=1300 {
+            for dv in [-1e-4f32, 0.0, 1e-4] {
+                let v = i as f32 * 0.1 + dv;
+                assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+            }
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.0] {
+            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+        }
+    }
 
     /// The pack's `s·A·x` against an f64 reference from the values it holds and the activations
     /// as quantised, its 8-bit `xa` within half a step of that, and `B·xa` against an f64
