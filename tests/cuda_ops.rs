@@ -54,6 +54,25 @@ fn row_ops() {
     g.add_host(&mut got, 5, &small[..9]);
     close("add/scale/add_host", &g.download(&got), &want, 1e-6);
     assert_eq!(g.download_range(&got, 11, 6), want[11..17].to_vec());
+    // Room reserved ahead keeps the values and takes the appended rows without moving them.
+    let mut want = src[..3 * w].to_vec();
+    let mut got = g.upload(&want);
+    c.reserve(&mut want, 10 * w);
+    g.reserve(&mut got, 10 * w);
+    assert!(want.capacity() >= 13 * w && got.capacity() >= 13 * w);
+    let at = want.as_ptr();
+    for (s, n) in [(9, 2), (0, 5)] {
+        c.append_rows(&mut want, &src, s, n, w);
+        g.append_rows(&mut got, &g.upload(&src), s, n, w);
+    }
+    assert_eq!(
+        want.as_ptr(),
+        at,
+        "the CPU cache moved though room was reserved"
+    );
+    assert!(got.capacity() >= 13 * w && g.len(&got) == 10 * w);
+    close("reserve/append_rows", &g.download(&got), &want, 0.0);
+    let mut got = g.upload(&want);
     g.fill(&mut got, 2.5);
     assert!(g.download(&got).iter().all(|&v| v == 2.5));
     assert!(g.download(&g.zeros(0)).is_empty() && g.len(&g.upload(&[])) == 0);

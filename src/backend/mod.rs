@@ -277,6 +277,10 @@ pub trait Backend: Send + Sync {
     }
     /// `dst[dst_row..dst_row+rows] (+)= src[src_row..src_row+rows]`, rows of `width`.
     fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, at: RowCopy, accumulate: bool);
+    /// Makes room in `buf` for `extra` more values, so that appending them moves nothing (a KV
+    /// cache about to grow by the rows of a known number of decoded tokens). The default, for
+    /// buffers that cannot hold spare room, does nothing.
+    fn reserve(&self, _buf: &mut Self::Buf, _extra: usize) {}
     /// Appends `src[src_row..src_row+rows]` (rows of `width`) to the end of `dst`. The default
     /// reallocates; backends whose buffers can grow in place amortise it (a KV cache grows by
     /// one row per decoded token).

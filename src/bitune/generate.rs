@@ -39,6 +39,12 @@ pub fn generate<B: Backend>(
     let mut rng = Rng::new(o.seed);
     let t0 = Instant::now();
     let (mut cache, mut logits) = e.prefill(prompt_ids)?;
+    // Room for every token the answer may have, within the model's context.
+    let cfg = &e.model.weights.cfg;
+    let room = o
+        .max_new
+        .min(cfg.max_position_embeddings.saturating_sub(cache.rows()));
+    cache.reserve_rows(&e.be, room, cfg.kv_dim());
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut ids = Vec::new();

@@ -180,6 +180,12 @@ fn bitune_state<B: Backend>(be: &B, model: &Model<B>, method: Method, seed: u64)
 }
 
 /// Runs the benchmark; returns the JSON report (also written to `out` when set).
+/// Tokens each state decodes in the timed rounds, at the least, unless that takes longer than
+/// [`MAX_EXTRA_DECODE`] (a large model on the CPU).
+const MIN_DECODE_TOKENS: usize = 600;
+/// How long the rounds past `--repeat` may run.
+const MAX_EXTRA_DECODE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn run(a: &BenchJob) -> Result<serde_json::Value> {
     if a.prompt < 2 || a.answer == 0 || a.repeat == 0 {
         bail!("--prompt >= 2, --answer >= 1 and --repeat >= 1");
@@ -238,6 +244,7 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             ),
         ]
     };
+    let kv_dim = model.weights.cfg.kv_dim();
     let mut e = Engine::new(be, model, placeholder);
     let mut results = serde_json::Map::new();
     let mut profile = serde_json::Map::new();
@@ -253,7 +260,11 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             profile.insert(phase.into(), json!(rows));
         }
     };
-    let rounds = a.repeat;
+    // At least `repeat` rounds, and more while the states have decoded under
+    // `MIN_DECODE_TOKENS` each and the phase is short: a 200:50 run then weighs its ratio over as
+    // many tokens as a 50:200 one, where three rounds of 50 tokens swung by a few percent.
+    let min_rounds = a.repeat;
+    let enough_rounds = a.repeat.max(MIN_DECODE_TOKENS.div_ceil(a.answer));
     let decode_phase = usize::from(!inference.is_empty());
     let phases = inference.len() + decode_phase + if a.train || a.train_only { 2 } else { 0 };
     let t_all = Instant::now();
@@ -296,11 +307,11 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         prof(false);
         take_profile(&mut profile, &format!("{name}_prefill"));
         // The warm-up, which also builds the decoding forms of the adapters.
-        decode_answer(&e, clone_cache(&e.be, &cache0), &logits0)?;
+        decode_answer(&e, clone_cache(&e.be, &cache0, a.answer, kv_dim), &logits0)?;
         if a.profile {
             // One more decode, profiled apart from the timed ones (the scopes cost a clock read)
             // and from the copy of the cache it starts from.
-            let cache = clone_cache(&e.be, &cache0);
+            let cache = clone_cache(&e.be, &cache0, a.answer, kv_dim);
             prof(true);
             decode_answer(&e, cache, &logits0)?;
             prof(false);
@@ -319,13 +330,21 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
         note(
             n_states + 1,
             format!(
-                "decode of {} steps, {rounds} rounds, the {n_states} states in turn",
+                "decode of {} steps, {min_rounds} to {enough_rounds} rounds, the {n_states} \
+                 states in turn",
                 a.answer
             ),
         );
     }
-    for _ in 0..rounds {
-        let mut caches: Vec<_> = starts.iter().map(|s| clone_cache(&e.be, &s.1)).collect();
+    let t_decode = Instant::now();
+    for round in 0..enough_rounds {
+        if round >= min_rounds && t_decode.elapsed() > MAX_EXTRA_DECODE {
+            break;
+        }
+        let mut caches: Vec<_> = starts
+            .iter()
+            .map(|s| clone_cache(&e.be, &s.1, a.answer, kv_dim))
+            .collect();
         let mut next: Vec<u32> = starts
             .iter()
             .map(|s| crate::bitune::sample::argmax(&s.2))
@@ -451,16 +470,21 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
     Ok(report)
 }
 
-/// A copy of a cache made on the device (each timed decode starts from the same prefill).
+/// A copy of a cache made on the device (each timed decode starts from the same prefill), with
+/// room for the `answer` rows decoding appends, as `generate` makes after its prefill.
 fn clone_cache<B: Backend>(
     be: &B,
     c: &crate::model::transformer::KvCache<B>,
+    answer: usize,
+    kv_dim: usize,
 ) -> crate::model::transformer::KvCache<B> {
-    crate::model::transformer::KvCache {
+    let mut copy = crate::model::transformer::KvCache {
         k: c.k.iter().map(|b| be.duplicate(b)).collect(),
         v: c.v.iter().map(|b| be.duplicate(b)).collect(),
         pos: c.pos.clone(),
-    }
+    };
+    copy.reserve_rows(be, answer, kv_dim);
+    copy
 }
 
 #[cfg(test)]

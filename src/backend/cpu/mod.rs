@@ -108,6 +108,11 @@ impl Backend for Cpu {
         }
     }
 
+    fn reserve(&self, buf: &mut Vec<f32>, extra: usize) {
+        // A hint: where the room cannot be had, appending grows the buffer as it goes.
+        let _ = buf.try_reserve_exact(extra);
+    }
+
     fn append_rows(
         &self,
         dst: &mut Vec<f32>,

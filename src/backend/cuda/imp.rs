@@ -94,6 +94,22 @@ impl Backend for CudaBackend {
     fn copy_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, at: RowCopy, accumulate: bool) {
         ops::copy_rows(self, dst, src, at, accumulate)
     }
+    fn reserve(&self, buf: &mut CudaBuf, extra: usize) {
+        let need = buf.len() + extra;
+        if need > buf.capacity() {
+            let mut grown = self.alloc_with_capacity(buf.len(), need);
+            let all = RowCopy {
+                dst_row: 0,
+                src_row: 0,
+                rows: 1,
+                width: buf.len(),
+            };
+            if !buf.is_empty() {
+                ops::copy_rows(self, &mut grown, buf, all, false);
+            }
+            *buf = grown;
+        }
+    }
     /// Grows `dst` in place while its allocation has room; otherwise moves it once into an
     /// allocation with room for as many rows again (at least 64 rows), so a KV cache growing by
     /// one row per decoded token is copied O(log n) times, not every step.

@@ -63,6 +63,15 @@ impl<B: Backend> KvCache<B> {
     pub fn rows(&self) -> usize {
         self.pos.len()
     }
+
+    /// Room for `rows` more rows of `width` keys/values in every layer, taken before decoding
+    /// them: a cache appended one token at a time otherwise moves whole at each growth (on the
+    /// CPU, the first decoded token then copied the prompt's keys and values of every layer).
+    pub fn reserve_rows(&mut self, be: &B, rows: usize, width: usize) {
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            be.reserve(buf, rows * width);
+        }
+    }
 }
 
 /// Activations one layer keeps for the backward.
