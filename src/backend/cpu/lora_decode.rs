@@ -36,6 +36,8 @@ use super::quant::{q4_1_dot_rows, DotFmt, Lines, Q8Rows};
 use half::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Outputs per tile of B; the matmul's chunks of output rows start on a multiple.
 pub const BT_BLOCK: usize = 16;
@@ -122,7 +124,8 @@ impl CodeBits {
 ///   even block's 32 codes then the odd one's, an odd last block paired with zero codes), and
 ///   `ad` `[r, np·2]` the steps.
 /// - B: `bs` `[rq]` f32 rank scales, each rank's largest |B| (zero past `r`); `ts` `[n_pad / 16]`
-///   f16 tile steps, relative to the rank scales; and `bt` `[n_pad / 16, rq / tr, 16, 4]` codes:
+///   tile steps, relative to the rank scales, f16 values held as f32 (the kernel multiplies
+///   with them, and an f16 was a conversion per tile for two bytes a 16-row tile); and `bt` `[n_pad / 16, rq / tr, 16, 4]` codes:
 ///   `B[16t + l, c] ≈ code·ts[t]·bs[c]`. Byte `e` of lane `l` of vector `g` of tile `t` holds, in
 ///   bytes, rank `4g + e`; in nibbles, rank `8g + e` low and `8g + 4 + e` high (`tr` the
 ///   [`CodeBits::tile_ranks`], rq the rank rounded up to it, zero codes past `r` and `n`).
@@ -152,17 +155,103 @@ pub struct LoraPack {
 /// padded with zeros) four to a word, the integer sums' start `−o·Σ xq` (B's codes are offset by
 /// `o`), and the factor the integer sums take back to f32 (`d_xa`), before the tile's step.
 #[derive(Clone, Debug, PartialEq)]
+#[repr(C)]
 pub struct Projected {
-    words: [i32; MAX_RANK / 4],
-    len: usize,
     init: i32,
     mult: f32,
+    len: usize,
+    words: [i32; MAX_RANK / 4],
+}
+
+impl Default for Projected {
+    fn default() -> Self {
+        Projected {
+            init: 0,
+            mult: 0.0,
+            len: 0,
+            words: [0; MAX_RANK / 4],
+        }
+    }
 }
 
 impl Projected {
     /// The codes, four to a word.
     fn words(&self) -> &[i32] {
         &self.words[..self.len]
+    }
+}
+
+/// `s·A·x` as a matmul's first chunk makes it for the others ([`LoraPack::project_into`]),
+/// made in place next to the flag that says it is there: at rank 32 and under the flag, the
+/// factors and the codes share one cache line, the one line the other core then fetches. (In a
+/// `OnceLock`, the value and its state fell on different lines, and went there by copy.)
+#[repr(C, align(64))]
+pub struct SharedXa {
+    /// [`SharedXa::EMPTY`], [`SharedXa::FILLING`], [`SharedXa::NONE`] or [`SharedXa::READY`].
+    state: AtomicU32,
+    xa: UnsafeCell<Projected>,
+}
+
+// SAFETY: `xa` is written only by the one caller of `fill` that moved `state` from EMPTY to
+// FILLING, before it publishes NONE or READY with Release; it is read only through `wait`,
+// after an Acquire load saw one of those, and never written again. So no write races a read.
+unsafe impl Sync for SharedXa {}
+
+impl Default for SharedXa {
+    fn default() -> Self {
+        SharedXa {
+            state: AtomicU32::new(Self::EMPTY),
+            xa: UnsafeCell::new(Projected::default()),
+        }
+    }
+}
+
+impl SharedXa {
+    const EMPTY: u32 = 0;
+    const FILLING: u32 = 1;
+    const NONE: u32 = 2;
+    const READY: u32 = 3;
+
+    /// Makes the value with `make` (false: the adapter adds nothing) and publishes it.
+    ///
+    /// # Panics
+    /// When it was filled before: one chunk makes it.
+    pub fn fill(&self, make: impl FnOnce(&mut Projected) -> bool) {
+        let claimed = self.state.compare_exchange(
+            Self::EMPTY,
+            Self::FILLING,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        assert!(claimed.is_ok(), "a shared projection is made once");
+        // SAFETY: the exchange above made this call the only writer, and no reader looks at
+        // `xa` before the Release store below.
+        let adds = make(unsafe { &mut *self.xa.get() });
+        let state = if adds { Self::READY } else { Self::NONE };
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// The value once it is made (`None`: the adapter adds nothing). Another chunk makes it
+    /// before its own rows, so it is ready or about a microsecond away, and a spin beats
+    /// parking the thread.
+    pub fn wait(&self) -> Option<&Projected> {
+        let mut spins = 0u32;
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                // SAFETY: READY was stored with Release after the last write to `xa`, and
+                // nothing writes it again (`fill` runs once).
+                Self::READY => return Some(unsafe { &*self.xa.get() }),
+                Self::NONE => return None,
+                _ => {}
+            }
+            spins += 1;
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+            } else {
+                // That chunk's thread lost its core (more threads than cores): let it run.
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
@@ -300,7 +389,7 @@ impl LoraPack {
         }
         bs.resize(rq, 0.0);
         let b_max = bs.iter().fold(0f32, |m, &d| m.max(d));
-        let sections = [a_len, 2 * ad.len(), 4 * bs.len(), 2 * ts.len(), bt.len()]
+        let sections = [a_len, 2 * ad.len(), 4 * bs.len(), 4 * ts.len(), bt.len()]
             .map(|l| l.next_multiple_of(64));
         let mut at = [0; 4];
         for i in 0..4 {
@@ -318,7 +407,7 @@ impl LoraPack {
             buf[at[1] + 4 * i..at[1] + 4 * i + 4].copy_from_slice(&d.to_le_bytes());
         }
         for (i, h) in ts.iter().enumerate() {
-            buf[at[2] + 2 * i..at[2] + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
+            buf[at[2] + 4 * i..at[2] + 4 * i + 4].copy_from_slice(&h.to_f32().to_le_bytes());
         }
         buf[at[3]..at[3] + bt.len()].copy_from_slice(&bt);
         LoraPack {
@@ -351,6 +440,7 @@ impl LoraPack {
         &self.buf[self.at[0]..self.at[1]]
     }
     /// B's per-rank scales, `[rq]` (zero past `r`).
+    #[cfg(test)]
     pub(super) fn bs(&self, c: usize) -> f32 {
         let o = self.at[1] + 4 * c;
         f32::from_le_bytes([
@@ -386,7 +476,7 @@ impl LoraPack {
     /// chunk streams its weights and [`LoraPack::expand`] finds them there.
     pub fn prefetch_b(&self, r0: usize, r1: usize) {
         let (t0, t1) = (r0 / BT_BLOCK, r1.div_ceil(BT_BLOCK));
-        prefetch_l2(&self.ts()[2 * t0..2 * t1]);
+        prefetch_l2(&self.ts()[4 * t0..4 * t1]);
         prefetch_l2(&self.bt()[t0 * self.tile_bytes()..t1 * self.tile_bytes()]);
     }
 
@@ -412,6 +502,14 @@ impl LoraPack {
     /// values), quantised for [`LoraPack::expand`]; `None` when it adds nothing (`xa` or B all
     /// zero, as B starts in training).
     pub fn project(&self, x8: &Q8Rows) -> Option<Projected> {
+        let mut out = Projected::default();
+        self.project_into(x8, &mut out).then_some(out)
+    }
+
+    /// [`LoraPack::project`] written into `out`, which the matmul's chunks share in place (this
+    /// runs for every adapted linear of every decoded token, so nothing is copied or cleared
+    /// beyond the rank); false when it adds nothing.
+    pub fn project_into(&self, x8: &Q8Rows, out: &mut Projected) -> bool {
         assert!(
             x8.nb == self.k / 32,
             "lora pack: activations of {} values for A of {}",
@@ -419,7 +517,7 @@ impl LoraPack {
             self.k
         );
         if self.b_max == 0.0 {
-            return None;
+            return false;
         }
         // On the stack: this runs for every adapted linear of every decoded token, so rank 32
         // and under (almost every adapter) clears a small buffer, not MAX_RANK's.
@@ -432,35 +530,17 @@ impl LoraPack {
             &mut large[..self.rq]
         };
         self.project_raw(&mut xa[..self.r], x8);
+        out.len = self.rq / 4;
         let mult = self.scale * self.a_max;
-        let mut out = Projected {
-            words: [0; MAX_RANK / 4],
-            len: self.rq / 4,
-            init: 0,
-            mult: f32::NAN,
-        };
-        if xa.iter().any(|v| !v.is_finite()) {
-            // Overflowed activations poison the outputs, as they do the product's.
-            return Some(out);
+        let bs = &self.buf[self.at[1]..self.at[1] + 4 * self.rq];
+        #[cfg(target_arch = "x86_64")]
+        if super::quant::vnni_available() {
+            // SAFETY: AVX-512 F/BW/VL were detected (with VNNI); `xa` and `bs` hold `rq` values
+            // (`bs` as f32 bytes), `rq` a multiple of 4 and at most MAX_RANK, so the codes fill
+            // `rq / 4` of `out`'s words.
+            return unsafe { quantize_xa_avx512(xa, bs, mult, self.bits.offset(), out) };
         }
-        // B's rank scales go into xa, so each output row is one integer dot and one multiply.
-        for (c, v) in xa.iter_mut().enumerate() {
-            *v *= mult * self.bs(c);
-        }
-        let amax = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if amax == 0.0 {
-            return None;
-        }
-        let d = amax / 127.0;
-        let mut sum = 0;
-        for (w, v) in out.words.iter_mut().zip(xa.chunks_exact(4)) {
-            let q: [i8; 4] = std::array::from_fn(|e| round_even(v[e] / d) as i8);
-            sum += q.iter().map(|&c| c as i32).sum::<i32>();
-            *w = i32::from_le_bytes(q.map(|c| c as u8));
-        }
-        out.init = -self.bits.offset() * sum;
-        out.mult = d;
-        Some(out)
+        quantize_xa(xa, bs, mult, self.bits.offset(), out)
     }
 
     /// [`LoraPack::project`]'s sums before the scale: 4-bit A through the Q4_1 weights' kernel,
@@ -517,9 +597,13 @@ impl LoraPack {
             // multiple of 16: every tile the loop reads is whole; `xa` holds the tile's ranks in
             // words; `out` is read and written only in its own `len` lanes.
             unsafe {
-                match self.bits {
-                    CodeBits::Four => expand_vnni::<true>(out, xa, self, r0),
-                    CodeBits::Eight => expand_vnni::<false>(out, xa, self, r0),
+                match (self.bits, xa.len) {
+                    (CodeBits::Four, 2) => expand_vnni::<true, 2>(out, xa, self, r0),
+                    (CodeBits::Four, 4) => expand_vnni::<true, 4>(out, xa, self, r0),
+                    (CodeBits::Four, _) => expand_vnni::<true, 0>(out, xa, self, r0),
+                    (CodeBits::Eight, 2) => expand_vnni::<false, 2>(out, xa, self, r0),
+                    (CodeBits::Eight, 4) => expand_vnni::<false, 4>(out, xa, self, r0),
+                    (CodeBits::Eight, _) => expand_vnni::<false, 0>(out, xa, self, r0),
                 }
             };
             return;
@@ -541,7 +625,7 @@ impl LoraPack {
                 let (at, high) = Self::b_at(self.bits, self.rq, j, c);
                 acc += (code_at(self.bt(), self.bits, at, high) + self.bits.offset()) * xq as i32;
             }
-            *o += acc as f32 * (xa.mult * Self::scale_at(self.ts(), j / BT_BLOCK));
+            *o += acc as f32 * (xa.mult * self.tile_step(j));
         }
     }
 
@@ -591,13 +675,14 @@ impl LoraPack {
     /// B's step at output `j` and rank `c`: the tile's step times the rank's scale.
     #[cfg(test)]
     pub fn b_step(&self, j: usize, c: usize) -> f32 {
-        Self::scale_at(self.ts(), j / BT_BLOCK) * self.bs(c)
+        self.tile_step(j) * self.bs(c)
     }
 
     /// The tile step of output `j`.
-    #[cfg(test)]
     pub fn tile_step(&self, j: usize) -> f32 {
-        Self::scale_at(self.ts(), j / BT_BLOCK)
+        let o = 4 * (j / BT_BLOCK);
+        let t = &self.ts()[o..o + 4];
+        f32::from_le_bytes([t[0], t[1], t[2], t[3]])
     }
 
     /// B as the pack holds it, `[n, r]`: the codes times their steps.
@@ -609,6 +694,89 @@ impl LoraPack {
             .map(|e| codes[e] as f32 * self.b_step(e / r, e % r))
             .collect()
     }
+}
+
+/// [`LoraPack::project_into`]'s last step: `xa`'s sums times `mult` and B's rank scales `bs`
+/// (f32 bytes), quantised to 8 bits into `out` (whose `len` is set), the integer sums' start
+/// for B's code offset `offset`; false when they are all zero.
+fn quantize_xa(xa: &mut [f32], bs: &[u8], mult: f32, offset: i32, out: &mut Projected) -> bool {
+    if xa.iter().any(|v| !v.is_finite()) {
+        // Overflowed activations poison the outputs, as they do the product's.
+        out.init = 0;
+        out.mult = f32::NAN;
+        return true;
+    }
+    // B's rank scales go into xa, so each output row is one integer dot and one multiply.
+    for (v, b) in xa.iter_mut().zip(bs.chunks_exact(4)) {
+        *v *= mult * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    let amax = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        return false;
+    }
+    let d = amax / 127.0;
+    let mut sum = 0;
+    for (w, v) in out.words[..out.len].iter_mut().zip(xa.chunks_exact(4)) {
+        let q: [i8; 4] = std::array::from_fn(|e| round_even(v[e] / d) as i8);
+        sum += q.iter().map(|&c| c as i32).sum::<i32>();
+        *w = i32::from_le_bytes(q.map(|c| c as u8));
+    }
+    out.init = -offset * sum;
+    out.mult = d;
+    true
+}
+
+/// [`quantize_xa`] sixteen ranks a vector, to the same codes: the same products and quotient,
+/// rounded to nearest even as [`round_even`] does (MXCSR's default mode).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn quantize_xa_avx512(
+    xa: &mut [f32],
+    bs: &[u8],
+    mult: f32,
+    offset: i32,
+    out: &mut Projected,
+) -> bool {
+    let n = xa.len();
+    debug_assert!(bs.len() == 4 * n && n.is_multiple_of(4) && n <= MAX_RANK);
+    let mask = |c: usize| -> __mmask16 {
+        let left = (n - c).min(16);
+        ((1u32 << left) - 1) as __mmask16
+    };
+    let (p, b) = (xa.as_mut_ptr(), bs.as_ptr().cast::<f32>());
+    let (multv, zero) = (_mm512_set1_ps(mult), _mm512_setzero_ps());
+    let mut amax = zero;
+    for c in (0..n).step_by(16) {
+        let m = mask(c);
+        let v = _mm512_maskz_loadu_ps(m, p.add(c));
+        // Finite exactly where v − v is 0 (NaN for infinities and NaNs).
+        if _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(m, _mm512_sub_ps(v, v), zero) != m {
+            out.init = 0;
+            out.mult = f32::NAN;
+            return true;
+        }
+        let s = _mm512_mul_ps(multv, _mm512_maskz_loadu_ps(m, b.add(c)));
+        let v = _mm512_mul_ps(v, s);
+        _mm512_mask_storeu_ps(p.add(c), m, v);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    }
+    let amax = _mm512_reduce_max_ps(amax);
+    if amax == 0.0 {
+        return false;
+    }
+    let d = amax / 127.0;
+    let dv = _mm512_set1_ps(d);
+    let mut sum = _mm512_setzero_si512();
+    let words = out.words.as_mut_ptr().cast::<i8>();
+    for c in (0..n).step_by(16) {
+        let m = mask(c);
+        let q = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_maskz_loadu_ps(m, p.add(c)), dv));
+        sum = _mm512_add_epi32(sum, q);
+        _mm_mask_storeu_epi8(words.add(c), m, _mm512_cvtepi32_epi8(q));
+    }
+    out.init = -offset * _mm512_reduce_add_epi32(sum);
+    out.mult = d;
+    true
 }
 
 /// [`LoraPack::project_portable`] with 64 codes a dot instruction: lanes 0-7 of a pair's sums are
@@ -649,46 +817,60 @@ unsafe fn project_vnni(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
 }
 
 /// [`LoraPack::expand`] with one integer dot per four ranks and 16 outputs (`FOUR`: a vector
-/// holds eight ranks in nibbles, two dots) and one multiply by the tile's step.
+/// holds eight ranks in nibbles, two dots) and one multiply by the tile's step. `W` is the
+/// number of code words when the caller knows it (2 or 4: ranks 8 and 16), 0 for any: a loop
+/// of known length unrolls, and this runs on every chunk of every adapted linear.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn expand_vnni<const FOUR: bool>(out: &mut [f32], xa: &Projected, p: &LoraPack, r0: usize) {
-    let (bt, ts, tile_bytes) = (p.bt().as_ptr(), p.ts().as_ptr(), p.tile_bytes());
+unsafe fn expand_vnni<const FOUR: bool, const W: usize>(
+    out: &mut [f32],
+    xa: &Projected,
+    p: &LoraPack,
+    r0: usize,
+) {
+    let words = xa.words();
+    let w = if W == 0 { words.len() } else { W };
+    debug_assert!(w == words.len());
+    let (bt, tile_bytes) = (p.bt().as_ptr(), p.tile_bytes());
+    let ts = p.ts().as_ptr().cast::<f32>();
     let init = _mm512_set1_epi32(xa.init);
+    let mult = _mm512_set1_ps(xa.mult);
     let nib = _mm512_set1_epi8(0x0F);
-    let mut i = 0;
-    while i < out.len() {
-        let t = (r0 + i) / BT_BLOCK;
-        let lanes = (out.len() - i).min(16);
-        let mask = if lanes == 16 {
-            0xffff
-        } else {
-            ((1u32 << lanes) - 1) as __mmask16
-        };
-        let tile = bt.add(t * tile_bytes);
+    let xw = words.as_ptr();
+    let tile = |t: usize| {
+        let codes = bt.add(t * tile_bytes);
         let mut acc = init;
         if FOUR {
-            for (g, x) in xa.words().chunks_exact(2).enumerate() {
-                let v = _mm512_loadu_si512(tile.add(g * 64).cast());
+            for g in 0..w / 2 {
+                let v = _mm512_loadu_si512(codes.add(g * 64).cast());
                 let lo = _mm512_and_si512(v, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-                acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(x[0]));
-                acc = _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(x[1]));
+                acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(*xw.add(2 * g)));
+                acc = _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(*xw.add(2 * g + 1)));
             }
         } else {
-            for (g, &x) in xa.words().iter().enumerate() {
-                let w = _mm512_loadu_si512(tile.add(g * 64).cast());
-                acc = _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x));
+            for g in 0..w {
+                let v = _mm512_loadu_si512(codes.add(g * 64).cast());
+                acc = _mm512_dpbusd_epi32(acc, v, _mm512_set1_epi32(*xw.add(g)));
             }
         }
-        let step = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            ts.add(2 * t).cast::<u16>().read_unaligned() as i32,
-        )));
-        let o = out.as_mut_ptr().add(i);
-        let y = _mm512_maskz_loadu_ps(mask, o);
-        let add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(xa.mult * step), y);
-        _mm512_mask_storeu_ps(o, mask, add);
-        i += 16;
+        let step = _mm512_mul_ps(_mm512_set1_ps(ts.add(t).read_unaligned()), mult);
+        _mm512_mul_ps(_mm512_cvtepi32_ps(acc), step)
+    };
+    let t0 = r0 / BT_BLOCK;
+    let o = out.as_mut_ptr();
+    // Whole tiles with plain loads and stores; the masked ones only for a last, partial tile.
+    let full = out.len() / BT_BLOCK;
+    for i in 0..full {
+        let y = o.add(BT_BLOCK * i);
+        _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), tile(t0 + i)));
+    }
+    let rest = out.len() % BT_BLOCK;
+    if rest > 0 {
+        let mask = ((1u32 << rest) - 1) as __mmask16;
+        let y = o.add(BT_BLOCK * full);
+        let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y), tile(t0 + full));
+        _mm512_mask_storeu_ps(y, mask, v);
     }
 }
 
@@ -749,6 +931,9 @@ mod tests {
             (1536, 576, 8),
             (160, 50, 6),
             (64, 20, 12),
+            // Past rank 16 the expand kernel loops over any number of code words.
+            (128, 70, 24),
+            (96, 33, 20),
         ] {
             let a: Vec<f32> = (0..r * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
             // B's rank columns from 1e-5 to 0.1, as a rank's scale must follow its own column,
@@ -959,6 +1144,57 @@ mod tests {
             let mut out = vec![0f32; n];
             p.expand(&mut out, &xa, 0);
             assert!(out.iter().all(|v| v.is_nan()), "{bits:?} {out:?}");
+        }
+    }
+
+    /// The vector quantiser of `xa` makes the scalar one's codes, start and factor exactly, for
+    /// every rank count the packs use (1-4 vectors, ragged ends), values up to ties (halves of a
+    /// step), zeros, and non-finite sums.
+    #[test]
+    fn quantize_xa_vector_is_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if super::super::quant::vnni_available() {
+            let mut rng = Rng::new(5);
+            for rq in [4, 8, 12, 16, 20, 24, 32, 36, 64] {
+                let bs: Vec<u8> = (0..rq)
+                    .flat_map(|_| rng.uniform(0.01, 2.0).to_le_bytes())
+                    .collect();
+                for case in 0..4 {
+                    // Case 1 makes the step 1 (the largest 127, the scales 1): its halves are
+                    // ties, which round to even.
+                    let (bs, mult) = if case == 1 {
+                        (1f32.to_le_bytes().repeat(rq), 1.0)
+                    } else {
+                        (bs.clone(), 0.7)
+                    };
+                    let xa: Vec<f32> = (0..rq)
+                        .map(|c| match case {
+                            0 => rng.uniform(-3.0, 3.0),
+                            1 if c == 0 => 127.0,
+                            1 => c as f32 - 10.5,
+                            2 => 0.0,
+                            _ if c == rq / 2 => f32::INFINITY,
+                            _ => 1.0,
+                        })
+                        .collect();
+                    let (mut want, mut got) = (Projected::default(), Projected::default());
+                    want.len = rq / 4;
+                    got.len = rq / 4;
+                    let (mut xw, mut xg) = (xa.clone(), xa.clone());
+                    let adds = quantize_xa(&mut xw, &bs, mult, 8, &mut want);
+                    // SAFETY: AVX-512 was detected; `xg` and `bs` hold `rq` values, `rq` a
+                    // multiple of 4 and at most MAX_RANK.
+                    let vadds = unsafe { quantize_xa_avx512(&mut xg, &bs, mult, 8, &mut got) };
+                    assert_eq!(adds, vadds, "rq {rq} case {case}");
+                    assert_eq!(want.words(), got.words(), "rq {rq} case {case}");
+                    assert_eq!(want.init, got.init, "rq {rq} case {case}");
+                    assert_eq!(
+                        want.mult.to_bits(),
+                        got.mult.to_bits(),
+                        "rq {rq} case {case}"
+                    );
+                }
+            }
         }
     }
 

@@ -17,13 +17,12 @@ pub use q8act::{Q8Rows, GROUP};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use vnni::available as vnni_available;
 
-use super::lora_decode::{LoraPack, BT_BLOCK};
+use super::lora_decode::{LoraPack, SharedXa, BT_BLOCK};
 use crate::backend::weight::QuantForm;
 #[cfg(test)]
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
 
 /// A compact weight as the CPU kernels read it: a checkpoint's [`QuantForm`], or its Q4 blocks
 /// re-laid for SIMD.
@@ -395,7 +394,7 @@ impl Quant {
             .div_ceil(4 * rayon::current_num_threads())
             .next_multiple_of(BT_BLOCK)
             .max(16);
-        let xa = OnceLock::new();
+        let shared = SharedXa::default();
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
             Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
@@ -425,12 +424,12 @@ impl Quant {
                 if c == 0 {
                     p.prefetch_a();
                     let x8 = q8.expect("a fused adapter is read with quantised activations");
-                    let _ = xa.set(p.project(x8));
+                    shared.fill(|xa| p.project_into(x8, xa));
                 }
             }
             rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, out);
             if let Some(p) = lora {
-                if let Some(xa) = wait_for(&xa) {
+                if let Some(xa) = shared.wait() {
                     p.expand(out, xa, r0);
                 }
             }
@@ -448,24 +447,6 @@ impl Quant {
                 let dst = &mut y[i * rows + r];
                 *dst = if accumulate { *dst + v } else { v };
             }
-        }
-    }
-}
-
-/// The value another chunk of the same product is making: it makes it before its own rows, so
-/// it is ready or about a microsecond away, and a spin beats parking the thread.
-fn wait_for<T>(v: &OnceLock<T>) -> &T {
-    let mut spins = 0u32;
-    loop {
-        if let Some(v) = v.get() {
-            return v;
-        }
-        spins += 1;
-        if spins < 1 << 16 {
-            std::hint::spin_loop();
-        } else {
-            // That chunk's thread lost its core (more threads than cores): let it run.
-            std::thread::yield_now();
         }
     }
 }
