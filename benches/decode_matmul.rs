@@ -1,8 +1,12 @@
 //! Decode-path matmuls on the CPU at SmolLM2-135M's shapes: the f32 GEMV against the compact
 //! (quantised / bf16) weight kernels: the integer dot on 8-bit activations (AVX-512 VNNI) for
 //! Q4_0/Q4_1/Q8_0, the f32 ones (Q4_1 lanes, Q8_0, bf16), and the portable loop that serves
-//! ggml-layout Q4 blocks on processors without AVX2. `cargo bench --bench decode_matmul`.
+//! ggml-layout Q4 blocks on processors without AVX2; and a decoding token's 30 layers of seven
+//! Q4_1 linears, from memory, with and without a rank-8 adapter fused into each product (the
+//! adapter's cost over the base model, which `bench` measures end to end as `decode_over_base`).
+//! `cargo bench --bench decode_matmul`.
 
+use bitune_rt::backend::cpu::lora_decode::{CodeBits, LoraPack};
 use bitune_rt::backend::cpu::quant::{DotFmt, Quant};
 use bitune_rt::backend::cpu::Cpu;
 use bitune_rt::backend::{Backend, HostWeight};
@@ -81,6 +85,47 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // Decoding's products over the whole model: 30 layers of q, k, v, o, gate, up, down (the
+    // weights, 60 MB, come from memory as in decoding), bare and with their adapters fused.
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let rank = 8;
+    let layers: Vec<(Quant, LoraPack, usize, usize)> = (0..30)
+        .flat_map(|_| shapes)
+        .map(|(n, k)| {
+            let w = Quant::q8_dot(&q_blocks(n, k, 20, &mut rng), DotFmt::Q4_1, k);
+            let a: Vec<f32> = (0..rank * k).map(|_| rng.uniform(-0.05, 0.05)).collect();
+            let b: Vec<f32> = (0..n * rank).map(|_| rng.uniform(-0.05, 0.05)).collect();
+            let p = LoraPack::new(&a, &b, k, n, 2.0, CodeBits::Four);
+            (w, p, n, k)
+        })
+        .collect();
+    let x: Vec<f32> = (0..1536).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut y = vec![0f32; 1536];
+    let mut g = c.benchmark_group("layers_30_q4_1_from_memory");
+    for fused in [false, true] {
+        let name = if fused {
+            "int8_dot_lora_rank8"
+        } else {
+            "int8_dot"
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for (w, p, n, k) in &layers {
+                    let lora = fused.then_some(p);
+                    w.matmul(&mut y[..*n], &x[..*k], 1, *n, *k, false, lora);
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group! {
