@@ -179,13 +179,13 @@ fn bitune_state<B: Backend>(be: &B, model: &Model<B>, method: Method, seed: u64)
     tr
 }
 
-/// Runs the benchmark; returns the JSON report (also written to `out` when set).
 /// Tokens each state decodes in the timed rounds, at the least, unless that takes longer than
 /// [`MAX_EXTRA_DECODE`] (a large model on the CPU).
 const MIN_DECODE_TOKENS: usize = 600;
 /// How long the rounds past `--repeat` may run.
 const MAX_EXTRA_DECODE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Runs the benchmark; returns the JSON report (also written to `out` when set).
 pub fn run(a: &BenchJob) -> Result<serde_json::Value> {
     if a.prompt < 2 || a.answer == 0 || a.repeat == 0 {
         bail!("--prompt >= 2, --answer >= 1 and --repeat >= 1");

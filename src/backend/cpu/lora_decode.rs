@@ -125,8 +125,8 @@ impl CodeBits {
 ///   `ad` `[r, np·2]` the steps.
 /// - B: `bs` `[rq]` f32 rank scales, each rank's largest |B| (zero past `r`); `ts` `[n_pad / 16]`
 ///   tile steps, relative to the rank scales, f16 values held as f32 (the kernel multiplies
-///   with them, and an f16 was a conversion per tile for two bytes a 16-row tile); and `bt` `[n_pad / 16, rq / tr, 16, 4]` codes:
-///   `B[16t + l, c] ≈ code·ts[t]·bs[c]`. Byte `e` of lane `l` of vector `g` of tile `t` holds, in
+///   with them, and an f16 was a conversion per tile for two bytes a 16-row tile); and `bt`
+///   `[n_pad / 16, rq / tr, 16, 4]` codes: `B[16t + l, c] ≈ code·ts[t]·bs[c]`. Byte `e` of lane `l` of vector `g` of tile `t` holds, in
 ///   bytes, rank `4g + e`; in nibbles, rank `8g + e` low and `8g + 4 + e` high (`tr` the
 ///   [`CodeBits::tile_ranks`], rq the rank rounded up to it, zero codes past `r` and `n`).
 ///

@@ -97,17 +97,7 @@ impl Backend for CudaBackend {
     fn reserve(&self, buf: &mut CudaBuf, extra: usize) {
         let need = buf.len() + extra;
         if need > buf.capacity() {
-            let mut grown = self.alloc_with_capacity(buf.len(), need);
-            let all = RowCopy {
-                dst_row: 0,
-                src_row: 0,
-                rows: 1,
-                width: buf.len(),
-            };
-            if !buf.is_empty() {
-                ops::copy_rows(self, &mut grown, buf, all, false);
-            }
-            *buf = grown;
+            move_to_capacity(self, buf, need);
         }
     }
     /// Grows `dst` in place while its allocation has room; otherwise moves it once into an
@@ -125,15 +115,7 @@ impl Backend for CudaBackend {
         let need = (have + rows) * width;
         if need > dst.capacity() {
             let cap_rows = (have + rows).max(2 * have).max(64);
-            let mut grown = self.alloc_with_capacity(dst.len(), cap_rows * width);
-            let old = RowCopy {
-                dst_row: 0,
-                src_row: 0,
-                rows: have,
-                width,
-            };
-            ops::copy_rows(self, &mut grown, dst, old, false);
-            *dst = grown;
+            move_to_capacity(self, dst, cap_rows * width);
         }
         dst.set_len(need);
         let new = RowCopy {
@@ -361,4 +343,20 @@ impl Backend for CudaBackend {
     fn sgd(&self, p: &mut CudaBuf, g: &CudaBuf, lr: f32) {
         rowwise::sgd(self, p, g, lr)
     }
+}
+
+/// Moves `buf` into an allocation of `cap` values, its contents and length kept (a KV cache
+/// growing past its room, or given room ahead of decoding).
+fn move_to_capacity(be: &CudaBackend, buf: &mut CudaBuf, cap: usize) {
+    let mut grown = be.alloc_with_capacity(buf.len(), cap);
+    if !buf.is_empty() {
+        let all = RowCopy {
+            dst_row: 0,
+            src_row: 0,
+            rows: 1,
+            width: buf.len(),
+        };
+        ops::copy_rows(be, &mut grown, buf, all, false);
+    }
+    *buf = grown;
 }

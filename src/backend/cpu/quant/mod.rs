@@ -394,7 +394,8 @@ impl Quant {
             .div_ceil(4 * rayon::current_num_threads())
             .next_multiple_of(BT_BLOCK)
             .max(16);
-        let shared = SharedXa::default();
+        // Only a fused product has a projection to share (a base one skips the 300-byte clear).
+        let shared = lora.map(|_| SharedXa::default());
         // Per-block sums of x for the min term of Q4_1 in lane layout (see `avx2`).
         let xsum: Vec<f32> = match self {
             Quant::Q4Lanes { offset8: false, .. } if cols.is_multiple_of(32) => x[..m * cols]
@@ -412,7 +413,8 @@ impl Quant {
         let part = |(c, out): (usize, &mut [f32])| {
             let r0 = c * chunk;
             let r1 = r0 + out.len() / m;
-            if let Some(p) = lora {
+            let fused = lora.zip(shared.as_ref());
+            if let Some((p, shared)) = fused {
                 // The chunk's B rows are needed after its weight rows: asked for now, they are
                 // there by then.
                 p.prefetch_b(r0, r1);
@@ -428,7 +430,7 @@ impl Quant {
                 }
             }
             rows_dispatch(self, r0, r1, cols, x, &xsum, q8, m, out);
-            if let Some(p) = lora {
+            if let Some((p, shared)) = fused {
                 if let Some(xa) = shared.wait() {
                     p.expand(out, xa, r0);
                 }
