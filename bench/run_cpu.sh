@@ -80,7 +80,9 @@ try:
     hf, base = r["hf_50_200"], rs["results"]["base"]
     summary["decode_speedup_vs_transformers"] = hf["decode_ms_per_tok"] / base["decode_ms_per_tok"]
     summary["prefill_speedup_vs_transformers"] = hf["prefill_ms"] / base["prefill_ms"]
-    summary["train_step_speedup_vs_pytorch_bitune"] = r["torch_step"]["bitune_step_s"] / rs["results"]["train"]["bitune_step_s"]
+    train, torch = rs["results"]["train"], r["torch_step"]
+    for m in ["bitune", "lora"]:
+        summary[f"train_step_speedup_vs_pytorch_{m}"] = torch[f"{m}_step_s"] / train[f"{m}_step_s"]
 except (KeyError, TypeError, ZeroDivisionError):
     pass
 # llama.cpp's time ÷ bitune-rt's (base model), per quant and prompt:answer.

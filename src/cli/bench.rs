@@ -18,7 +18,8 @@ pub struct BenchArgs {
     pub answer: usize,
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Also time one train step of Bitune and of the LoRA baseline
+    /// Also time train steps of Bitune and of the LoRA baseline (loss, gradients, clip, AdamW),
+    /// the two in turn
     #[arg(long)]
     pub train: bool,
     /// Time only the train steps (implies --train): for profiling the training path

@@ -14,6 +14,7 @@ use crate::bitune::step::{loss_and_grad, Trainable};
 use crate::model::load::{resolve_model, Model};
 use crate::model::weights::{Weights, ALL_TARGETS};
 use crate::rng::Rng;
+use crate::train::optim::{OptConfig, OptKind, Optimizer, Schedule};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -266,7 +267,7 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
     let min_rounds = a.repeat;
     let enough_rounds = a.repeat.max(MIN_DECODE_TOKENS.div_ceil(a.answer));
     let decode_phase = usize::from(!inference.is_empty());
-    let phases = inference.len() + decode_phase + if a.train || a.train_only { 2 } else { 0 };
+    let phases = inference.len() + decode_phase + usize::from(a.train || a.train_only);
     let t_all = Instant::now();
     let note = |k: usize, what: String| {
         eprintln!(
@@ -395,41 +396,77 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             prompt_len: a.prompt,
         };
         let mut train = serde_json::Map::new();
-        for (k, method) in [Method::Lora, Method::Bitune].into_iter().enumerate() {
-            note(
-                phases - 1 + k,
-                format!(
-                    "{} train step ({}+{} tokens) ×{}",
-                    method.name(),
-                    a.prompt,
-                    a.answer,
-                    a.repeat.min(2) + 1
-                ),
-            );
-            let tr = bitune_state(&e.be, &e.model, method, 3);
-            let step = || {
-                let mut g = e.be.zeros(tr.table.total);
-                let out = loss_and_grad(
-                    &e.be,
-                    &e.model.weights,
-                    &tr,
-                    std::slice::from_ref(&example),
-                    1,
-                    Some(&mut g),
-                );
-                // The backward is queued after the loss came back: wait for it, so a device
-                // step is timed whole.
-                e.be.synchronize();
-                out
-            };
-            let s = time(a.repeat.min(2), step)?;
+        let methods = [Method::Bitune, Method::Lora];
+        note(
+            phases,
+            format!(
+                "train steps ({}+{} tokens), Bitune and LoRA in turn, 1 + {} each",
+                a.prompt, a.answer, a.repeat
+            ),
+        );
+        // The whole step the trainer takes and the PyTorch reference times: loss and gradients,
+        // global-norm clip 1.0, one AdamW update (the reference's settings).
+        let opt_cfg = OptConfig {
+            kind: OptKind::AdamW,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.0,
+            clip: 1.0,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            total_steps: 0,
+        };
+        let mut states: Vec<(Trainable<B>, Optimizer<B>)> = methods
+            .iter()
+            .map(|&method| {
+                let tr = bitune_state(&e.be, &e.model, method, 3);
+                let opt = Optimizer::new(&e.be, opt_cfg, tr.table.total);
+                (tr, opt)
+            })
+            .collect();
+        let step = |(tr, opt): &mut (Trainable<B>, Optimizer<B>)| -> Result<()> {
+            let mut g = e.be.zeros(tr.table.total);
+            loss_and_grad(
+                &e.be,
+                &e.model.weights,
+                tr,
+                std::slice::from_ref(&example),
+                1,
+                Some(&mut g),
+            )?;
+            opt.update(&e.be, &mut tr.params, &mut g);
+            // The update is queued after the loss came back: wait for it, so a device step is
+            // timed whole.
+            e.be.synchronize();
+            Ok(())
+        };
+        // One warm-up each (it builds the weights' panels), then the methods take turns, as in
+        // the reference's script, so a change of machine load weighs on both alike.
+        for st in &mut states {
+            step(st)?;
+        }
+        let mut times = vec![Vec::new(); methods.len()];
+        for _ in 0..a.repeat {
+            for (st, t) in states.iter_mut().zip(&mut times) {
+                let t0 = Instant::now();
+                step(st)?;
+                t.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        for ((method, st), t) in methods.iter().zip(&mut states).zip(times) {
             if a.profile {
                 prof(true);
-                step()?;
+                step(st)?;
                 prof(false);
                 take_profile(&mut profile, &format!("{}_train_step", method.name()));
             }
-            train.insert(format!("{}_step_s", method.name()), json!(s));
+            let name = method.name();
+            let least = t.iter().copied().fold(f64::INFINITY, f64::min);
+            train.insert(format!("{name}_min_s"), json!(least));
+            train.insert(format!("{name}_all_s"), json!(t));
+            train.insert(format!("{name}_step_s"), json!(median(t)));
         }
         let (n, m) = ((a.prompt - 1) as f64, (a.answer + 1) as f64);
         let ratio = train["bitune_step_s"].as_f64().unwrap_or(0.0)
