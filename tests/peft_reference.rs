@@ -15,7 +15,7 @@ use bitune_rt::bitune::step::{loss_and_grad, Trainable};
 use bitune_rt::model::load::Model;
 use bitune_rt::model::tensors::read_file_into;
 use bitune_rt::model::tensors::TensorMap;
-use bitune_rt::train::optim::{OptConfig, OptKind, Optimizer, Schedule};
+use bitune_rt::train::optim::{OptConfig, Optimizer};
 use common::*;
 use std::path::PathBuf;
 
@@ -147,18 +147,7 @@ fn dora_and_ia3_losses_gradients_and_adamw_steps_match_pytorch_reference() {
                 );
                 compare(&what, &tr.table, &g, &refm, "grad");
                 // Three AdamW steps, constant lr 1e-3, global clip 1.0, on the same batch.
-                let cfg = OptConfig {
-                    kind: OptKind::AdamW,
-                    lr: 1e-3,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-6,
-                    weight_decay: 0.0,
-                    clip: 1.0,
-                    schedule: Schedule::Constant,
-                    warmup_steps: 0,
-                    total_steps: 3,
-                };
+                let cfg = OptConfig::reference_adamw(3);
                 let mut opt = Optimizer::new(&be, cfg, tr.table.total);
                 for (s, &wl) in refm.map["losses"].data.iter().enumerate() {
                     let mut g = vec![0f32; tr.table.total];

@@ -14,7 +14,7 @@ use crate::bitune::step::{loss_and_grad, Trainable};
 use crate::model::load::{resolve_model, Model};
 use crate::model::weights::{Weights, ALL_TARGETS};
 use crate::rng::Rng;
-use crate::train::optim::{OptConfig, OptKind, Optimizer, Schedule};
+use crate::train::optim::{OptConfig, Optimizer};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -408,19 +408,8 @@ fn run_on<B: Backend>(be: B, a: &BenchJob) -> Result<serde_json::Value> {
             ),
         );
         // The whole step the trainer takes and the PyTorch reference times: loss and gradients,
-        // global-norm clip 1.0, one AdamW update (the reference's settings).
-        let opt_cfg = OptConfig {
-            kind: OptKind::AdamW,
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-6,
-            weight_decay: 0.0,
-            clip: 1.0,
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
-            total_steps: 0,
-        };
+        // global-norm clip, one AdamW update, with the reference's settings.
+        let opt_cfg = OptConfig::reference_adamw(0);
         let mut states: Vec<(Trainable<B>, Optimizer<B>)> = methods
             .iter()
             .map(|&method| {

@@ -30,6 +30,24 @@ pub struct OptConfig {
 }
 
 impl OptConfig {
+    /// AdamW as the PyTorch reference scripts run it (`bench/torch_bitune_step.py`, the
+    /// reference fixtures): constant lr 1e-3, betas (0.9, 0.999), eps 1e-6, no weight decay,
+    /// global-norm clip 1.0.
+    pub fn reference_adamw(total_steps: u64) -> Self {
+        OptConfig {
+            kind: OptKind::AdamW,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.0,
+            clip: 1.0,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            total_steps,
+        }
+    }
+
     /// LR multiplier at 0-based scheduler step `s` (HF `get_scheduler("linear")`): s/W during
     /// warmup, then max(0, (T−s)/(T−W)). The scheduler steps after each update, so update #1
     /// uses step 0 (lr 0 when there is warmup).
