@@ -18,8 +18,10 @@
 //! - `s·A·x` reads the activations the product already quantised ([`Q8Rows`]). 4-bit A is
 //!   stored as Q4_1 blocks whose min is −8 steps and read by the Q4_1 weights' kernel (its
 //!   sums need no offset, whatever weight the activations were quantised for). 8-bit A's codes
-//!   are stored `a + 128` (u8) in pairs of blocks of 32 like Q8_0's, with a step a block, the
-//!   offset taken back out through the blocks' sums, which the quantiser keeps anyway.
+//!   are stored `a + 128` (u8) with a step a block of 32, the offset taken back out through the
+//!   blocks' sums, which the quantiser keeps anyway; they are laid out eight ranks across a
+//!   vector's lanes, so each lane sums one rank's block and nothing is reduced across lanes
+//!   until the end ([`project_vnni`]).
 //! - `B·xa`: B's codes have a scale per rank, which goes into `xa` before its r values are
 //!   quantised to 8 bits, and a step per tile of 16 outputs; each tile is then one integer dot
 //!   per four ranks and one multiply. A scale per rank rather than per output row keeps B at
@@ -45,6 +47,24 @@ pub const BT_BLOCK: usize = 16;
 /// The largest rank a pack holds (its projection lives on the stack); larger adapters decode
 /// through the f32 path.
 pub const MAX_RANK: usize = 256;
+
+/// Ranks of 8-bit A projected together: one per lane of each half of a vector.
+const A_GROUP: usize = 8;
+
+/// Where 8-bit A's code for rank `c` and input `i` is in `a`: `[ra / 8, np, 8, 16, 4]`, group of
+/// eight ranks, pair of blocks, word `w` of the block, lane (the rank in the group, plus 8 for
+/// the pair's second block), byte (see [`project_vnni`]).
+fn a8_code_at(np: usize, c: usize, i: usize) -> usize {
+    let (blk, w, e) = (i / 32, i % 32 / 4, i % 4);
+    let lane = c % A_GROUP + A_GROUP * (blk % 2);
+    (((c / A_GROUP * np + blk / 2) * 8 + w) * 16 + lane) * 4 + e
+}
+
+/// Where 8-bit A's step for rank `c` and block `blk` is in `ad`: `[ra / 8, np, 16]`, its lane
+/// as [`a8_code_at`]'s.
+fn a8_step_at(np: usize, c: usize, blk: usize) -> usize {
+    (c / A_GROUP * np + blk / 2) * 16 + c % A_GROUP + A_GROUP * (blk % 2)
+}
 
 /// How wide a pack's codes are, and so how many bytes decoding reads of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,9 +140,11 @@ impl CodeBits {
 /// reads):
 /// - A, blocks of 32 with an f16 step each, relative to `a_max`. Four: `a` holds Q4_1 blocks
 ///   whose min is −8 steps, re-laid as the Q4_1 weights are ([`DotFmt::relay`]), and `ad` is
-///   empty. Eight: `a` `[r, np, 64]` codes, blocks paired as the activations pair them (the
-///   even block's 32 codes then the odd one's, an odd last block paired with zero codes), and
-///   `ad` `[r, np·2]` the steps.
+///   empty. Eight: `a` `[ra / 8, np, 8, 16, 4]` codes and `ad` `[ra / 8, np, 16]` their steps
+///   (`ra` the rank rounded up to 8, `np` the pairs of blocks as the activations pair them, an
+///   odd last block paired with zero codes and steps): by group of eight ranks, pair, word `w`
+///   of the block, lane, byte, where lane `l` is rank `8g + l % 8` on the pair's block `l / 8`
+///   ([`a8_code_at`], [`a8_step_at`]).
 /// - B: `bs` `[rq]` f32 rank scales, each rank's largest |B| (zero past `r`); `ts` `[n_pad / 16]`
 ///   tile steps, relative to the rank scales, f16 values held as f32 (the kernel multiplies
 ///   with them, and an f16 was a conversion per tile for two bytes a 16-row tile); and `bt`
@@ -342,13 +364,14 @@ impl LoraPack {
                 r * DotFmt::Q4_1.row_bytes(nb)
             }
             CodeBits::Eight => {
-                a_codes = vec![zero; r * np * 64];
-                ad = vec![f16::ZERO; r * np * 2];
+                let ra = r.next_multiple_of(A_GROUP);
+                a_codes = vec![zero; ra * np * 64];
+                ad = vec![f16::ZERO; ra * np * 2];
                 for (e, &d) in rel.iter().enumerate() {
                     let (c, blk) = (e / nb, e % nb);
-                    ad[c * np * 2 + blk] = d;
+                    ad[a8_step_at(np, c, blk)] = d;
                     for i in blk * 32..blk * 32 + 32 {
-                        a_codes[c * np * 64 + i] = bits.stored(code(c * k + i));
+                        a_codes[a8_code_at(np, c, i)] = bits.stored(code(c * k + i));
                     }
                 }
                 a_codes.len()
@@ -551,10 +574,10 @@ impl LoraPack {
         }
         #[cfg(target_arch = "x86_64")]
         if super::quant::vnni_available() {
-            // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `a` holds `r` rows of `np` pairs and
-            // `ad` their `2·np` scales; `x8`'s first row holds `nb` blocks whose codes are padded
-            // to whole pairs and whose per-block arrays to a multiple of 16 (`Q8Rows`), at least
-            // the `2·np` blocks read.
+            // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `a` holds `ra / 8` groups of `np`
+            // pairs of 512 bytes and `ad` their 16 steps each, `ra ≥ r` (`xa.len()`); `x8`'s
+            // first row holds `nb` blocks whose codes are padded to whole pairs and whose
+            // per-block arrays to a multiple of 16 (`Q8Rows`), at least the `2·np` blocks read.
             return unsafe { project_vnni(xa, self, x8) };
         }
         self.project_portable(xa, x8);
@@ -563,17 +586,14 @@ impl LoraPack {
     /// 8-bit A's sums before the scale: per rank, `Σ_b ad[b]·(dₓ·T_b − 128·sqₓ)` with `T_b`
     /// block b's integer dot of the offset codes, in which `128·Σ qₓ` comes back out.
     fn project_portable(&self, xa: &mut [f32], x8: &Q8Rows) {
-        let nb = self.k / 32;
+        let (nb, np) = (self.k / 32, self.np);
         for (c, o) in xa.iter_mut().enumerate() {
-            let row = &self.a()[c * self.np * 64..];
             *o = (0..nb)
                 .map(|b| {
-                    let t: i32 = row[b * 32..b * 32 + 32]
-                        .iter()
-                        .zip(&x8.q[b * 32..b * 32 + 32])
-                        .map(|(&w, &q)| w as i32 * q as i32)
+                    let t: i32 = (b * 32..b * 32 + 32)
+                        .map(|i| self.a()[a8_code_at(np, c, i)] as i32 * x8.q[i] as i32)
                         .sum();
-                    let d = Self::scale_at(self.ad(), c * self.np * 2 + b);
+                    let d = Self::scale_at(self.ad(), a8_step_at(np, c, b));
                     d * (x8.d[b] * t as f32 - 128.0 * x8.sq[b])
                 })
                 .sum();
@@ -651,8 +671,8 @@ impl LoraPack {
                         super::quant::q8_dot_value(DotFmt::Q4_1, self.a(), nb, c, i / 32, i % 32)
                     }
                     CodeBits::Eight => {
-                        let q = self.a()[c * np * 64 + i] as i32 - 128;
-                        q as f32 * Self::scale_at(self.ad(), c * np * 2 + i / 32)
+                        let q = self.a()[a8_code_at(np, c, i)] as i32 - 128;
+                        q as f32 * Self::scale_at(self.ad(), a8_step_at(np, c, i / 32))
                     }
                 };
                 v * self.a_max
@@ -779,40 +799,74 @@ unsafe fn quantize_xa_avx512(
     true
 }
 
-/// [`LoraPack::project_portable`] with 64 codes a dot instruction: lanes 0-7 of a pair's sums are
-/// its first block, 8-15 its second, so the activations' `dₓ` and `16·sqₓ` (summed over 8 lanes,
-/// `128·sqₓ`) and A's scales are laid that way per pair. Eight ranks at a time share each pair of
-/// activation blocks, their sums independent chains.
+/// [`LoraPack::project_portable`] a group of eight ranks at a time, laid out so that no sum
+/// is reduced across lanes until the end: lanes 0-7 of a pair's eight code vectors are the
+/// group's ranks on its first block, 8-15 on its second, and vector `j` holds every lane's codes
+/// `4j..4j+4` of its block, dotted with the activations' word `j` of that block broadcast to its
+/// half. Eight dots then leave each lane one rank's whole block sum, which the activations'
+/// `dₓ`, `128·sqₓ` and A's 16 steps (one 256-bit load) scale in three vector instructions; the
+/// two halves add once at the end. (Rank-major rows took a dot, four float instructions and a
+/// step load per rank and pair, then a reduction per rank, and projecting was most of what an
+/// adapter added to a Q8_0 product.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn project_vnni(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
-    const RANKS: usize = 8;
     let np = p.np;
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let pair_of = |v: __m128| _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v));
-    let sixteen = _mm512_set1_ps(16.0);
+    let word = |j: i32| {
+        _mm512_setr_epi32(
+            j,
+            j,
+            j,
+            j,
+            j,
+            j,
+            j,
+            j,
+            j + 8,
+            j + 8,
+            j + 8,
+            j + 8,
+            j + 8,
+            j + 8,
+            j + 8,
+            j + 8,
+        )
+    };
+    let words: [__m512i; 8] = std::array::from_fn(|j| word(j as i32));
+    let c128 = _mm512_set1_ps(128.0);
     let (a, ad) = (p.a().as_ptr(), p.ad().as_ptr());
-    for c0 in (0..xa.len()).step_by(RANKS) {
-        let ranks = (xa.len() - c0).min(RANKS);
-        let mut acc = [_mm512_setzero_ps(); RANKS];
+    for g in 0..xa.len().div_ceil(A_GROUP) {
+        let mut acc = _mm512_setzero_ps();
         for q in 0..np {
             let dx = pair_of(_mm_castpd_ps(_mm_load_sd(x8.d.as_ptr().add(2 * q).cast())));
             let sq = pair_of(_mm_castpd_ps(_mm_load_sd(x8.sq.as_ptr().add(2 * q).cast())));
-            let sq16 = _mm512_mul_ps(sq, sixteen);
+            let sq128 = _mm512_mul_ps(sq, c128);
             let xq = _mm512_loadu_si512(x8.q.as_ptr().add(q * 64).cast());
-            for (i, acc) in acc[..ranks].iter_mut().enumerate() {
-                let c = c0 + i;
-                let w = _mm512_loadu_si512(a.add((c * np + q) * 64).cast());
-                let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq);
-                let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(t), dx, sq16);
-                let two = ad.add((c * np + q) * 4).cast::<i32>().read_unaligned();
-                let da = pair_of(_mm_cvtph_ps(_mm_cvtsi32_si128(two)));
-                *acc = _mm512_fmadd_ps(v, da, *acc);
+            let codes = a.add((g * np + q) * 8 * 64);
+            // Two chains of four dots, so each waits on half as many before it.
+            let (mut t0, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for j in (0..8).step_by(2) {
+                let w0 = _mm512_loadu_si512(codes.add(j * 64).cast());
+                let w1 = _mm512_loadu_si512(codes.add((j + 1) * 64).cast());
+                t0 = _mm512_dpbusd_epi32(t0, w0, _mm512_permutexvar_epi32(words[j], xq));
+                t1 = _mm512_dpbusd_epi32(t1, w1, _mm512_permutexvar_epi32(words[j + 1], xq));
             }
+            let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1));
+            let v = _mm512_fmsub_ps(t, dx, sq128);
+            let da = _mm512_cvtph_ps(_mm256_loadu_si256(ad.add((g * np + q) * 32).cast()));
+            acc = _mm512_fmadd_ps(v, da, acc);
         }
-        for (i, acc) in acc[..ranks].iter().enumerate() {
-            xa[c0 + i] = _mm512_reduce_add_ps(*acc);
-        }
+        let sum = _mm256_add_ps(
+            _mm512_castps512_ps256(acc),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc))),
+        );
+        let mut out = [0f32; A_GROUP];
+        _mm256_storeu_ps(out.as_mut_ptr(), sum);
+        let c0 = g * A_GROUP;
+        let ranks = (xa.len() - c0).min(A_GROUP);
+        xa[c0..c0 + ranks].copy_from_slice(&out[..ranks]);
     }
 }
 
