@@ -15,13 +15,11 @@
 //! scores the same on the held-out suite either way. `BITUNE_ADAPTER_BITS=8` (or 4) overrides.
 //!
 //! Both halves are integer dot products (`vpdpbusd`), as the weights' own:
-//! - `s·A·x` reads the activations the product already quantised ([`Q8Rows`]). 4-bit A is
-//!   stored as Q4_1 blocks whose min is −8 steps and read by the Q4_1 weights' kernel (its
-//!   sums need no offset, whatever weight the activations were quantised for). 8-bit A's codes
-//!   are stored `a + 128` (u8) with a step a block of 32, the offset taken back out through the
-//!   blocks' sums, which the quantiser keeps anyway; they are laid out eight ranks across a
-//!   vector's lanes, so each lane sums one rank's block and nothing is reduced across lanes
-//!   until the end ([`project_vnni`]).
+//! - `s·A·x` reads the activations the product already quantised ([`Q8Rows`]). A's codes are
+//!   stored offset (`a + 8` in nibbles, `a + 128` in bytes) with a step a block of 32, the
+//!   offset taken back out through the blocks' sums, which the quantiser keeps anyway; they are
+//!   laid out eight ranks across a vector's lanes, so each lane sums one rank's block and
+//!   nothing is reduced across lanes until the end (`project_vnni`).
 //! - `B·xa`: B's codes have a scale per rank, which goes into `xa` before its r values are
 //!   quantised to 8 bits, and a step per tile of 16 outputs; each tile is then one integer dot
 //!   per four ranks and one multiply. A scale per rank rather than per output row keeps B at
@@ -34,7 +32,7 @@
 //! the others stream theirs, and every chunk adds its own rows' `B·xa`
 //! ([`super::quant::Quant::matmul`]).
 
-use super::quant::{q4_1_dot_rows, DotFmt, Lines, Q8Rows};
+use super::quant::{Lines, Q8Rows};
 use half::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -48,21 +46,28 @@ pub const BT_BLOCK: usize = 16;
 /// through the f32 path.
 pub const MAX_RANK: usize = 256;
 
-/// Ranks of 8-bit A projected together: one per lane of each half of a vector.
+/// Ranks of A projected together: one per lane of each half of a vector.
 const A_GROUP: usize = 8;
 
-/// Where 8-bit A's code for rank `c` and input `i` is in `a`: `[ra / 8, np, 8, 16, 4]`, group of
-/// eight ranks, pair of blocks, word `w` of the block, lane (the rank in the group, plus 8 for
-/// the pair's second block), byte (see [`project_vnni`]).
-fn a8_code_at(np: usize, c: usize, i: usize) -> usize {
+/// Where A's code for rank `c` and input `i` is in `a`, and whether it is the high nibble:
+/// `[ra / 8, np, V, 16, 4]`, by group of eight ranks, pair of blocks, vector, lane (the rank in
+/// the group, plus 8 for the pair's second block), byte. In bytes (`V` 8) vector `w` holds word
+/// `w` of the lane's block (its codes `4w..4w + 4`); in nibbles (`V` 4) vector `w` holds word
+/// `w` low and word `w + 4` high ([`project_vnni`]).
+fn a_code_at(bits: CodeBits, np: usize, c: usize, i: usize) -> (usize, bool) {
     let (blk, w, e) = (i / 32, i % 32 / 4, i % 4);
     let lane = c % A_GROUP + A_GROUP * (blk % 2);
-    (((c / A_GROUP * np + blk / 2) * 8 + w) * 16 + lane) * 4 + e
+    let (vectors, v, high) = match bits {
+        CodeBits::Eight => (8, w, false),
+        CodeBits::Four => (4, w % 4, w >= 4),
+    };
+    let pair = c / A_GROUP * np + blk / 2;
+    ((((pair * vectors + v) * 16 + lane) * 4 + e), high)
 }
 
-/// Where 8-bit A's step for rank `c` and block `blk` is in `ad`: `[ra / 8, np, 16]`, its lane
-/// as [`a8_code_at`]'s.
-fn a8_step_at(np: usize, c: usize, blk: usize) -> usize {
+/// Where A's step for rank `c` and block `blk` is in `ad`: `[ra / 8, np, 16]`, its lane as
+/// [`a_code_at`]'s.
+fn a_step_at(np: usize, c: usize, blk: usize) -> usize {
     (c / A_GROUP * np + blk / 2) * 16 + c % A_GROUP + A_GROUP * (blk % 2)
 }
 
@@ -138,13 +143,11 @@ impl CodeBits {
 /// One linear's adapter `y += s·B·A·x` (A `[r, k]`, B `[n, r]`) in [`CodeBits`] codes, in one
 /// buffer of five sections, each starting on a cache line (the first three are what projecting
 /// reads):
-/// - A, blocks of 32 with an f16 step each, relative to `a_max`. Four: `a` holds Q4_1 blocks
-///   whose min is −8 steps, re-laid as the Q4_1 weights are ([`DotFmt::relay`]), and `ad` is
-///   empty. Eight: `a` `[ra / 8, np, 8, 16, 4]` codes and `ad` `[ra / 8, np, 16]` their steps
-///   (`ra` the rank rounded up to 8, `np` the pairs of blocks as the activations pair them, an
-///   odd last block paired with zero codes and steps): by group of eight ranks, pair, word `w`
-///   of the block, lane, byte, where lane `l` is rank `8g + l % 8` on the pair's block `l / 8`
-///   ([`a8_code_at`], [`a8_step_at`]).
+/// - A, blocks of 32 with an f16 step each, relative to `a_max`: `a` `[ra / 8, np, V, 16, 4]`
+///   codes and `ad` `[ra / 8, np, 16]` their steps (`ra` the rank rounded up to 8, `np` the
+///   pairs of blocks as the activations pair them, an odd last block paired with zero codes and
+///   steps): by group of eight ranks, pair, vector, lane, byte, where lane `l` is rank
+///   `8g + l % 8` on the pair's block `l / 8` (`a_code_at`, `a_step_at`).
 /// - B: `bs` `[rq]` f32 rank scales, each rank's largest |B| (zero past `r`); `ts` `[n_pad / 16]`
 ///   tile steps, relative to the rank scales, f16 values held as f32 (the kernel multiplies
 ///   with them, and an f16 was a conversion per tile for two bytes a 16-row tile); and `bt`
@@ -348,35 +351,23 @@ impl LoraPack {
             let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
             (a[e] * inv).round().clamp(-bits.max(), bits.max()) as i8
         };
-        // Four: ggml Q4_1 blocks whose min is −8 steps (`d·(q − 8)`), re-laid straight into the
-        // buffer as the Q4_1 weights are, so A projects with their kernel. Eight: paired codes
-        // and a step a block.
-        let (mut a_codes, mut ad) = (vec![], vec![]);
-        let a_len = match bits {
-            CodeBits::Four => {
-                a_codes.reserve(r * nb * 20);
-                for (b, d) in rel.iter().enumerate() {
-                    a_codes.extend_from_slice(&d.to_le_bytes());
-                    a_codes.extend_from_slice(&f16::from_f32(-8.0 * d.to_f32()).to_le_bytes());
-                    let q: [u8; 32] = std::array::from_fn(|j| bits.stored(code(b * 32 + j)));
-                    a_codes.extend((0..16).map(|j| q[j] | q[j + 16] << 4));
-                }
-                r * DotFmt::Q4_1.row_bytes(nb)
-            }
-            CodeBits::Eight => {
-                let ra = r.next_multiple_of(A_GROUP);
-                a_codes = vec![zero; ra * np * 64];
-                ad = vec![f16::ZERO; ra * np * 2];
-                for (e, &d) in rel.iter().enumerate() {
-                    let (c, blk) = (e / nb, e % nb);
-                    ad[a8_step_at(np, c, blk)] = d;
-                    for i in blk * 32..blk * 32 + 32 {
-                        a_codes[a8_code_at(np, c, i)] = bits.stored(code(c * k + i));
-                    }
-                }
-                a_codes.len()
-            }
+        // Codes by group of eight ranks across a vector's lanes, a step a block.
+        let ra = r.next_multiple_of(A_GROUP);
+        let pair_bytes = match bits {
+            CodeBits::Four => 32,
+            CodeBits::Eight => 64,
         };
+        let mut a_codes = vec![zero; ra * np * pair_bytes];
+        let mut ad = vec![f16::ZERO; ra * np * 2];
+        for (e, &d) in rel.iter().enumerate() {
+            let (c, blk) = (e / nb, e % nb);
+            ad[a_step_at(np, c, blk)] = d;
+            for i in blk * 32..blk * 32 + 32 {
+                let (at, high) = a_code_at(bits, np, c, i);
+                put_code(&mut a_codes, bits, at, high, bits.stored(code(c * k + i)));
+            }
+        }
+        let a_len = a_codes.len();
         // B: each rank by its largest, then a step per tile of 16 outputs.
         let n_pad = n.next_multiple_of(BT_BLOCK);
         let mut bs: Vec<f32> = (0..r)
@@ -419,10 +410,7 @@ impl LoraPack {
             at[i] = sections[..=i].iter().sum();
         }
         let mut buf = Lines::zeros(sections.iter().sum());
-        match bits {
-            CodeBits::Four => DotFmt::Q4_1.relay(&a_codes, k, &mut buf[..a_len]),
-            CodeBits::Eight => buf[..a_len].copy_from_slice(&a_codes),
-        }
+        buf[..a_len].copy_from_slice(&a_codes);
         for (i, h) in ad.iter().enumerate() {
             buf[at[0] + 2 * i..at[0] + 2 * i + 2].copy_from_slice(&h.to_le_bytes());
         }
@@ -566,35 +554,42 @@ impl LoraPack {
         quantize_xa(xa, bs, mult, self.bits.offset(), out)
     }
 
-    /// [`LoraPack::project`]'s sums before the scale: 4-bit A through the Q4_1 weights' kernel,
-    /// 8-bit A through its own ([`project_vnni`]) or the portable loop.
+    /// [`LoraPack::project`]'s sums before the scale, through [`project_vnni`] or the portable
+    /// loop.
     fn project_raw(&self, xa: &mut [f32], x8: &Q8Rows) {
-        if self.bits == CodeBits::Four {
-            return q4_1_dot_rows(self.a(), 0, self.r, x8, xa);
-        }
         #[cfg(target_arch = "x86_64")]
         if super::quant::vnni_available() {
             // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `a` holds `ra / 8` groups of `np`
-            // pairs of 512 bytes and `ad` their 16 steps each, `ra ≥ r` (`xa.len()`); `x8`'s
-            // first row holds `nb` blocks whose codes are padded to whole pairs and whose
-            // per-block arrays to a multiple of 16 (`Q8Rows`), at least the `2·np` blocks read.
-            return unsafe { project_vnni(xa, self, x8) };
+            // pairs of 512 (bytes) or 256 (nibbles) bytes and `ad` their 16 steps each, `ra ≥ r`
+            // (`xa.len()`); `x8`'s first row holds `nb` blocks whose codes are padded to whole
+            // pairs and whose per-block arrays to a multiple of 16 (`Q8Rows`), at least the
+            // `2·np` blocks read.
+            return unsafe {
+                match self.bits {
+                    CodeBits::Four => project_vnni::<true>(xa, self, x8),
+                    CodeBits::Eight => project_vnni::<false>(xa, self, x8),
+                }
+            };
         }
         self.project_portable(xa, x8);
     }
 
-    /// 8-bit A's sums before the scale: per rank, `Σ_b ad[b]·(dₓ·T_b − 128·sqₓ)` with `T_b`
-    /// block b's integer dot of the offset codes, in which `128·Σ qₓ` comes back out.
+    /// A's sums before the scale: per rank, `Σ_b ad[b]·(dₓ·T_b − o·sqₓ)` with `T_b` block b's
+    /// integer dot of the stored codes (offset by `o`), in which `o·Σ qₓ` comes back out.
     fn project_portable(&self, xa: &mut [f32], x8: &Q8Rows) {
-        let (nb, np) = (self.k / 32, self.np);
+        let (nb, np, bits) = (self.k / 32, self.np, self.bits);
+        let offset = bits.offset();
         for (c, o) in xa.iter_mut().enumerate() {
             *o = (0..nb)
                 .map(|b| {
                     let t: i32 = (b * 32..b * 32 + 32)
-                        .map(|i| self.a()[a8_code_at(np, c, i)] as i32 * x8.q[i] as i32)
+                        .map(|i| {
+                            let (at, high) = a_code_at(bits, np, c, i);
+                            (code_at(self.a(), bits, at, high) + offset) * x8.q[i] as i32
+                        })
                         .sum();
-                    let d = Self::scale_at(self.ad(), a8_step_at(np, c, b));
-                    d * (x8.d[b] * t as f32 - 128.0 * x8.sq[b])
+                    let d = Self::scale_at(self.ad(), a_step_at(np, c, b));
+                    d * (x8.d[b] * t as f32 - offset as f32 * x8.sq[b])
                 })
                 .sum();
         }
@@ -662,20 +657,13 @@ impl LoraPack {
     /// A as the pack holds it, `[r, k]`: the codes times their scales.
     #[cfg(test)]
     pub fn a_values(&self) -> Vec<f32> {
-        let (k, np, nb) = (self.k, self.np, self.k / 32);
+        let (k, np) = (self.k, self.np);
         (0..self.r * k)
             .map(|e| {
                 let (c, i) = (e / k, e % k);
-                let v = match self.bits {
-                    CodeBits::Four => {
-                        super::quant::q8_dot_value(DotFmt::Q4_1, self.a(), nb, c, i / 32, i % 32)
-                    }
-                    CodeBits::Eight => {
-                        let q = self.a()[a8_code_at(np, c, i)] as i32 - 128;
-                        q as f32 * Self::scale_at(self.ad(), a8_step_at(np, c, i / 32))
-                    }
-                };
-                v * self.a_max
+                let (at, high) = a_code_at(self.bits, np, c, i);
+                let q = code_at(self.a(), self.bits, at, high);
+                q as f32 * Self::scale_at(self.ad(), a_step_at(np, c, i / 32)) * self.a_max
             })
             .collect()
     }
@@ -800,61 +788,57 @@ unsafe fn quantize_xa_avx512(
 }
 
 /// [`LoraPack::project_portable`] a group of eight ranks at a time, laid out so that no sum
-/// is reduced across lanes until the end: lanes 0-7 of a pair's eight code vectors are the
-/// group's ranks on its first block, 8-15 on its second, and vector `j` holds every lane's codes
-/// `4j..4j+4` of its block, dotted with the activations' word `j` of that block broadcast to its
-/// half. Eight dots then leave each lane one rank's whole block sum, which the activations'
-/// `dₓ`, `128·sqₓ` and A's 16 steps (one 256-bit load) scale in three vector instructions; the
-/// two halves add once at the end. (Rank-major rows took a dot, four float instructions and a
-/// step load per rank and pair, then a reduction per rank, and projecting was most of what an
+/// is reduced across lanes until the end ([`a_code_at`]): lanes 0-7 of a pair's code vectors are
+/// the group's ranks on its first block, 8-15 on its second, and each vector holds, per lane,
+/// codes `4w..4w + 4` of the lane's block (`FOUR`: word `w` in the low nibbles, `w + 4` in the
+/// high ones), dotted with the activations' word `w` of that block broadcast to its half. Eight
+/// dots then leave each lane one rank's whole block sum, which the activations' `dₓ`, `o·sqₓ`
+/// and A's 16 steps (one 256-bit load) scale in three vector instructions; the two halves add
+/// once at the end. (Rank-major rows took a dot, four float instructions and a step load per
+/// rank and pair, then a reduction per rank, and projecting was the larger part of what an
 /// adapter added to a Q8_0 product.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn project_vnni(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
+unsafe fn project_vnni<const FOUR: bool>(xa: &mut [f32], p: &LoraPack, x8: &Q8Rows) {
     let np = p.np;
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let pair_of = |v: __m128| _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v));
-    let word = |j: i32| {
-        _mm512_setr_epi32(
-            j,
-            j,
-            j,
-            j,
-            j,
-            j,
-            j,
-            j,
-            j + 8,
-            j + 8,
-            j + 8,
-            j + 8,
-            j + 8,
-            j + 8,
-            j + 8,
-            j + 8,
-        )
-    };
-    let words: [__m512i; 8] = std::array::from_fn(|j| word(j as i32));
-    let c128 = _mm512_set1_ps(128.0);
+    // Word `w` of the pair's first block in lanes 0-7, of its second in 8-15.
+    let words: [__m512i; 8] = std::array::from_fn(|w| {
+        let (a, b) = (w as i32, w as i32 + 8);
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    });
+    let offset = _mm512_set1_ps(p.bits.offset() as f32);
+    let nib = _mm512_set1_epi8(0x0F);
+    let pair_bytes = if FOUR { 256 } else { 512 };
     let (a, ad) = (p.a().as_ptr(), p.ad().as_ptr());
     for g in 0..xa.len().div_ceil(A_GROUP) {
         let mut acc = _mm512_setzero_ps();
         for q in 0..np {
             let dx = pair_of(_mm_castpd_ps(_mm_load_sd(x8.d.as_ptr().add(2 * q).cast())));
             let sq = pair_of(_mm_castpd_ps(_mm_load_sd(x8.sq.as_ptr().add(2 * q).cast())));
-            let sq128 = _mm512_mul_ps(sq, c128);
             let xq = _mm512_loadu_si512(x8.q.as_ptr().add(q * 64).cast());
-            let codes = a.add((g * np + q) * 8 * 64);
+            let codes = a.add((g * np + q) * pair_bytes);
             // Two chains of four dots, so each waits on half as many before it.
             let (mut t0, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            for j in (0..8).step_by(2) {
-                let w0 = _mm512_loadu_si512(codes.add(j * 64).cast());
-                let w1 = _mm512_loadu_si512(codes.add((j + 1) * 64).cast());
-                t0 = _mm512_dpbusd_epi32(t0, w0, _mm512_permutexvar_epi32(words[j], xq));
-                t1 = _mm512_dpbusd_epi32(t1, w1, _mm512_permutexvar_epi32(words[j + 1], xq));
+            if FOUR {
+                for v in 0..4 {
+                    let c = _mm512_loadu_si512(codes.add(v * 64).cast());
+                    let lo = _mm512_and_si512(c, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(c), nib);
+                    t0 = _mm512_dpbusd_epi32(t0, lo, _mm512_permutexvar_epi32(words[v], xq));
+                    t1 = _mm512_dpbusd_epi32(t1, hi, _mm512_permutexvar_epi32(words[v + 4], xq));
+                }
+            } else {
+                for w in (0..8).step_by(2) {
+                    let c0 = _mm512_loadu_si512(codes.add(w * 64).cast());
+                    let c1 = _mm512_loadu_si512(codes.add((w + 1) * 64).cast());
+                    t0 = _mm512_dpbusd_epi32(t0, c0, _mm512_permutexvar_epi32(words[w], xq));
+                    t1 = _mm512_dpbusd_epi32(t1, c1, _mm512_permutexvar_epi32(words[w + 1], xq));
+                }
             }
             let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1));
-            let v = _mm512_fmsub_ps(t, dx, sq128);
+            let v = _mm512_fmsub_ps(t, dx, _mm512_mul_ps(sq, offset));
             let da = _mm512_cvtph_ps(_mm256_loadu_si256(ad.add((g * np + q) * 32).cast()));
             acc = _mm512_fmadd_ps(v, da, acc);
         }
@@ -1042,22 +1026,12 @@ mod tests {
                 let want: Vec<f64> = (0..r)
                     .map(|c| (0..k).map(|i| aq[c * k + i] as f64 * xv[i]).sum::<f64>() * s as f64)
                     .collect();
-                // Every kernel that projects this width: A's 4-bit codes go through the Q4_1
-                // weights' kernel (vector, and its portable loop); 8-bit ones through their own.
+                // Every kernel that projects: the vector one and the portable loop.
                 let mut sums = vec![vec![0f32; r]];
                 p.project_raw(&mut sums[0], &x8);
-                match bits {
-                    CodeBits::Four => {
-                        let mut port = vec![0f32; r];
-                        super::super::quant::q4_1_dot_rows_portable(p.a(), 0, r, &x8, &mut port);
-                        sums.push(port);
-                    }
-                    CodeBits::Eight => {
-                        let mut port = vec![0f32; r];
-                        p.project_portable(&mut port, &x8);
-                        sums.push(port);
-                    }
-                }
+                let mut port = vec![0f32; r];
+                p.project_portable(&mut port, &x8);
+                sums.push(port);
                 for got in &sums {
                     for c in 0..r {
                         let g = got[c] as f64 * (s * p.a_max) as f64;

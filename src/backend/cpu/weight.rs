@@ -297,15 +297,16 @@ mod tests {
             };
             assert_eq!(pack.bits(), CodeBits::for_weight(fmt.nibbles()));
             widths.push(pack.bits());
-            // A, 3 blocks of 32 a rank: 8-bit, codes in pairs (2 pairs) and an f16 step a
-            // block; 4-bit, Q4_1 rows (2 pairs of nibbles, an f16 step and min a block). B: an
-            // f32 scale a rank, an f16 step a tile of 16 outputs and codes for 8 ranks, its
-            // outputs padded to 16. Each section on whole cache lines.
-            let n_pad = n.next_multiple_of(16);
+            // A, 3 blocks of 32 a rank: codes in pairs of blocks (2 pairs, the last block's
+            // pair zero), 64 bytes a pair in bytes and 32 in nibbles, and an f16 step a block
+            // (4 a rank with the padding), its ranks padded to 8. B: an f32 scale a rank, an f16
+            // step a tile of 16 outputs and codes for 8 ranks, its outputs padded to 16. Each
+            // section on whole cache lines.
+            let (n_pad, ra) = (n.next_multiple_of(16), r.next_multiple_of(8));
             let lines = |b: usize| b.next_multiple_of(64);
             let (a_bytes, b_codes) = match pack.bits() {
-                CodeBits::Four => (lines(r * (64 + 3 * 4)), n_pad * r / 2),
-                CodeBits::Eight => (lines(r * 128) + lines(2 * r * 4), n_pad * r),
+                CodeBits::Four => (lines(ra * 64) + lines(2 * ra * 4), n_pad * r / 2),
+                CodeBits::Eight => (lines(ra * 128) + lines(2 * ra * 4), n_pad * r),
             };
             assert_eq!(
                 pack.bytes(),

@@ -552,65 +552,6 @@ fn rows_dispatch(
     rows_kernel(w, r0, r1, cols, x, m, out)
 }
 
-/// `out[r − r0] = Σ_c W[r, c]·x[c]` for rows `r0..r1` of Q4_1 blocks re-laid as
-/// [`Quant::Q8Dot`]'s (`data` exactly its rows, [`Quant::q8_dot`]) against the first row of `a`,
-/// whatever weight `a` was quantised for: Q4_1's integer sums start at zero, its offset being
-/// its min. An adapter's 4-bit A projects with it ([`super::lora_decode`]).
-pub(in crate::backend::cpu) fn q4_1_dot_rows(
-    data: &[u8],
-    r0: usize,
-    r1: usize,
-    a: &Q8Rows,
-    out: &mut [f32],
-) {
-    let row = DotFmt::Q4_1.row_bytes(a.nb);
-    assert!(
-        data.len().is_multiple_of(row) && data.len() >= r1 * row && out.len() >= r1 - r0,
-        "q4_1 rows {r0}..{r1} of {} bytes ({row} a row) into {} outputs",
-        data.len(),
-        out.len()
-    );
-    #[cfg(target_arch = "x86_64")]
-    if vnni::available() {
-        // SAFETY: AVX-512 F/BW/VL/VNNI were detected; `data` holds whole Q4_1 rows, at least
-        // `r1`; `a` holds at least one row; `out` has the `r1 − r0` outputs written.
-        unsafe { vnni::rows::<true, true, false, 1>(data, r0, r1, a, out) };
-        return;
-    }
-    q8_dot_portable(DotFmt::Q4_1, data, r0, r1, a, 1, out)
-}
-
-/// [`q4_1_dot_rows`]'s portable loop, whichever one that runs.
-#[cfg(test)]
-pub(in crate::backend::cpu) fn q4_1_dot_rows_portable(
-    data: &[u8],
-    r0: usize,
-    r1: usize,
-    a: &Q8Rows,
-    out: &mut [f32],
-) {
-    q8_dot_portable(DotFmt::Q4_1, data, r0, r1, a, 1, out)
-}
-
-/// Value `j` of block `b` of row `r` of a [`Quant::Q8Dot`] `data` of `fmt` rows of `nb` blocks.
-#[cfg(test)]
-pub(in crate::backend::cpu) fn q8_dot_value(
-    fmt: DotFmt,
-    data: &[u8],
-    nb: usize,
-    r: usize,
-    b: usize,
-    j: usize,
-) -> f32 {
-    let q = dot_code(fmt, nb, fmt.codes(data, nb, r), b, j) as i32 - fmt.offset();
-    let min = if fmt == DotFmt::Q4_1 {
-        fmt.half(data, nb, r, 1, b)
-    } else {
-        0.0
-    };
-    q as f32 * fmt.half(data, nb, r, 0, b) + min
-}
-
 /// The integer dot of [`Quant::Q8Dot`] weight rows `r0..r1` with quantised activations, as the
 /// VNNI kernel computes it (up to the order of its f32 additions): the reference it is tested
 /// against, and the loop where it does not run.
