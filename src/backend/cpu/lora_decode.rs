@@ -57,12 +57,12 @@ const A_GROUP: usize = 8;
 fn a_code_at(bits: CodeBits, np: usize, c: usize, i: usize) -> (usize, bool) {
     let (blk, w, e) = (i / 32, i % 32 / 4, i % 4);
     let lane = c % A_GROUP + A_GROUP * (blk % 2);
-    let (vectors, v, high) = match bits {
-        CodeBits::Eight => (8, w, false),
-        CodeBits::Four => (4, w % 4, w >= 4),
+    let (v, high) = match bits {
+        CodeBits::Eight => (w, false),
+        CodeBits::Four => (w % 4, w >= 4),
     };
     let pair = c / A_GROUP * np + blk / 2;
-    ((((pair * vectors + v) * 16 + lane) * 4 + e), high)
+    ((((pair * bits.a_vectors() + v) * 16 + lane) * 4 + e), high)
 }
 
 /// Where A's step for rank `c` and block `blk` is in `ad`: `[ra / 8, np, 16]`, its lane as
@@ -132,6 +132,14 @@ impl CodeBits {
         match self {
             CodeBits::Four => 8,
             CodeBits::Eight => 4,
+        }
+    }
+    /// 64-byte vectors of A's codes for a group of eight ranks on a pair of blocks (`V` in
+    /// [`a_code_at`]): 512 codes in bytes or nibbles.
+    fn a_vectors(self) -> usize {
+        match self {
+            CodeBits::Four => 4,
+            CodeBits::Eight => 8,
         }
     }
     /// Stored form of a code (the buffer's byte for Eight, a nibble for Four).
@@ -353,11 +361,7 @@ impl LoraPack {
         };
         // Codes by group of eight ranks across a vector's lanes, a step a block.
         let ra = r.next_multiple_of(A_GROUP);
-        let pair_bytes = match bits {
-            CodeBits::Four => 32,
-            CodeBits::Eight => 64,
-        };
-        let mut a_codes = vec![zero; ra * np * pair_bytes];
+        let mut a_codes = vec![zero; ra / A_GROUP * np * bits.a_vectors() * 64];
         let mut ad = vec![f16::ZERO; ra * np * 2];
         for (e, &d) in rel.iter().enumerate() {
             let (c, blk) = (e / nb, e % nb);
@@ -810,7 +814,7 @@ unsafe fn project_vnni<const FOUR: bool>(xa: &mut [f32], p: &LoraPack, x8: &Q8Ro
     });
     let offset = _mm512_set1_ps(p.bits.offset() as f32);
     let nib = _mm512_set1_epi8(0x0F);
-    let pair_bytes = if FOUR { 256 } else { 512 };
+    let pair_bytes = p.bits.a_vectors() * 64;
     let (a, ad) = (p.a().as_ptr(), p.ad().as_ptr());
     for g in 0..xa.len().div_ceil(A_GROUP) {
         let mut acc = _mm512_setzero_ps();
